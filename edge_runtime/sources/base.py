@@ -1,0 +1,65 @@
+"""What every frame source produces and how it reports faults.
+
+The daemon sees only :class:`FrameSource` and passes in a :class:`SourceEvents`; it never learns
+whether frames came from a serial port or a file, so a replay is a faithful test double.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+# Why a source dropped frames; a tuple so metrics can create every labelled series up front.
+SOURCE_DROP_REASONS: tuple[str, ...] = ("corrupt", "seq_gap")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One image from a sensor, as it leaves the source."""
+
+    seq: int  # sender's sequence number (replay: running index, counting on across loops)
+    image: np.ndarray  # uint8, (H, W, C); may be read-only, backends must not modify it
+    received_at: float  # time.monotonic() when fully received/decoded; frame age is measured from it
+    label: int | None = None  # known ground truth (replay of a labelled set), else None
+
+
+class FrameSource(Protocol):
+    def frames(self) -> Iterator[Frame]:
+        """Blocks; returns when the source is finished (finite replay) or :meth:`close` was called."""
+        ...
+
+    def close(self) -> None:
+        """Thread-safe; makes :meth:`frames` return promptly."""
+        ...
+
+
+class SourceEvents(Protocol):
+    """Fault and health reports, called from the thread iterating ``frames()``."""
+
+    def dropped(self, reason: str, n: int = 1) -> None:
+        """``n`` frames lost for ``reason`` (one of :data:`SOURCE_DROP_REASONS`)."""
+        ...
+
+    def sensor_up(self, up: bool) -> None:
+        """The sensor link came up or went down (called on changes only)."""
+        ...
+
+    def bytes_received(self, n: int) -> None:
+        """``n`` raw bytes arrived (serial only), so a dead link and a silent sensor differ."""
+        ...
+
+
+class NullEvents:
+    """Ignores every report: for tests and offline commands that do not export metrics."""
+
+    def dropped(self, reason: str, n: int = 1) -> None:
+        pass
+
+    def sensor_up(self, up: bool) -> None:
+        pass
+
+    def bytes_received(self, n: int) -> None:
+        pass

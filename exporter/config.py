@@ -1,0 +1,194 @@
+"""Training configuration: frozen dataclasses loaded from a commented TOML file.
+
+Why frozen dataclasses and not a dict: a typo in a key must fail at load time with the list of
+allowed keys, not hours later as a KeyError (or, worse, be silently ignored). Every error in a file
+is collected and reported in one line together with the file path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from edge_runtime.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+PENALTY_FORMS = ("sigmoid", "linear", "hoyer", "l1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Widths of the Akida 1.0 network (InputConv 3x3+pool2 -> Conv 3x3/2 -> FC -> FC 10)."""
+
+    conv0: int = 32  # filters of the InputConvolutional layer (8-bit weights, on the HRC)
+    conv1: int = 64  # filters of the stride-2 Convolutional layer (4-bit weights)
+    fc: int = 128  # units of the hidden FullyConnected layer (4-bit weights)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which MNIST images to use; the limits exist so tests can train on small slices."""
+
+    cache_dir: str = ""  # "" = the default cache ($EDGE_CACHE_DIR or ~/.cache/akida-edge)
+    train_limit: int = 0  # 0 = all 60,000 training images
+    test_limit: int = 0  # 0 = all 10,000 test images
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation schedule: float warm-up epochs, then quantisation-aware epochs."""
+
+    seed: int = 0
+    threads: int = 2  # torch threads; the result is deterministic for a given seed AND thread count
+    batch_size: int = 128
+    float_epochs: int = 2  # plain float training before the integer (QAT) forward is switched on
+    qat_epochs: int = 6
+    lr: float = 2e-3  # Adam; cosine-decayed to lr_min over all epochs
+    lr_min: float = 5e-5
+    weight_decay: float = 0.0
+    calib_percentile: float = 99.9  # activation step = this percentile of float activations / 15
+
+
+@dataclass(frozen=True)
+class PenaltyConfig:
+    """Zero-aware penalties on counts of non-zero activations and weights.
+
+    ``activations`` and ``weights`` are the loss weights (0 disables). The activation term is the
+    modelled energy of the events per image as a fraction of the energy if every neuron fired, so
+    the weight is dimensionless. ``form`` chooses the surrogate of the count (see penalties.py).
+    """
+
+    activations: float = 0.0
+    weights: float = 0.0
+    form: str = "sigmoid"  # one of PENALTY_FORMS; "l1" is the control (sum of activation values)
+    width: float = 0.5  # surrogate gradient half-width, in activation (or weight) quantisation steps
+    energy_weighted: bool = True  # weight each layer's events by the energy one event costs there
+    start_epoch: int = 0  # first QAT epoch (0-based) with penalties; ramps linearly over ramp_epochs
+    ramp_epochs: int = 1
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Gradual magnitude pruning of the 4-bit layers during QAT (0 = off).
+
+    The pruned fraction follows the cubic schedule of Zhu & Gupta (2017) from 0 at ``start_epoch``
+    to ``sparsity`` at ``end_epoch``; the input layer (288 weights) is never pruned.
+    """
+
+    sparsity: float = 0.0
+    start_epoch: int = 0  # QAT epochs, 0-based
+    end_epoch: int = 3
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+
+def _section_errors(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
+    """Build one section, appending a readable message per bad key instead of stopping at the first."""
+    if not isinstance(raw, Mapping):
+        errors.append(f"[{name}] must be a table")
+        return cls()
+    hints = get_type_hints(cls)
+    allowed = [f.name for f in fields(cls)]
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            errors.append(f"unknown key {name}.{key} (allowed: {', '.join(allowed)})")
+            continue
+        expected = hints[key]
+        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            errors.append(f"{name}.{key} must be {expected.__name__}, got {type(value).__name__}")
+            continue
+        values[key] = value
+    return cls(**values)
+
+
+def _check_ranges(config: Config) -> list[str]:
+    t, p, pr, m = config.train, config.penalty, config.prune, config.model
+    checks = [
+        (min(m.conv0, m.conv1, m.fc) >= 1, "model widths must be >= 1"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (t.float_epochs >= 0 and t.qat_epochs >= 1, "train.float_epochs must be >= 0 and qat_epochs >= 1"),
+        (t.threads >= 1, "train.threads must be >= 1"),
+        (0 < t.lr_min <= t.lr, "train.lr_min must be in (0, lr]"),
+        (0 < t.calib_percentile <= 100, "train.calib_percentile must be in (0, 100]"),
+        (p.form in PENALTY_FORMS, f"penalty.form must be one of {', '.join(PENALTY_FORMS)}"),
+        (p.activations >= 0 and p.weights >= 0, "penalty weights must be >= 0"),
+        (p.width > 0, "penalty.width must be > 0"),
+        (p.ramp_epochs >= 1, "penalty.ramp_epochs must be >= 1"),
+        (0 <= pr.sparsity < 1, "prune.sparsity must be in [0, 1)"),
+        (0 <= pr.start_epoch < pr.end_epoch, "prune.start_epoch must be < prune.end_epoch"),
+        (config.data.train_limit >= 0 and config.data.test_limit >= 0, "data limits must be >= 0"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> Config:
+    """Validate a parsed TOML document; raises one ConfigError listing every problem."""
+    errors: list[str] = []
+    sections = {f.name: f.type for f in fields(Config)}
+    hints = get_type_hints(Config)
+    built: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in sections:
+            errors.append(f"unknown section [{key}] (allowed: {', '.join(sections)})")
+            continue
+        built[key] = _section_errors(key, hints[key], value, errors)
+    config = Config(**built)
+    errors.extend(_check_ranges(config) if not errors else [])
+    if errors:
+        raise ConfigError(f"{origin}: " + "; ".join(errors))
+    return config
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a TOML config file."""
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML ({error})") from None
+    return config_from_dict(raw, str(path))
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """Plain nested dict (JSON-safe) so a run directory records exactly what was trained."""
+    return dataclasses.asdict(config)
+
+
+def with_overrides(config: Config, overrides: Sequence[tuple[str, Any]], origin: str = "--set") -> Config:
+    """Return ``config`` with dotted keys replaced (``penalty.activations``), validated like a file."""
+    raw = config_to_dict(config)
+    for dotted, value in overrides:
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"{origin}: {dotted!r} is not of the form section.key")
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw, origin)
+
+
+def parse_value(text: str) -> Any:
+    """Parse one command-line value with TOML's rules (``3e-4``, ``true``, ``"l1"``; bare words are strings)."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
