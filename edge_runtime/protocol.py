@@ -96,8 +96,8 @@ def encode_frame(seq: int, image: np.ndarray, max_payload: int = MAX_PAYLOAD_BYT
     if len(payload) > max_payload:
         raise ValueError(f"frame of {len(payload)} bytes exceeds the {max_payload}-byte limit")
     height, width, channels = image.shape
-    header = HEADER.pack(MAGIC, VERSION, DTYPE_UINT8, seq % SEQ_MODULUS, height, width, channels, len(payload))
-    body = header + payload
+    seq %= SEQ_MODULUS
+    body = HEADER.pack(MAGIC, VERSION, DTYPE_UINT8, seq, height, width, channels, len(payload)) + payload
     return cobs_encode(body + CRC.pack(zlib.crc32(body))) + DELIMITER
 
 

@@ -26,7 +26,7 @@ def as_hwc(images: np.ndarray, origin: str = "frames") -> np.ndarray:
     if images.ndim == 3:
         images = images[..., np.newaxis]
     if images.ndim != 4 or 0 in images.shape:
-        raise DataError(f"{origin}: frames must have shape (N, H, W[, C]) with no empty axis, got {images.shape}")
+        raise DataError(f"{origin}: frames must be (N, H, W[, C]) with no empty axis, got {images.shape}")
     return images
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import serial
 
 from ..errors import ConfigError
-from ..protocol import MAX_PAYLOAD_BYTES, BadPacket, FrameDecoder
+from ..protocol import MAX_PAYLOAD_BYTES, BadPacket, DecodedFrame, FrameDecoder
 from .base import Frame, NullEvents, SourceEvents
 from .spec import DEFAULT_BAUD
 
@@ -38,6 +38,9 @@ class Backoff:
             delay = min(self.maximum, delay * self.factor)
 
 
+DEFAULT_BACKOFF = Backoff()
+
+
 class SerialSource:
     """Reads protocol packets (edge_runtime.protocol) from ``url`` and yields decoded frames.
 
@@ -51,7 +54,7 @@ class SerialSource:
         *,
         baudrate: int = DEFAULT_BAUD,
         events: SourceEvents | None = None,
-        backoff: Backoff = Backoff(),  # noqa: B008 - frozen, so sharing the default is safe
+        backoff: Backoff = DEFAULT_BACKOFF,
         read_timeout: float = 0.1,
         max_payload: int = MAX_PAYLOAD_BYTES,
     ) -> None:
@@ -110,7 +113,7 @@ class SerialSource:
                 yield from self._frames(decoder.feed(chunk))
         return received
 
-    def _frames(self, decoded: list) -> Iterator[Frame]:
+    def _frames(self, decoded: list[DecodedFrame | BadPacket]) -> Iterator[Frame]:
         now = time.monotonic()
         for item in decoded:
             if isinstance(item, BadPacket):

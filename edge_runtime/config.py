@@ -1,0 +1,184 @@
+"""``edge-runtime serve`` configuration: frozen dataclasses loaded from a commented TOML file.
+
+Why frozen dataclasses: a typo in a key fails at start (and at SIGHUP, before anything changes) with
+the list of allowed keys, instead of being silently ignored in production. Every problem in a file
+is collected and reported in one line with the file path. Command-line flags override single keys
+for quick use; the result is validated exactly like a file. The shipped, commented example is
+``config/edge-runtime.toml``; paths are used as written (give absolute paths under systemd).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from .errors import ConfigError
+from .sources import parse_source_spec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+BACKENDS = ("auto", "akida", "simulator", "onnx")
+# The Akida board's power sensor updates every 140.8 ms; averaging over fewer than three updates
+# would let one reading dominate the energy attributed to a window's inferences.
+POWER_METER_PERIOD_S = 0.1408
+MIN_POWER_WINDOW_S = 3 * POWER_METER_PERIOD_S
+DEFAULT_LISTEN = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    bundle: str = ""  # bundle directory (manifest + model.fbz + model.onnx); required
+
+
+@dataclass(frozen=True)
+class SourceSection:
+    spec: str = ""  # serial:PORT_OR_URL[?baud=N] or replay:PATH[?rate=HZ&loop=1]; required
+    queue_size: int = 64  # frames between reader and inference; when full the oldest is dropped
+
+
+@dataclass(frozen=True)
+class InferenceSection:
+    backend: str = "auto"  # one of BACKENDS; auto = the Akida board if present, else the simulator
+    max_batch: int = 16  # frames taken from the queue per backend call (micro-batching)
+    sample_every: int = 10  # board/onnx: run the simulator on 1 frame in N for per-layer sparsity (0 = off)
+    power_window_s: float = 2.0  # board: energy per inference = mean power over >= this / inferences in it
+    onnx_threads: int = 1  # onnxruntime intra-op threads
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    listen: str = DEFAULT_LISTEN  # HOST:PORT for /metrics, /healthz, /readyz ([::1]:9464 for IPv6)
+
+
+@dataclass(frozen=True)
+class PredictionsSection:
+    path: str = ""  # JSON-lines log of every inference ("" = off)
+    max_bytes: int = 16 << 20  # rotate the log when it would grow past this
+    keep: int = 5  # rotated files kept (path.1 .. path.N)
+    stdout: bool = False  # also print one JSON object per inference on stdout (flushed)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    source: SourceSection = field(default_factory=SourceSection)
+    inference: InferenceSection = field(default_factory=InferenceSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
+    predictions: PredictionsSection = field(default_factory=PredictionsSection)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port); port 0 asks the OS for a free one (tests)."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"bad listen address {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    return host, int(port)
+
+
+def _section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
+    """Build one section, appending a message per bad key instead of stopping at the first."""
+    if not isinstance(raw, Mapping):
+        errors.append(f"[{name}] must be a table")
+        return cls()
+    hints = get_type_hints(cls)
+    allowed = [f.name for f in fields(cls)]
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            errors.append(f"unknown key {name}.{key} (allowed: {', '.join(allowed)})")
+            continue
+        expected = hints[key]
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            errors.append(f"{name}.{key} must be {expected.__name__}, got {type(value).__name__}")
+            continue
+        values[key] = value
+    return cls(**values)
+
+
+def _check(config: ServeConfig) -> list[str]:
+    """Cross-field and range checks; each failing rule gives one message."""
+    inf, pred = config.inference, config.predictions
+    errors = [
+        message
+        for ok, message in [
+            (bool(config.model.bundle), "model.bundle is required (set it or pass --model)"),
+            (bool(config.source.spec), "source.spec is required (set it or pass --source)"),
+            (config.source.queue_size >= 1, "source.queue_size must be >= 1"),
+            (inf.backend in BACKENDS, f"inference.backend must be one of {', '.join(BACKENDS)}"),
+            (inf.max_batch >= 1, "inference.max_batch must be >= 1"),
+            (inf.sample_every >= 0, "inference.sample_every must be >= 0 (0 = off)"),
+            (
+                inf.power_window_s >= MIN_POWER_WINDOW_S,
+                f"inference.power_window_s must be >= {MIN_POWER_WINDOW_S:.4f} "
+                f"(three {POWER_METER_PERIOD_S * 1000:.1f} ms power-meter updates)",
+            ),
+            (inf.onnx_threads >= 1, "inference.onnx_threads must be >= 1"),
+            (pred.max_bytes >= 4096, "predictions.max_bytes must be >= 4096"),
+            (pred.keep >= 1, "predictions.keep must be >= 1"),
+        ]
+        if not ok
+    ]
+    for check, value in ((parse_source_spec, config.source.spec), (parse_listen, config.metrics.listen)):
+        if value:
+            try:
+                check(value)
+            except ConfigError as error:
+                errors.append(str(error))
+    return errors
+
+
+def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> ServeConfig:
+    """Validate a parsed TOML document; raises one ConfigError listing every problem."""
+    errors: list[str] = []
+    hints = get_type_hints(ServeConfig)
+    built: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in hints:
+            errors.append(f"unknown section [{key}] (allowed: {', '.join(hints)})")
+            continue
+        built[key] = _section(key, hints[key], value, errors)
+    config = ServeConfig(**built)
+    errors.extend(_check(config) if not errors else [])
+    if errors:
+        raise ConfigError(f"{origin}: " + "; ".join(errors))
+    return config
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML ({error})") from None
+
+
+def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> ServeConfig:
+    """Read ``path`` (or start from defaults), apply ``{"section.key": value}`` overrides, validate.
+
+    Overrides are merged into the raw document before validation, so a flag is checked exactly like
+    the key it replaces and the error names that key.
+    """
+    raw = read_toml(path) if path is not None else {}
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        table = raw.setdefault(section, {})
+        if isinstance(table, dict):
+            table[key] = value
+    origin = str(path) if path is not None else "command line"
+    return config_from_dict(raw, origin)
+
+
+def config_to_dict(config: ServeConfig) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(config)

@@ -1,0 +1,251 @@
+"""Every Prometheus metric of the daemon, created in one place against a registry passed in.
+
+Names follow docs/practices/naming.md: prefix ``edge_``, base units (seconds, joules, ratio 0..1),
+counters end in ``_total``, metadata as ``*_info`` = 1. Labels are bounded sets only (backend,
+source, layer, reason, class). Histogram buckets are chosen for the real ranges: inference in
+100 µs..1 s, energy per inference in µJ..100 mJ (a board's floor power spread over few inferences
+reaches tens of mJ), sparsity 0..1 with detail near 1, events in powers of two up to 64 Ki.
+Series known to exist are created at 0 so ``rate()`` works from the first scrape.
+
+The HTTP side is here too: ``/metrics`` plus ``/healthz`` and ``/readyz`` on the same port.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
+
+from . import __version__
+from .backends.base import BACKEND_NAMES, EnergyReport, LayerStats
+
+PREFIX = "edge"
+
+LATENCY_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0)
+AGE_BUCKETS = (*LATENCY_BUCKETS, 2.5, 5.0, 10.0)
+ENERGY_BUCKETS = (
+    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
+)
+SPARSITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
+EVENT_BUCKETS = (0, *(2**i for i in range(17)))  # le="0": a layer that stayed silent
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+RELOAD_RESULTS = ("ok", "rejected")
+SINK_NAMES = ("jsonl", "stdout")
+
+Readiness = Callable[[], tuple[bool, str]]
+
+
+class Metrics:
+    """The daemon's metrics; the pipeline and daemon call the ``observe_*``/``set_*`` methods.
+
+    ``drop_reasons`` are all reasons a frame can be lost (the sources' plus the pipeline's).
+    """
+
+    def __init__(self, registry: CollectorRegistry, drop_reasons: Sequence[str]) -> None:
+        def name(suffix: str) -> str:
+            return f"{PREFIX}_{suffix}"
+
+        r = registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, RSS, open fds: cheap and expected
+        self.build_info = Gauge(name("build_info"), "Software versions of this daemon (value 1)",
+                                ["version", "akida_version", "python_version"], registry=r)
+        self.model_info = Gauge(name("model_info"), "The bundle being served (value 1)",
+                                ["name", "sha256", "input_shape"], registry=r)
+        self.model_expected_energy = Gauge(
+            name("model_expected_energy_joules"),
+            "Energy per inference the bundle's manifest expects (board energy from the energy model)",
+            registry=r)
+        self.model_expected_sparsity = Gauge(
+            name("model_expected_activation_sparsity_ratio"),
+            "Per-layer activation sparsity the bundle's manifest expects (on its evaluation set)",
+            ["layer"], registry=r)
+        self.backend_active = Gauge(name("backend_active"), "1 for the backend running inference, else 0",
+                                    ["backend"], registry=r)
+        self.accelerator_up = Gauge(name("accelerator_up"), "1 while inference runs on the Akida board",
+                                    registry=r)
+        self.accelerator_power = Gauge(
+            name("accelerator_power_watts"),
+            "Mean Akida board power over the last power-meter window, idle included (NaN: not measured)",
+            registry=r)
+        self.accelerator_power.set(float("nan"))
+        self.sensor_up = Gauge(name("sensor_up"), "1 while the frame source is open", registry=r)
+        self.frames_received = Counter(name("frames_received"), "Frames delivered by the source", registry=r)
+        self.frames_dropped = Counter(name("frames_dropped"), "Frames lost before inference, by reason",
+                                      ["reason"], registry=r)
+        self.sensor_bytes = Counter(name("sensor_received_bytes"), "Raw bytes read from the sensor link",
+                                    registry=r)
+        self.queue_depth = Gauge(name("queue_depth"), "Frames waiting for inference", registry=r)
+        self.queue_capacity = Gauge(name("queue_capacity"), "Frames the queue holds before dropping the oldest",
+                                    registry=r)
+        self.frame_age = Histogram(name("frame_age_seconds"), "Time from frame receipt to the start of its inference",
+                                   buckets=AGE_BUCKETS, registry=r)
+        self.frame_latency = Histogram(name("frame_latency_seconds"), "Time from frame receipt to its prediction",
+                                       buckets=AGE_BUCKETS, registry=r)
+        self.batch_size = Histogram(name("inference_batch_size"), "Frames per backend call (micro-batching)",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.inferences = Counter(name("inferences"), "Frames inferred", ["backend"], registry=r)
+        self.inference_latency = Histogram(
+            name("inference_latency_seconds"),
+            "Duration of the backend call that produced each inference (observed once per frame)",
+            ["backend"], buckets=LATENCY_BUCKETS, registry=r)
+        self.inference_energy = Histogram(name("inference_energy_joules"), "Energy per inference",
+                                          ["backend", "source"], buckets=ENERGY_BUCKETS, registry=r)
+        self.energy = Counter(name("energy_joules"), "Energy used by inferences; rate() is watts",
+                              ["backend", "source"], registry=r)
+        self.layer_sparsity = Histogram(name("layer_activation_sparsity_ratio"),
+                                        "Fraction of a layer's activations that are zero, per inference",
+                                        ["layer", "source"], buckets=SPARSITY_BUCKETS, registry=r)
+        self.layer_events = Histogram(name("layer_output_events"),
+                                      "Non-zero activations (events) a layer emits, per inference",
+                                      ["layer", "source"], buckets=EVENT_BUCKETS, registry=r)
+        self.predictions = Counter(name("predictions"), "Predicted classes", ["class"], registry=r)
+        self.backend_errors = Counter(name("backend_errors"), "Failed backend calls", ["backend"], registry=r)
+        self.backend_fallbacks = Counter(name("backend_fallbacks"),
+                                         "Switches to the simulator after a backend failed (batch re-run)",
+                                         ["backend"], registry=r)
+        self.reloads = Counter(name("reloads"), "SIGHUP reloads by result", ["result"], registry=r)
+        self.sink_errors = Counter(name("sink_errors"), "Prediction records that could not be written",
+                                   ["sink"], registry=r)
+
+        akida_version = _akida_version()
+        self.build_info.labels(__version__, akida_version, platform.python_version()).set(1)
+        for reason in drop_reasons:
+            self.frames_dropped.labels(reason)
+        for backend in BACKEND_NAMES:
+            self.backend_active.labels(backend).set(0)
+            self.inferences.labels(backend)
+            self.backend_errors.labels(backend)
+            self.backend_fallbacks.labels(backend)
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result)
+        for sink in SINK_NAMES:
+            self.sink_errors.labels(sink)
+        # labels() takes a lock and a dict lookup; the hot path reuses children instead.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    # --- model and backend state -------------------------------------------------------------
+
+    def set_model(self, name: str, sha256: str, input_shape: Sequence[int], classes: Iterable[str],
+                  expected_energy: float | None, expected_sparsity: dict[str, float],
+                  energy_sources: Iterable[tuple[str, str]], layers: Iterable[tuple[str, str]]) -> None:
+        """Describe a newly loaded bundle; series of the previous one are removed, new ones start at 0.
+
+        ``energy_sources`` are the (backend, source) pairs and ``layers`` the (layer, source) pairs
+        the chosen backend will report, so their counters exist from the first scrape.
+        """
+        self.model_info.clear()
+        self.model_info.labels(name, sha256, "x".join(map(str, input_shape))).set(1)
+        if expected_energy is None:
+            self.model_expected_energy.set(float("nan"))
+        else:
+            self.model_expected_energy.set(expected_energy)
+        self.model_expected_sparsity.clear()
+        for layer, value in expected_sparsity.items():
+            self.model_expected_sparsity.labels(layer).set(value)
+        for label in classes:
+            self.predictions.labels(label)
+        for backend, source in energy_sources:
+            self.energy.labels(backend, source)
+            self.inference_energy.labels(backend, source)
+        for layer, source in layers:
+            self.layer_sparsity.labels(layer, source)
+            self.layer_events.labels(layer, source)
+
+    def set_backend(self, backend: str, on_accelerator: bool) -> None:
+        for name in BACKEND_NAMES:
+            self.backend_active.labels(name).set(1 if name == backend else 0)
+        self.accelerator_up.set(1 if on_accelerator else 0)
+
+    # --- hot path (inference thread) -----------------------------------------------------------
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def observe_batch(self, backend: str, duration: float, ages: Sequence[float],
+                      latencies: Sequence[float], classes: Sequence[str]) -> None:
+        """One backend call: ``ages`` at its start, ``latencies`` at its end, one per frame."""
+        n = len(classes)
+        self.batch_size.observe(n)
+        self._child(self.inferences, backend).inc(n)
+        latency = self._child(self.inference_latency, backend)
+        for age, total, label in zip(ages, latencies, classes):
+            latency.observe(duration)
+            self.frame_age.observe(age)
+            self.frame_latency.observe(total)
+            self._child(self.predictions, label).inc()
+
+    def observe_energy(self, backend: str, report: EnergyReport) -> None:
+        values = report.per_inference
+        if len(values) == 0:
+            return
+        histogram = self._child(self.inference_energy, backend, report.source)
+        for joules in values.tolist():
+            histogram.observe(joules)
+        self._child(self.energy, backend, report.source).inc(float(np.sum(values)))
+        if report.board_watts is not None:
+            self.accelerator_power.set(report.board_watts)
+
+    def observe_layers(self, stats: LayerStats) -> None:
+        for layer, events in stats.events.items():
+            histogram = self._child(self.layer_events, layer, stats.source)
+            for value in events.tolist():
+                histogram.observe(value)
+        for layer, ratios in stats.sparsity.items():
+            histogram = self._child(self.layer_sparsity, layer, stats.source)
+            for value in ratios.tolist():
+                histogram.observe(value)
+
+    # --- source and queue (reader thread) ------------------------------------------------------
+
+    def dropped(self, reason: str, n: int = 1) -> None:
+        self._child(self.frames_dropped, reason).inc(n)
+
+
+def _akida_version() -> str:
+    """The installed akida version, read from package metadata so no engine is loaded for it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("akida")
+    except PackageNotFoundError:
+        return "none"
+
+
+# --- HTTP: /metrics, /healthz, /readyz ---------------------------------------------------------
+
+
+def _plain(start_response: Callable[..., Any], status: str, body: str) -> list[bytes]:
+    data = body.encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def make_app(registry: CollectorRegistry, readiness: Readiness) -> Callable[..., Iterator[bytes] | list[bytes]]:
+    """A WSGI app: ``/metrics`` from prometheus_client, ``/healthz`` and ``/readyz`` beside it.
+
+    Why WSGI and not ``start_http_server``: that server answers every path with the metrics, so
+    health checks could not share the port. prometheus_client's own ``make_wsgi_app`` keeps its
+    content negotiation (OpenMetrics, gzip); this dispatcher only routes by path, and it is served
+    by the standard library's wsgiref (see pipeline.HttpServer), so no web framework is needed.
+    """
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            return _plain(start_response, "200 OK", "ok\n")
+        if path == "/readyz":
+            ready, why = readiness()
+            return _plain(start_response, "200 OK" if ready else "503 Service Unavailable", why + "\n")
+        if path == "/metrics":
+            return metrics_app(environ, start_response)
+        return _plain(start_response, "404 Not Found", "try /metrics, /healthz or /readyz\n")
+
+    return app

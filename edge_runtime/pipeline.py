@@ -1,0 +1,454 @@
+"""The only module that knows about threads: source -> bounded queue -> inference -> metrics and sinks.
+
+Threads and what they own:
+
+* **reader**: iterates the frame source and puts frames in the queue. A sensor does not wait for
+  us, so when the queue is full the *oldest* frame is dropped (a leaky queue, like GStreamer's
+  ``leaky=downstream``) and counted as ``queue_full``; fresh frames are worth more than old ones.
+  A replay without a rate has nothing to lose by waiting, so it gets back-pressure instead.
+* **inference**: takes up to ``max_batch`` frames at a time, runs the backend, and hands results
+  to the metrics and sinks. It alone touches the backend (an Akida device is not documented as
+  thread-safe), so fallback and reload swaps happen here, between batches. It also sends the
+  systemd watchdog ping, so a hung accelerator stops the pings and systemd restarts us.
+* **http**: wsgiref serving /metrics, /healthz and /readyz (one short-lived thread per request).
+
+Other threads talk to the daemon's main thread through a :class:`Mailbox` (a pipe, so a signal
+handler and a worker thread can both post to it without locks).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import numpy as np
+
+from .backends.base import Backend, BatchResult
+from .errors import BackendError, ConfigError
+from .metrics import Metrics
+from .sdnotify import Notifier
+from .sinks import Record, Sink
+from .sources import Frame, FrameSource
+
+log = logging.getLogger(__name__)
+
+# Why the pipeline itself loses frames (the sources add their own reasons).
+PIPELINE_DROP_REASONS = ("queue_full", "bad_shape", "inference_error")
+# How often an idle inference loop wakes up (to ping the watchdog and apply swaps) without a watchdog.
+IDLE_WAKE_S = 0.5
+
+
+class Mailbox:
+    """Wakes the daemon's main thread; posts are single bytes written to a pipe.
+
+    Writing one byte to a pipe is atomic and async-signal-safe, so the same mailbox takes Python's
+    ``signal.set_wakeup_fd`` (signal numbers, all < 128) and codes from worker threads (>= 128).
+    """
+
+    SOURCE_CHANGED = 0xF0
+    FATAL = 0xF1
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    @property
+    def write_fd(self) -> int:
+        return self._write
+
+    def post(self, code: int) -> None:
+        try:
+            os.write(self._write, bytes([code]))
+        except BlockingIOError:
+            pass  # 64 KiB of unread wake-ups: the main thread is already due to wake
+
+    def wait(self, timeout: float | None = None) -> bytes:
+        """Block until something was posted (or ``timeout``); return every code pending."""
+        ready, _, _ = select.select([self._read], [], [], timeout)
+        if not ready:
+            return b""
+        try:
+            return os.read(self._read, 4096)
+        except BlockingIOError:
+            return b""
+
+    def close(self) -> None:
+        os.close(self._read)
+        os.close(self._write)
+
+
+class FrameQueue:
+    """Bounded FIFO between the reader and inference threads.
+
+    ``put`` drops and returns the oldest frame when full (``block=False``) or waits for room
+    (``block=True``). After :meth:`close`, ``put`` refuses and ``get_batch`` drains what is left.
+    """
+
+    def __init__(self, capacity: int, block: bool) -> None:
+        self.capacity = capacity
+        self._block = block
+        self._items: collections.deque[Frame] = collections.deque()
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, frame: Frame) -> Frame | None:
+        """Enqueue; return the frame dropped to make room, if any (also ``frame`` itself once closed)."""
+        with self._lock:
+            while self._block and len(self._items) >= self.capacity and not self._closed:
+                self._not_full.wait()
+            if self._closed:
+                return frame
+            dropped = self._items.popleft() if len(self._items) >= self.capacity else None
+            self._items.append(frame)
+            self._not_empty.notify()
+            return dropped
+
+    def get_batch(self, max_items: int, timeout: float) -> list[Frame]:
+        """Up to ``max_items`` frames: waits up to ``timeout`` for the first, never for more."""
+        with self._lock:
+            if not self._items and not self._closed:
+                self._not_empty.wait(timeout)
+            batch = [self._items.popleft() for _ in range(min(max_items, len(self._items)))]
+            if batch:
+                self._not_full.notify_all()
+            return batch
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._not_empty.notify_all()
+            self._not_full.notify_all()
+
+    @property
+    def drained(self) -> bool:
+        """Closed and empty: the inference thread may stop."""
+        return self._closed and not self._items
+
+
+@dataclass
+class Health:
+    """What /readyz reports; written by the pipeline and daemon, read by HTTP threads."""
+
+    model_loaded: bool = False
+    source_open: bool = False
+    source_finished: bool = False
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.model_loaded:
+            return False, "model not loaded"
+        if self.source_finished:
+            return False, "source finished (replay ended)"
+        if not self.source_open:
+            return False, "source not open"
+        return True, "ready"
+
+
+class SourceListener:
+    """The sources' fault reports (SourceEvents), turned into metrics, health and a wake-up."""
+
+    def __init__(self, metrics: Metrics, health: Health, mailbox: Mailbox) -> None:
+        self._metrics, self._health, self._mailbox = metrics, health, mailbox
+
+    def dropped(self, reason: str, n: int = 1) -> None:
+        self._metrics.dropped(reason, n)
+
+    def sensor_up(self, up: bool) -> None:
+        self._metrics.sensor_up.set(1 if up else 0)
+        self._health.source_open = up
+        self._mailbox.post(Mailbox.SOURCE_CHANGED)
+
+    def bytes_received(self, n: int) -> None:
+        self._metrics.sensor_bytes.inc(n)
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Frame accounting for the exit summary: every received frame is inferred or dropped."""
+
+    received: int
+    inferred: int
+    dropped: dict[str, int]
+
+
+# (frames, result, backend name, monotonic end time, backend call duration) -> one record per frame
+RecordBuilder = Callable[[Sequence[Frame], BatchResult, str, float, float], list[Record]]
+BackendFactory = Callable[[], Backend]
+
+
+class _Swap:
+    """A reload request handed to the inference thread, and its outcome for the waiting caller."""
+
+    def __init__(self, factory: BackendFactory, sinks: Sequence[Sink] | None) -> None:
+        self.factory, self.sinks = factory, sinks
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class Pipeline:
+    """Runs the reader and inference threads for one source; backends and sinks can be swapped.
+
+    ``fallback`` builds the simulator backend used when another backend fails mid-run. ``classes``
+    maps output index to the label used in metrics and records. ``input_shape`` is what the model
+    takes; frames of another shape are dropped as ``bad_shape`` before they can spoil a batch.
+    """
+
+    def __init__(
+        self,
+        source: FrameSource,
+        backend: Backend,
+        *,
+        fallback: BackendFactory,
+        metrics: Metrics,
+        health: Health,
+        mailbox: Mailbox,
+        notifier: Notifier,
+        sinks: Sequence[Sink],
+        make_records: RecordBuilder,
+        input_shape: tuple[int, ...],
+        queue_size: int,
+        max_batch: int,
+        backpressure: bool,
+    ) -> None:
+        self._source = source
+        self._backend = backend
+        self._fallback = fallback
+        self._metrics = metrics
+        self._health = health
+        self._mailbox = mailbox
+        self._notifier = notifier
+        self._sinks = list(sinks)
+        self._make_records = make_records
+        self._input_shape = tuple(input_shape)
+        self._max_batch = max_batch
+        self._queue = FrameQueue(queue_size, block=backpressure)
+        self._swap: _Swap | None = None
+        self._swap_lock = threading.Lock()
+        self._received = 0
+        self._inferred = 0
+        self._dropped: collections.Counter[str] = collections.Counter()
+        self._reader = threading.Thread(target=self._read_loop, name="edge-reader", daemon=True)
+        self._worker = threading.Thread(target=self._infer_loop, name="edge-inference", daemon=True)
+        metrics.queue_capacity.set(queue_size)
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
+
+    def start(self) -> None:
+        self._reader.start()
+        self._worker.start()
+
+    def stop(self, timeout: float = 60.0) -> Totals:
+        """Stop reading, infer every queued frame, then return the frame accounting.
+
+        Frames still unread in the port's buffer were never received, so they are not ours to
+        count; everything that entered the queue is inferred or counted as dropped.
+        """
+        self._source.close()
+        self._reader.join(timeout)
+        self._queue.close()
+        self._worker.join(timeout)
+        if self._worker.is_alive():
+            log.error("inference did not finish draining within %.0f s", timeout)
+        self._backend.close()
+        for sink in self._sinks:
+            sink.close()
+        return Totals(self._received, self._inferred, dict(self._dropped))
+
+    def swap(self, factory: BackendFactory, sinks: Sequence[Sink] | None, timeout: float) -> None:
+        """Have the inference thread build a new backend (and take new sinks) between batches.
+
+        The old backend keeps serving until the new one is built; if building fails the old one
+        stays and the error is raised here. Raises BackendError if the thread does not get to it.
+        """
+        request = _Swap(factory, sinks)
+        with self._swap_lock:
+            self._swap = request
+        if not request.done.wait(timeout):
+            with self._swap_lock:
+                if self._swap is request:
+                    self._swap = None
+            raise BackendError(f"inference thread did not take the new model within {timeout:.0f} s (busy or hung)")
+        if request.error is not None:
+            raise request.error
+
+    # --- reader thread -------------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        try:
+            for frame in self._source.frames():
+                self._received += 1
+                self._metrics.frames_received.inc()
+                dropped = self._queue.put(frame)
+                if dropped is not None:
+                    self._drop("queue_full", 1)
+                self._metrics.queue_depth.set(len(self._queue))
+        except Exception:
+            log.exception("frame source failed")
+            self._mailbox.post(Mailbox.FATAL)
+        finally:
+            self._health.source_open = False
+            self._health.source_finished = True
+            self._metrics.sensor_up.set(0)
+            self._mailbox.post(Mailbox.SOURCE_CHANGED)
+
+    # --- inference thread ----------------------------------------------------------------------
+
+    def _infer_loop(self) -> None:
+        interval = self._notifier.watchdog_interval
+        wake = min(interval, IDLE_WAKE_S) if interval else IDLE_WAKE_S
+        next_ping = 0.0
+        try:
+            while True:
+                batch = self._queue.get_batch(self._max_batch, wake)
+                self._metrics.queue_depth.set(len(self._queue))
+                now = time.monotonic()
+                if interval and now >= next_ping:
+                    self._notifier.watchdog()
+                    next_ping = now + interval
+                self._apply_swap()
+                if batch:
+                    self._infer(batch)
+                elif self._queue.drained:
+                    return
+        except Exception:
+            log.exception("inference loop failed")
+            self._mailbox.post(Mailbox.FATAL)
+
+    def _apply_swap(self) -> None:
+        with self._swap_lock:
+            request, self._swap = self._swap, None
+        if request is None:
+            return
+        try:
+            backend = request.factory()
+        except BaseException as error:  # handed to the caller, who reports it; the old backend stays
+            request.error = error
+        else:
+            self._backend.close()
+            self._backend = backend
+            if request.sinks is not None:
+                for sink in self._sinks:
+                    sink.close()
+                self._sinks = list(request.sinks)
+        request.done.set()
+
+    def _drop(self, reason: str, n: int) -> None:
+        self._dropped[reason] += n
+        self._metrics.dropped(reason, n)
+
+    def _infer(self, batch: list[Frame]) -> None:
+        frames = [f for f in batch if f.image.shape == self._input_shape]
+        if len(frames) < len(batch):
+            self._drop("bad_shape", len(batch) - len(frames))
+            log.debug("dropped %d frame(s) not shaped %s", len(batch) - len(frames), self._input_shape)
+        if not frames:
+            return
+        images = np.stack([f.image for f in frames])
+        start = time.monotonic()
+        result = self._run(images)
+        end = time.monotonic()
+        if result is None:
+            self._drop("inference_error", len(frames))
+            return
+        self._account(frames, result, start, end)
+
+    def _run(self, images: np.ndarray) -> BatchResult | None:
+        """Infer on the current backend; on failure switch to the simulator and re-run the batch."""
+        try:
+            return self._backend.infer(images)
+        except BackendError as error:
+            failed = self._backend.name
+            self._metrics.backend_errors.labels(failed).inc()
+            if failed == "simulator":
+                log.error("simulator failed on a batch of %d frames: %s", len(images), error)
+                return None
+            log.error("%s backend failed (%s); falling back to the simulator and re-running the batch", failed, error)
+            self._metrics.backend_fallbacks.labels(failed).inc()
+            self._backend.close()
+        try:
+            self._backend = self._fallback()
+            self._metrics.set_backend(self._backend.name, on_accelerator=False)
+            self._notifier.status(f"serving on {self._backend.name} after a {failed} failure")
+            return self._backend.infer(images)
+        except (BackendError, ConfigError) as error:
+            self._metrics.backend_errors.labels("simulator").inc()
+            log.error("fallback to the simulator failed: %s", error)
+            return None
+
+    def _account(self, frames: list[Frame], result: BatchResult, start: float, end: float) -> None:
+        name = self._backend.name
+        classes = np.argmax(result.scores, axis=1)
+        labels = [str(c) for c in classes.tolist()]
+        self._metrics.observe_batch(
+            name,
+            end - start,
+            [start - f.received_at for f in frames],
+            [end - f.received_at for f in frames],
+            labels,
+        )
+        if result.energy is not None:
+            self._metrics.observe_energy(name, result.energy)
+        if result.layers is not None:
+            self._metrics.observe_layers(result.layers)
+        self._inferred += len(frames)
+        if self._sinks:
+            records = self._make_records(frames, result, name, end, end - start)
+            for sink in self._sinks:
+                sink.write(records)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per request, so a slow scraper cannot hold up a health check."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Scrapes every few seconds would flood the journal; requests are not state changes."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class HttpServer:
+    """Serves a WSGI app (metrics.make_app) on ``host:port`` from a background thread."""
+
+    def __init__(self, app: Callable[..., Any], host: str, port: int) -> None:
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            server_class = type("_Server", (_Server,), {"address_family": family})
+            self._server = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+        except OSError as error:
+            raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+        self._thread = threading.Thread(target=self._server.serve_forever, name="edge-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop accepting, wait for the serving loop to end, release the port."""
+        self._server.shutdown()
+        self._thread.join()
+        self._server.server_close()

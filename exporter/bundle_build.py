@@ -1,0 +1,423 @@
+"""Turn a trained run into a verified bundle, and re-verify bundles.
+
+The export refuses to write anything an edge host could not trust (docs/bundle.md):
+
+1. the ONNX graph must be provably exact (every value an integer below 2**24, no engine wrap-around);
+2. the model must map entirely on AKD1000 hardware (``hw_only=True``), and the NPs it takes are recorded;
+3. the Akida engine (on the saved ``.fbz``), our simulator and onnxruntime (on the saved ``.onnx``)
+   must give identical outputs on every evaluation frame, and so must the run's own recorded scores;
+4. the finished directory must pass the runtime's own :func:`edge_runtime.bundle.load_bundle`.
+
+Only then is the temporary directory moved into place with ``os.replace``, so a reader sees either
+the old bundle or the complete new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import akida
+import numpy as np
+import onnx
+
+from edge_runtime import mnist
+from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer, MaxPool, load_model
+from edge_runtime.bundle import (
+    FBZ,
+    FORMAT,
+    FORMAT_VERSION,
+    GOLDEN,
+    MANIFEST,
+    ONNX,
+    Bundle,
+    EnergyMetrics,
+    Golden,
+    InputSpec,
+    LayerMetrics,
+    Manifest,
+    Metrics,
+    OutputSpec,
+    Target,
+    Training,
+    Verification,
+    check_golden,
+    file_entry,
+    installed_version,
+    layer_kind,
+    layer_spec,
+    load_bundle,
+    write_golden,
+    write_manifest,
+)
+from edge_runtime.counters import Counters
+from edge_runtime.energy import EnergyModel
+from edge_runtime.errors import BundleError, DataError, ModelError
+from edge_runtime.onnx_backend import OnnxBackend
+from edge_runtime.simulator import Simulator, window_geometry
+
+from .akida_build import DeviceMapping, map_on_akd1000, to_akida
+from .onnx_build import OPSET, check_exact, to_onnx
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT = "akida-v1-integer-params/1"  # spec.json written by exporter.train
+BACKENDS = ("akida", "simulator", "onnxruntime")
+GOLDEN_FRAMES = 16
+BATCH = 1000  # frames per engine call: bounds memory, not results
+MNIST_PREPROCESSING = (
+    "28x28 8-bit greyscale, white digit on black (0 = background), as in MNIST: the image array (rows, "
+    "columns) reshaped to (28, 28, 1) with no transpose, scaling or normalisation; the input layer takes "
+    "raw pixel values"
+)
+
+
+@dataclass(frozen=True, eq=False)
+class EvalSet:
+    """Frames to verify and measure on, with what a deployer needs to know about them."""
+
+    name: str
+    frames: np.ndarray  # uint8 (N, X, Y, C)
+    labels: np.ndarray | None  # (N,) class indices, or None
+    class_names: tuple[str, ...]
+    preprocessing: str
+
+
+@dataclass(frozen=True, eq=False)
+class TrainedRun:
+    """What the exporter takes from a run directory written by ``edge-export train``."""
+
+    model: AkidaModel
+    training: Training
+    eval_scores: np.ndarray | None  # the run's own outputs on the first N test frames (int32 (N, classes))
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    bundle: Bundle
+    golden_frames: int
+    extra_frames: int  # frames beyond the golden vectors on which the backends agreed
+    backends: tuple[str, ...]
+
+
+def mnist_eval_set(cache_dir: Path | None = None) -> EvalSet:
+    """The MNIST test split (10,000 frames), fetched into the cache if needed."""
+    data = mnist.load_mnist(cache_dir)
+    return EvalSet("mnist-test", data.test_images[..., None], data.test_labels.astype(np.int64),
+                   tuple(str(d) for d in range(10)), MNIST_PREPROCESSING)
+
+
+# --------------------------------------------------------------------------- reading a run
+
+
+def _read_only(array: np.ndarray, dtype: type) -> np.ndarray:
+    out = np.array(array, dtype=dtype, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+def _conv_geometry(shape: tuple[int, int, int], kernel: tuple[int, int], stride: tuple[int, int],
+                   padding: Any, filters: int, pool: MaxPool | None) -> tuple[int, int, int]:
+    """Output shape of a conv layer (after pooling), with the simulator's window rules."""
+    x, y = (window_geometry(shape[a], kernel[a], stride[a], padding)[0] for a in (0, 1))
+    if pool is not None:
+        x, y = (window_geometry((x, y)[a], pool.size[a], pool.stride[a], padding)[0] for a in (0, 1))
+    return (x, y, filters)
+
+
+def model_from_spec(layers: Sequence[Mapping[str, Any]], input_shape: Sequence[int],
+                    arrays: Mapping[str, np.ndarray]) -> AkidaModel:
+    """Build the AkidaModel a run describes: layer hyper-parameters from ``spec.json`` and
+    ``<name>.weights|threshold|act_step`` arrays in akida's layouts (FC weights (1, 1, inputs, units)).
+    Layers without activation may omit threshold and act_step (akida's defaults, 0 and 1, are used)."""
+    shape = tuple(int(v) for v in input_shape)
+    input_bits = 8
+    built: list[Layer] = []
+    for spec in layers:
+        name = spec["name"]
+        weights = np.asarray(arrays[f"{name}.weights"])
+        units = int(weights.shape[-1])
+        common: dict[str, Any] = {
+            "name": name,
+            "input_shape": shape,
+            "threshold": _read_only(arrays.get(f"{name}.threshold", np.zeros(units)), np.int32),
+            "act_step": _read_only(arrays.get(f"{name}.act_step", np.ones(units)), np.float32),
+            "act_bits": int(spec.get("act_bits", 1)),
+            "weights_bits": int(spec["weights_bits"]),
+            "input_bits": input_bits,
+            "activation": bool(spec["activation"]),
+        }
+        if spec["kind"] == "FullyConnected":
+            layer: Layer = Dense(weights=_read_only(weights.reshape(-1, units), np.int8),
+                                 output_shape=(1, 1, units), **common)
+        else:
+            pool_spec = spec.get("pool")
+            pool = MaxPool(tuple(pool_spec["size"]), tuple(pool_spec["stride"])) if pool_spec else None
+            kernel, stride = tuple(spec["kernel_size"]), tuple(spec.get("kernel_stride", (1, 1)))
+            conv = {"weights": _read_only(weights, np.int8), "kernel": kernel, "stride": stride,
+                    "padding": spec.get("padding", "same"), "pool": pool,
+                    "output_shape": _conv_geometry(shape, kernel, stride, spec.get("padding", "same"), units, pool)}
+            if spec["kind"] == "InputConvolutional":
+                layer = InputConv(padding_value=int(spec.get("padding_value", 0)), **common, **conv)
+            elif spec["kind"] == "Convolutional":
+                layer = Conv(**common, **conv)
+            else:
+                raise ModelError(f"layer '{name}': unknown kind {spec['kind']!r}")
+        built.append(layer)
+        shape, input_bits = layer.output_shape, layer.act_bits
+    return AkidaModel(tuple(built))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing; is {path.parent} a run directory written by `edge-export train`?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{path}: unreadable ({error})") from None
+
+
+def load_run(run_dir: Path) -> TrainedRun:
+    """Read ``spec.json`` + ``params.npz`` (hash-checked), ``config.json`` and the recorded test scores."""
+    spec = _read_json(run_dir / "spec.json")
+    if not isinstance(spec, dict) or spec.get("format") != RUN_FORMAT:
+        raise ModelError(f"{run_dir / 'spec.json'}: not a run spec of format {RUN_FORMAT}")
+    params = run_dir / spec["params"]["file"]
+    if not params.is_file():
+        raise ModelError(f"{params}: missing; the run directory is incomplete")
+    if hashlib.sha256(params.read_bytes()).hexdigest() != spec["params"]["sha256"]:
+        raise ModelError(f"{params}: does not match the SHA-256 in spec.json; the run directory was altered")
+    try:
+        with np.load(params, allow_pickle=False) as npz:
+            model = model_from_spec(spec["layers"], spec["input"]["shape"], {k: npz[k] for k in npz.files})
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"{run_dir}: spec.json and params.npz do not describe a model ({error!r})") from None
+    scores_file = run_dir / spec.get("eval_scores", {}).get("file", "eval_scores.npy")
+    scores = np.load(scores_file, allow_pickle=False) if scores_file.is_file() else None
+    config = _read_json(run_dir / "config.json")
+    return TrainedRun(model, Training(run_dir.name, spec.get("seed"), config), scores)
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _first_disagreement(reference: np.ndarray, other: np.ndarray) -> tuple[int, int]:
+    """(number of frames that differ, index of the first); shape differences count every frame."""
+    if reference.shape != other.shape or reference.dtype != other.dtype:
+        return len(reference), 0
+    wrong = np.flatnonzero((reference != other).reshape(len(reference), -1).any(axis=1))
+    return int(wrong.size), int(wrong[0]) if wrong.size else -1
+
+
+def three_way(fbz: Path, onnx_path: Path, model: AkidaModel, frames: np.ndarray) -> tuple[np.ndarray, Counters]:
+    """Run the engine (on the .fbz), the simulator and onnxruntime on ``frames``; all must agree.
+
+    Returns the agreed outputs and the simulator's counters; BundleError names the backend that
+    disagrees with the engine, how often, and the first frame.
+    """
+    engine = akida.Model(str(fbz))
+    runtime = OnnxBackend(onnx_path)
+    simulated = Simulator(model).run(frames)
+    reference = np.concatenate([engine.forward(frames[i:i + BATCH]) for i in range(0, len(frames), BATCH)])
+    others = {
+        "the simulator": simulated.outputs,
+        "onnxruntime": np.concatenate([runtime.infer(frames[i:i + BATCH]) for i in range(0, len(frames), BATCH)]),
+    }
+    runtime.close()
+    for backend, outputs in others.items():
+        count, first = _first_disagreement(reference, outputs)
+        if count:
+            raise BundleError(f"{backend} disagrees with the Akida engine on {count} of {len(frames)} frames "
+                              f"(first: frame {first})")
+    return reference, simulated.counters
+
+
+def outputs_digest(outputs: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(outputs, dtype=outputs.dtype.newbyteorder("<")).tobytes()).hexdigest()
+
+
+def _check_run_scores(run: TrainedRun, outputs: np.ndarray, eval_set: EvalSet) -> None:
+    """The run's recorded test-set outputs (its training forward) must be the engine's, frame for frame."""
+    if run.eval_scores is None or eval_set.name != "mnist-test":
+        return
+    n = len(run.eval_scores)
+    ours = outputs[:n].reshape(min(n, len(outputs)), -1)
+    count, first = _first_disagreement(ours, run.eval_scores[: len(ours)])
+    if count:
+        raise BundleError(f"the run's recorded scores differ from the Akida engine's on {count} of {len(ours)} "
+                          f"test frames (first: frame {first}): the trained parameters do not mean on the chip what "
+                          "they meant in training")
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def measure(model: AkidaModel, outputs: np.ndarray, counters: Counters, eval_set: EvalSet,
+            energy_model: EnergyModel | None) -> Metrics:
+    """Accuracy, events, weights and modelled energy per frame, from the simulator's exact counters."""
+    accuracy = None
+    if eval_set.labels is not None:
+        accuracy = float(np.mean(outputs.reshape(len(outputs), -1).argmax(axis=1) == eval_set.labels))
+    layers = tuple(
+        LayerMetrics(
+            name=c.name,
+            input_events_per_frame=float(np.mean(c.input_events)),
+            nonzero_activations_per_frame=float(np.mean(c.output_events)),
+            activation_density=float(np.mean(c.output_events)) / c.neurons,
+            synaptic_ops_per_frame=float(np.mean(c.synaptic_ops)),
+        )
+        for c in counters
+    )
+    energy = None
+    if energy_model is not None:
+        # The energy model reads each layer's kind beside its counters.
+        kinded = [SimpleNamespace(**vars(c), kind=layer_kind(layer)) for c, layer in zip(counters, model.layers,
+                                                                                         strict=True)]
+        estimate = energy_model.estimate(kinded)
+        energy = EnergyMetrics(energy_model.version, float(np.mean(estimate.chip_j)),
+                               float(np.mean(estimate.board_j)), float(np.mean(estimate.frame_time_s)))
+    return Metrics(
+        eval_set=eval_set.name,
+        frames=len(outputs),
+        accuracy=accuracy,
+        nonzero_activations_per_frame=sum(m.nonzero_activations_per_frame
+                                          for m, layer in zip(layers, model.layers, strict=True) if layer.activation),
+        nonzero_weights=sum(c.nonzero_weights for c in counters),
+        weights=sum(c.weights for c in counters),
+        layers=layers,
+        energy=energy,
+    )
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def toolchain() -> dict[str, str]:
+    return {
+        "akida": installed_version("akida"),
+        "onnx": installed_version("onnx"),
+        "onnx_opset": str(OPSET),
+        "onnxruntime": installed_version("onnxruntime"),
+        "numpy": installed_version("numpy"),
+        "akida-edge": installed_version("akida-edge"),
+        "python": platform.python_version(),
+    }
+
+
+def _build_into(directory: Path, model: AkidaModel, name: str, eval_set: EvalSet, training: Training,
+                energy_model: EnergyModel | None, run: TrainedRun | None) -> Manifest:
+    bounds = check_exact(model)  # fail fast, before akida or the evaluation run
+    to_akida(model).save(str(directory / FBZ))
+    shipped = load_model(directory / FBZ)  # everything below uses what was saved
+    onnx.save(to_onnx(shipped, name), directory / ONNX)
+    mapping: DeviceMapping = map_on_akd1000(akida.Model(str(directory / FBZ)))
+    log.info("mapped on %s: %s", mapping.device, mapping.nps)
+    outputs, counters = three_way(directory / FBZ, directory / ONNX, shipped, eval_set.frames)
+    log.info("akida, simulator and onnxruntime agree on %d frames", len(outputs))
+    if run is not None:
+        _check_run_scores(run, outputs, eval_set)
+    golden_n = min(GOLDEN_FRAMES, len(outputs))
+    labels = eval_set.labels[:golden_n] if eval_set.labels is not None else np.full(golden_n, -1)
+    write_golden(directory / GOLDEN, Golden(eval_set.frames[:golden_n], outputs[:golden_n], labels.astype(np.int64)))
+    potentials = not model.layers[-1].activation
+    manifest = Manifest(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        name=name,
+        target=Target(mapping.device, "v1", mapping.nps, mapping.sequences, mapping.passes),
+        input=InputSpec("input", shipped.input_shape, "uint8", (0, 255), eval_set.preprocessing),
+        output=OutputSpec("output", shipped.output_shape, shipped.output_dtype.name,
+                          "potentials" if potentials else "activations", eval_set.class_names,
+                          "argmax over the flattened output; ties go to the lowest index"),
+        layers=tuple(layer_spec(layer, mapping.per_layer.get(layer.name, {})) for layer in shipped.layers),
+        files={file: file_entry(directory / file) for file in (FBZ, ONNX, GOLDEN)},
+        golden_frames=golden_n,
+        training=training,
+        toolchain=toolchain(),
+        metrics=measure(shipped, outputs, counters, eval_set, energy_model),
+        verification=Verification(BACKENDS, outputs_digest(outputs), max(b.max_abs_value for b in bounds), True),
+    )
+    write_manifest(directory, manifest)
+    return manifest
+
+
+def _replace_dir(new: Path, out: Path) -> None:
+    """Move ``new`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if not out.exists():
+        return
+    if not force:
+        raise BundleError(f"{out}: already exists; pass --force to replace it")
+    if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file()):
+        raise BundleError(f"{out}: exists and is not a bundle; refusing to replace it, choose another --out")
+
+
+def export_model(model: AkidaModel, out: Path, eval_set: EvalSet, *, name: str | None = None,
+                 training: Training | None = None, energy_model: EnergyModel | None = None,
+                 force: bool = False, run: TrainedRun | None = None) -> Manifest:
+    """Build, verify and atomically write a bundle for ``model`` at ``out``; nothing is written on failure."""
+    out = Path(out)
+    _check_out(out, force)
+    if eval_set.frames.dtype != np.uint8 or eval_set.frames.shape[1:] != model.input_shape:
+        raise DataError(f"evaluation frames are {eval_set.frames.dtype} {eval_set.frames.shape[1:]}, the model takes "
+                        f"uint8 {model.input_shape}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        manifest = _build_into(work, model, name or out.name, eval_set, training or Training("", None, {}),
+                               energy_model, run)
+        load_bundle(work)  # read back with the runtime's own checks before anyone can see it
+        os.chmod(work, 0o755)  # mkdtemp makes it private; the daemon runs as its own user
+        for file in work.iterdir():
+            os.chmod(file, 0o644)
+        _replace_dir(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
+
+
+def export_run(run_dir: Path, out: Path, eval_set: EvalSet, *, name: str | None = None,
+               energy_model: EnergyModel | None = None, force: bool = False) -> Manifest:
+    """``edge-export export``: a run directory to a verified bundle."""
+    run = load_run(Path(run_dir))
+    return export_model(run.model, out, eval_set, name=name, training=run.training, energy_model=energy_model,
+                        force=force, run=run)
+
+
+def verify_bundle(path: Path, frames: np.ndarray | None = None) -> VerifyReport:
+    """Re-check a bundle: loader checks, golden vectors through all three backends, then agreement on ``frames``."""
+    bundle = load_bundle(path)
+    engine = akida.Model(str(bundle.fbz_path))
+    runtime = OnnxBackend(bundle.onnx_path)
+    check_golden(bundle, engine.forward, "the Akida engine")
+    check_golden(bundle, lambda f: Simulator(bundle.model).run(f).outputs, "the simulator")
+    check_golden(bundle, runtime.infer, "onnxruntime")
+    runtime.close()
+    extra = 0
+    if frames is not None:
+        if frames.dtype != np.uint8 or frames.shape[1:] != bundle.model.input_shape:
+            raise DataError(f"frames are {frames.dtype} {frames.shape[1:]}, the bundle takes uint8 "
+                            f"{bundle.model.input_shape}")
+        three_way(bundle.fbz_path, bundle.onnx_path, bundle.model, frames)
+        extra = len(frames)
+    return VerifyReport(bundle, len(bundle.golden.frames), extra, BACKENDS)

@@ -1,0 +1,230 @@
+"""The integer Akida 1.0 network as an ONNX graph that gives exactly the engine's outputs.
+
+Why this graph is exact, and not merely close (docs/bundle.md has the argument with numbers):
+
+* Every tensor holds integers. Convolutions and FullyConnected layers (written as a Conv whose
+  kernel covers the whole input map) run in float32, which is exact while every product and partial
+  sum stays below 2**24 in magnitude; :func:`check_exact` proves that per layer from the weights and
+  the input range, whatever order the runtime sums in, and refuses the model otherwise.
+* The firing rule needs no division. akida's engine fires level ``k`` (1 <= k <= 2**act_bits - 1)
+  exactly when ``(pot - threshold) * 2**act_bits > (k - 1) * t16``, with ``t16 = floor(16 * act_step)``
+  (docs/akida-semantics.md; :func:`edge_runtime.simulator.fire` is the reference). For integer
+  potentials that is ``pot >= level_k`` with integer ``level_k`` computed here in exact integer
+  arithmetic, so the activation is a count of true comparisons: exact on any IEEE float32 hardware,
+  with no reliance on how a runtime divides.
+* The engine's 32-bit arithmetic can wrap for absurd thresholds or steps; the graph does not mimic
+  that, so :func:`check_exact` refuses such layers rather than emit a graph that would differ.
+
+Layout: the graph takes akida's frames ``(N, X, Y, C)`` uint8 and returns what ``akida.Model.forward``
+returns, ``(N, X', Y', F)`` uint8 activations or int32 potentials. Inside it works in ONNX's NCHW with
+H = akida's X and W = Y, so a Convolutional's true convolution is a cross-correlation with the
+kernel flipped on both spatial axes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edge_runtime import __version__
+from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer
+from edge_runtime.errors import ModelError
+from edge_runtime.simulator import window_geometry
+
+OPSET = 17  # supported by onnxruntime >= 1.12; newer opsets add nothing this graph needs
+IR_VERSION = 8  # the IR version of opset 17, so older runtimes on edge hosts can load the file
+FLOAT32_EXACT = 2**24
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+@dataclass(frozen=True)
+class LayerBound:
+    """The largest magnitudes one layer's float32 arithmetic can meet; all must be < 2**24."""
+
+    name: str
+    max_abs_potential: int  # |potential| bound: sum of |w| over a neuron's inputs x the largest input
+    max_abs_level: int  # |level| bound of the firing comparisons (0 without activation)
+
+    @property
+    def max_abs_value(self) -> int:
+        return max(self.max_abs_potential, self.max_abs_level)
+
+
+def _input_max(layer: Layer) -> int:
+    return 2**layer.input_bits - 1
+
+
+def _fan_in_matrix(layer: Layer) -> np.ndarray:
+    """Weights as (fan-in, filters) int64; the layout of the rows does not matter for bounds."""
+    return layer.weights.reshape(-1, layer.weights.shape[-1]).astype(np.int64)
+
+
+def _t16(layer: Layer) -> np.ndarray:
+    """The engine's step in 1/16 units: floor(16 * act_step), computed as the engine does (float64)."""
+    return np.floor(layer.act_step.astype(np.float64) * 16).astype(np.int64)
+
+
+def fire_levels(threshold: np.ndarray, act_step: np.ndarray, act_bits: int) -> np.ndarray:
+    """(F, 2**act_bits - 1) int64: the smallest integer potential that reaches each activation level.
+
+    ``(pot - th) * 2**b > (k - 1) * t16`` <=> ``pot > th + (k - 1) * t16 / 2**b``
+    <=> ``pot >= floor((th * 2**b + (k - 1) * t16) / 2**b) + 1``, all in integers.
+    """
+    t16 = np.floor(act_step.astype(np.float64) * 16).astype(np.int64)
+    k = np.arange(2**act_bits - 1, dtype=np.int64)
+    scaled = threshold.astype(np.int64)[:, None] * 2**act_bits + k[None, :] * t16[:, None]
+    return np.floor_divide(scaled, 2**act_bits) + 1
+
+
+def layer_bounds(model: AkidaModel) -> tuple[LayerBound, ...]:
+    """Per layer, the magnitudes the float32 graph computes with (see :func:`check_exact`)."""
+    bounds = []
+    for layer in model.layers:
+        matrix = _fan_in_matrix(layer)
+        potential = int(np.abs(matrix).sum(axis=0).max(initial=0)) * _input_max(layer)
+        level = 0
+        if layer.activation:
+            levels = fire_levels(layer.threshold, layer.act_step, layer.act_bits)
+            # Levels beyond the potential range are clamped to +-(potential + 1) in the graph.
+            level = int(min(np.abs(levels).max(initial=0), potential + 1))
+        bounds.append(LayerBound(layer.name, potential, level))
+    return tuple(bounds)
+
+
+def check_exact(model: AkidaModel) -> tuple[LayerBound, ...]:
+    """Prove the float32 graph equals the engine for every possible input, or raise ModelError."""
+    bounds = layer_bounds(model)
+    for layer, bound in zip(model.layers, bounds, strict=True):
+        if bound.max_abs_value >= FLOAT32_EXACT:
+            raise ModelError(
+                f"layer '{layer.name}': potentials can reach {bound.max_abs_value} >= 2**24, beyond exact "
+                "float32 integers; the ONNX graph would not be bit-exact"
+            )
+        if layer.activation:
+            _check_no_wraparound(layer)
+    return bounds
+
+
+def _check_no_wraparound(layer: Layer) -> None:
+    """Refuse steps and thresholds for which the engine's 32-bit firing arithmetic can wrap."""
+    matrix = _fan_in_matrix(layer)
+    top = np.clip(matrix, 0, None).sum(axis=0) * _input_max(layer) - layer.threshold.astype(np.int64)
+    bottom = np.clip(matrix, None, 0).sum(axis=0) * _input_max(layer) - layer.threshold.astype(np.int64)
+    t16 = _t16(layer)
+    problems = []
+    if np.any(t16 < 1):
+        problems.append("act_step below 1/16")
+    if np.any(top > _INT32_MAX) or np.any(bottom < _INT32_MIN):
+        problems.append("potential - threshold can leave the int32 range")
+    if np.any((16 * np.maximum(top, 0) - 1) << layer.act_bits >= 2**32):
+        problems.append("potential - threshold is large enough to wrap the engine's 32-bit activation")
+    if problems:
+        raise ModelError(
+            f"layer '{layer.name}': {'; '.join(problems)}; the engine's result there is an artefact of "
+            "its integer wrap-around, which the ONNX graph does not reproduce: use thresholds and "
+            "act_steps in the potentials' range"
+        )
+
+
+class _Graph:
+    """Accumulates nodes and initialisers with readable, layer-prefixed names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], output: str, **attributes: object) -> str:
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
+        return output
+
+
+def _onnx_kernel(layer: InputConv | Conv | Dense) -> np.ndarray:
+    """Weights as ONNX Conv wants them: (F, C, kH=kX, kW=kY) float32."""
+    if isinstance(layer, Dense):
+        x, y, c = layer.input_shape
+        # Rows are akida's flattening of (X, Y, C) with x fastest, i.e. a Fortran-order reshape.
+        kernel = layer.weights.reshape((x, y, c, layer.units), order="F")
+    else:
+        kernel = layer.weights if isinstance(layer, InputConv) else layer.weights[::-1, ::-1]
+    return kernel.transpose(3, 2, 0, 1).astype(np.float32)
+
+
+def _add_layer(graph: _Graph, layer: Layer, x: str, bound: LayerBound) -> str:
+    name = layer.name
+    kernel = graph.const(f"{name}/weights", _onnx_kernel(layer))
+    if isinstance(layer, Dense):
+        x = graph.node("Conv", [x, kernel], f"{name}/potentials")
+    else:
+        (sx, sy), (kx, ky) = layer.stride, layer.kernel
+        _, px0, px1 = window_geometry(layer.input_shape[0], kx, sx, layer.padding)
+        _, py0, py1 = window_geometry(layer.input_shape[1], ky, sy, layer.padding)
+        pads = [px0, py0, px1, py1]
+        if isinstance(layer, InputConv) and layer.padding_value and any(pads):
+            pad_spec = graph.const(f"{name}/pads", np.array([0, 0, px0, py0, 0, 0, px1, py1], np.int64))
+            value = graph.const(f"{name}/padding_value", np.array(layer.padding_value, np.float32))
+            x = graph.node("Pad", [x, pad_spec, value], f"{name}/padded")
+            pads = [0, 0, 0, 0]
+        x = graph.node("Conv", [x, kernel], f"{name}/potentials", strides=[sx, sy], pads=pads)
+        if layer.pool is not None:
+            (wx, wy), (psx, psy) = layer.pool.size, layer.pool.stride
+            _, qx0, qx1 = window_geometry(_conv_out(layer, 0), wx, psx, layer.padding)
+            _, qy0, qy1 = window_geometry(_conv_out(layer, 1), wy, psy, layer.padding)
+            x = graph.node("MaxPool", [x], f"{name}/pooled", kernel_shape=[wx, wy], strides=[psx, psy],
+                           pads=[qx0, qy0, qx1, qy1])
+    if not layer.activation:
+        return x
+    limit = bound.max_abs_potential + 1  # clamping keeps every level exact and changes no comparison
+    levels = np.clip(fire_levels(layer.threshold, layer.act_step, layer.act_bits), -limit, limit)
+    levels_const = graph.const(f"{name}/levels", levels.astype(np.float32)[:, None, None, :])
+    axis = graph.const(f"{name}/last_axis", np.array([-1], np.int64))
+    x = graph.node("Unsqueeze", [x, axis], f"{name}/potentials_1")
+    x = graph.node("GreaterOrEqual", [x, levels_const], f"{name}/reached")
+    x = graph.node("Cast", [x], f"{name}/reached_f", to=TensorProto.FLOAT)
+    return graph.node("ReduceSum", [x, axis], f"{name}/activations", keepdims=0)
+
+
+def _conv_out(layer: InputConv | Conv, axis: int) -> int:
+    """Size of the convolution's output (before pooling) along akida axis 0 (X) or 1 (Y)."""
+    out, _, _ = window_geometry(layer.input_shape[axis], layer.kernel[axis], layer.stride[axis], layer.padding)
+    return out
+
+
+def to_onnx(model: AkidaModel, name: str) -> onnx.ModelProto:
+    """The checked, exact ONNX graph of ``model``; raises ModelError if exactness cannot be proved."""
+    bounds = check_exact(model)
+    graph = _Graph()
+    x = graph.node("Cast", [INPUT_NAME], "input_f", to=TensorProto.FLOAT)
+    x = graph.node("Transpose", [x], "input_nchw", perm=[0, 3, 1, 2])
+    for layer, bound in zip(model.layers, bounds, strict=True):
+        x = _add_layer(graph, layer, x, bound)
+    x = graph.node("Transpose", [x], "output_nhwc", perm=[0, 2, 3, 1])
+    out_type = TensorProto.UINT8 if model.output_dtype == np.uint8 else TensorProto.INT32
+    graph.node("Cast", [x], OUTPUT_NAME, to=out_type)
+    proto = helper.make_graph(
+        graph.nodes,
+        name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", *model.input_shape])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, out_type, ["N", *model.output_shape])],
+        graph.initializers,
+    )
+    onnx_model = helper.make_model(
+        proto,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="akida-edge",
+        producer_version=__version__,
+        doc_string="Akida 1.0 integer network; outputs equal akida.Model.forward bit for bit (docs/bundle.md).",
+    )
+    onnx_model.ir_version = IR_VERSION
+    try:
+        onnx.checker.check_model(onnx_model, full_check=True)
+    except onnx.checker.ValidationError as error:  # a bug here, not a user error: keep the traceback
+        raise RuntimeError(f"built an invalid ONNX graph for {name}: {error}") from error
+    return onnx_model

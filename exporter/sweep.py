@@ -1,0 +1,157 @@
+"""``edge-export sweep``: train a grid over penalty weights and tabulate the accuracy/energy Pareto front.
+
+Every point is a full ``train`` run (its own run directory), plus one baseline with all penalties and
+pruning off, so each front is read against a model trained the same way without the zero-aware terms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_runtime.errors import ConfigError
+
+from .config import Config, load_config, parse_value, with_overrides
+
+log = logging.getLogger(__name__)
+
+BASELINE = (("penalty.activations", 0.0), ("penalty.weights", 0.0), ("prune.sparsity", 0.0))
+COLUMNS = ("name", "accuracy", "activations_nonzero_per_image", "weights_nonzero", "synops_per_image",
+           "chip_nj_per_image", "board_uj_per_image", "pareto")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "sweep",
+        help="train a grid over penalty weights; write a Pareto table and plot",
+        description="Train one model per point of the grid (the product of every --grid axis) plus a baseline "
+        "without penalties or pruning; write pareto.csv, pareto.md and pareto.png (accuracy vs modelled "
+        "energy per image) to DIR, with each run in DIR/runs/NAME.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="base TOML config")
+    parser.add_argument("--grid", action="append", required=True, metavar="SECTION.KEY=V1,V2,...",
+                        help="one axis of the grid (repeatable), e.g. --grid penalty.activations=1,4,16")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=_sweep)
+
+
+def parse_grid(axes: Sequence[str]) -> list[tuple[str, list[Any]]]:
+    """``key=v1,v2`` strings -> [(key, [values])], values parsed with TOML's rules."""
+    grid = []
+    for axis in axes:
+        key, sep, values = axis.partition("=")
+        if not sep or not values:
+            raise ConfigError(f"--grid {axis!r}: expected SECTION.KEY=V1,V2,...")
+        grid.append((key.strip(), [parse_value(v.strip()) for v in values.split(",")]))
+    return grid
+
+
+def grid_points(base: Config, grid: Sequence[tuple[str, list[Any]]]) -> list[tuple[str, Config]]:
+    """(name, config) for the baseline and each grid point; every config is validated before training."""
+    points = [("baseline", with_overrides(base, BASELINE, "baseline"))]
+    keys = [key for key, _ in grid]
+    for values in itertools.product(*(vals for _, vals in grid)):
+        overrides = list(zip(keys, values, strict=True))
+        name = "-".join(f"{key.split('.')[-1]}={value}" for key, value in overrides)
+        points.append((name, with_overrides(base, overrides, f"--grid {name}")))
+    return points
+
+
+def row(name: str, report: dict[str, Any]) -> dict[str, Any]:
+    energy = report.get("energy") or {}
+    return {
+        "name": name,
+        "accuracy": report["accuracy"],
+        "activations_nonzero_per_image": report["activations_nonzero_per_image"],
+        "weights_nonzero": report["weights_nonzero"],
+        "synops_per_image": report["synops_per_image"],
+        "chip_nj_per_image": energy["chip_j_per_image"] * 1e9 if energy else None,
+        "board_uj_per_image": energy["board_j_per_image"] * 1e6 if energy else None,
+    }
+
+
+def cost_of(r: dict[str, Any]) -> float:
+    """Modelled chip energy when an energy model was available, else synaptic operations."""
+    return r["chip_nj_per_image"] if r["chip_nj_per_image"] is not None else r["synops_per_image"]
+
+
+def mark_pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flag rows that no other row beats on both accuracy (higher) and cost (lower)."""
+    for r in rows:
+        r["pareto"] = not any(
+            o is not r and o["accuracy"] >= r["accuracy"] and cost_of(o) <= cost_of(r)
+            and (o["accuracy"] > r["accuracy"] or cost_of(o) < cost_of(r))
+            for o in rows
+        )
+    return rows
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
+    with open(out / "pareto.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}" if value < 1 else f"{value:,.1f}"
+        return "" if value is None else str(value)
+
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in COLUMNS) + " |" for r in sorted(rows, key=cost_of)]
+    (out / "pareto.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(rows: list[dict[str, Any]], out: Path) -> None:
+    """Accuracy vs modelled energy per image; the baseline as a red star, the front joined by a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    label = "modelled chip energy per image (nJ)" if rows[0]["chip_nj_per_image"] is not None else "synops per image"
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        baseline = r["name"] == "baseline"
+        ax.scatter(cost_of(r), 100 * r["accuracy"], marker="*" if baseline else "o", s=160 if baseline else 30,
+                   color="tab:red" if baseline else ("tab:blue" if r["pareto"] else "tab:gray"), zorder=3)
+        ax.annotate(r["name"], (cost_of(r), 100 * r["accuracy"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    front = sorted((r for r in rows if r["pareto"]), key=cost_of)
+    ax.plot([cost_of(r) for r in front], [100 * r["accuracy"] for r in front], color="tab:blue", lw=1)
+    ax.set_xlabel(label)
+    ax.set_ylabel("test accuracy (%), exported integer model")
+    ax.set_title("Zero-aware training sweep (red star: baseline)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "pareto.png", dpi=120)
+    plt.close(fig)
+
+
+def run_sweep(base: Config, grid: Sequence[tuple[str, list[Any]]], out: Path, progress: bool = True) -> list[dict]:
+    """Train every point (validated up front), then write the tables and the plot."""
+    from .train import train
+
+    points = grid_points(base, grid)
+    rows = []
+    for index, (name, config) in enumerate(points, 1):
+        log.info("sweep point %d/%d: %s", index, len(points), name)
+        _, report = train(config, out / "runs" / name, progress=progress)
+        rows.append(row(name, report))
+    mark_pareto(rows)
+    write_tables(rows, out)
+    plot(rows, out)
+    return rows
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = run_sweep(load_config(args.config), parse_grid(args.grid), args.out, progress=not args.no_progress)
+    print(f"{len(rows)} runs; table {args.out / 'pareto.md'}, plot {args.out / 'pareto.png'}")
+    return 0

@@ -1,0 +1,411 @@
+"""Zero-aware training as small reusable functions: data, schedule, one epoch, export, measurement.
+
+The flow (``train``): float warm-up epochs -> calibrate activation steps -> QAT epochs with the
+integer forward and the zero-aware penalties (optionally gradual magnitude pruning) -> export the
+integer layers -> measure the EXPORTED model on the test set (NumPy integer reference, not the
+training graph) -> write the run directory. Each QAT epoch also evaluates the integer forward, so
+the log shows the accuracy and sparsity of what will ship, not of a float proxy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from edge_runtime import mnist
+from edge_runtime.akida_model import from_akida
+from edge_runtime.simulator import Simulator
+
+from . import penalties
+from .config import Config, config_to_dict
+from .qat import (
+    ACT_BITS,
+    IMAGE_SIZE,
+    IntegerLayer,
+    ZeroAwareNet,
+    calibrate_steps,
+    export_integer_layers,
+    to_akida,
+)
+
+log = logging.getLogger(__name__)
+
+PARAMS_FORMAT = "akida-v1-integer-params/1"
+LAYER_NAMES = ("conv0", "conv1", "fc2", "fc3")
+EVAL_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Data:
+    """Images as uint8 tensors (N, 1, 28, 28); labels int64 (N,)."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+
+
+def load_data(config: Config) -> Data:
+    """MNIST from the shared cache, cut to the configured limits (tests train on small slices)."""
+    cache = Path(config.data.cache_dir) if config.data.cache_dir else None
+    split = mnist.load_mnist(cache)
+    return data_from_arrays(split.train_images, split.train_labels, split.test_images, split.test_labels,
+                            config.data.train_limit, config.data.test_limit)
+
+
+def data_from_arrays(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                     train_limit: int = 0, test_limit: int = 0) -> Data:
+    def images(a: np.ndarray, limit: int) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a[: limit or None])).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+
+    def labels(a: np.ndarray, limit: int) -> Tensor:
+        return torch.from_numpy(a[: limit or None].astype(np.int64))
+
+    return Data(images(train_x, train_limit), labels(train_y, train_limit),
+                images(test_x, test_limit), labels(test_y, test_limit))
+
+
+def seed_everything(seed: int, threads: int) -> torch.Generator:
+    """Seed torch and fix the thread count (float reductions depend on it); returns the data generator."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    return torch.Generator().manual_seed(seed)
+
+
+def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
+    """Cosine decay from ``lr`` to ``lr_min`` over ``total`` steps."""
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def ramp(qat_progress: float, start: int, length: int) -> float:
+    """Penalty multiplier: 0 before ``start`` (QAT epochs), rising linearly to 1 over ``length`` epochs."""
+    return min(max((qat_progress - start) / length, 0.0), 1.0)
+
+
+def prune_fraction(qat_progress: float, sparsity: float, start: int, end: int) -> float:
+    """Zhu & Gupta's cubic schedule: fast early pruning, gentle near the target."""
+    t = min(max((qat_progress - start) / (end - start), 0.0), 1.0)
+    return sparsity * (1 - (1 - t) ** 3)
+
+
+def apply_pruning(model: ZeroAwareNet, fraction: float) -> None:
+    """Zero the smallest-magnitude ``fraction`` of each 4-bit layer's weights (masks only grow)."""
+    if fraction <= 0:
+        return
+    with torch.no_grad():
+        for weight, mask in ((model.w1, model.mask1), (model.w2, model.mask2), (model.w3, model.mask3)):
+            magnitude = (weight * mask).abs().flatten()
+            k = int(fraction * magnitude.numel())
+            if k > 0:
+                cutoff = magnitude.kthvalue(k).values
+                mask.mul_((weight.abs() > cutoff).to(mask.dtype))
+
+
+def event_costs(model: ZeroAwareNet, energy_model: Any | None) -> list[float]:
+    """Chip energy of one output event per activated layer, from the energy model's marginal cost of
+    an event reaching the next layer's mean non-zero fan-out; without a model, 1 + that fan-out."""
+    fanouts = penalties.mean_fanouts(model)
+    if energy_model is None:
+        return [1.0 + f for f in fanouts]
+    return [energy_model.event_cost(f).chip_j for f in fanouts]
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float  # on the training batches seen, with the forward used for training
+    nonzero_fraction: float  # fraction of activated neurons firing (QAT: exact counts)
+
+
+def train_one_epoch(model: ZeroAwareNet, optimizer: torch.optim.Optimizer, data: Data, config: Config,
+                    generator: torch.Generator, step0: int, total_steps: int, qat_epoch: int | None,
+                    energy_model: Any | None, progress: bool, desc: str) -> EpochStats:
+    """One pass over the training set; penalties and pruning only in QAT epochs (``qat_epoch`` set)."""
+    t, p = config.train, config.penalty
+    model.train()
+    order = torch.randperm(len(data.train_y), generator=generator)
+    batches = [order[i:i + t.batch_size] for i in range(0, len(order), t.batch_size)]
+    neurons = penalties.layer_neurons(model)
+    sizes = [w.numel() for w in (model.w0, model.w1, model.w2, model.w3)]
+    costs = event_costs(model, energy_model) if p.energy_weighted else [1.0, 1.0, 1.0]
+    loss_sum = correct = seen = fired = 0.0
+    bar = tqdm(batches, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+    for i, index in enumerate(bar):
+        qat_progress = None if qat_epoch is None else qat_epoch + i / len(batches)
+        if qat_progress is not None and config.prune.sparsity > 0:
+            apply_pruning(model, prune_fraction(qat_progress, config.prune.sparsity,
+                                                config.prune.start_epoch, config.prune.end_epoch))
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step0 + i, total_steps, t.lr, t.lr_min)
+        x, y = data.train_x[index].float(), data.train_y[index]
+        result = model(x)
+        loss = F.cross_entropy(result.logits, y)
+        if qat_progress is not None:
+            strength = ramp(qat_progress, p.start_epoch, p.ramp_epochs)
+            if strength > 0 and p.activations > 0:
+                counts = penalties.activation_counts(result.acts, result.pre, p.form, p.width)
+                loss = loss + strength * p.activations * penalties.activation_penalty(counts, costs, neurons)
+            if strength > 0 and p.weights > 0:
+                wcounts = penalties.weight_counts(result.weight_ratios, p.form, p.width)
+                loss = loss + strength * p.weights * penalties.weight_penalty(wcounts, sizes)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            loss_sum += float(loss) * len(y)
+            correct += float((result.scores.argmax(1) == y).sum())
+            seen += len(y)
+            fired += sum(float((a > 0).sum()) for a in result.acts) / sum(neurons)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", nz=f"{fired / seen:.4f}")
+    return EpochStats(loss_sum / seen, correct / seen, fired / seen)
+
+
+def torch_eval(model: ZeroAwareNet, images: Tensor) -> Tensor:
+    """Class scores of the training-time forward (int32 potentials once quantised), in batches."""
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(images[i:i + EVAL_BATCH].float()).scores for i in range(0, len(images), EVAL_BATCH)])
+
+
+# ---------------------------------------------------------------- measuring the exported model
+
+
+@dataclass(frozen=True)
+class EnergyLayer:
+    """One layer's counters plus its kind: the fields ``edge_runtime.energy.LayerCounters`` reads."""
+
+    name: str
+    kind: str
+    inputs: int
+    weights: int
+    nonzero_weights: int
+    input_events: np.ndarray
+    output_events: np.ndarray
+    synaptic_ops: np.ndarray
+    dense_synaptic_ops: np.ndarray
+
+
+def simulate(layers: list[IntegerLayer], images: np.ndarray) -> tuple[np.ndarray, list[EnergyLayer]]:
+    """Run the EXPORTED model in the project's bit-exact simulator; return (N, 10) scores and counters.
+
+    The model goes through akida's own object (``to_akida``) and the runtime's converter, the same
+    path a ``.fbz`` takes, so the report measures what a bundle will run.
+    """
+    model = from_akida(to_akida(layers))
+    result = Simulator(model).run(images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1))
+    energy_layers = [
+        EnergyLayer(c.name, layer.kind, c.inputs, c.weights, c.nonzero_weights, c.input_events, c.output_events,
+                    c.synaptic_ops, c.dense_synaptic_ops)
+        for c, layer in zip(result.counters, layers, strict=True)
+    ]
+    return result.outputs.reshape(len(images), -1), energy_layers
+
+
+def summarise(counters: list[EnergyLayer], scores: np.ndarray, labels: np.ndarray,
+              energy_model: Any | None) -> dict[str, Any]:
+    """The report: accuracy, events, weights, synops and (if a model is given) energy per image.
+
+    Names follow NeuroBench: ``activations_nonzero`` are the events a layer emits (the input of the
+    next layer); ``synops`` are effective synaptic operations (a non-zero input times a non-zero
+    weight it reaches; the input layer's HRC is dense, so the energy model charges its dense MACs).
+    """
+    layers = []
+    for c in counters:
+        layers.append({
+            "name": c.name, "kind": c.kind,
+            "input_events_per_image": float(c.input_events.mean()),
+            "activations_nonzero_per_image": float(c.output_events.mean()),
+            "weights_nonzero": c.nonzero_weights, "weights_total": c.weights,
+            "synops_per_image": float(c.synaptic_ops.mean()),
+        })
+    report: dict[str, Any] = {
+        "images": len(labels),
+        "accuracy": float((scores.argmax(axis=1) == labels).mean()),
+        "layers": layers,
+        # Events that travel between layers: the outputs of every layer but the last (whose potentials
+        # are read by the host); the input layer's own input is dense pixels.
+        "activations_nonzero_per_image": float(sum(c.output_events.mean() for c in counters[:-1])),
+        "weights_nonzero": sum(c.nonzero_weights for c in counters),
+        "weights_total": sum(c.weights for c in counters),
+        "synops_per_image": float(sum(c.synaptic_ops.mean() for c in counters)),
+        "scores_sha256": hashlib.sha256(scores.astype("<i4").tobytes()).hexdigest(),
+    }
+    if energy_model is not None:
+        estimate = energy_model.estimate(counters)
+        report["energy"] = {
+            "model_version": energy_model.version,
+            "chip_j_per_image": float(estimate.chip_j.mean()),
+            "board_j_per_image": float(estimate.board_j.mean()),
+            "board_fixed_j_per_image": float(estimate.fixed_j.mean()),
+            "frame_time_s": float(estimate.frame_time_s.mean()),
+        }
+    return report
+
+
+def load_energy_model() -> Any | None:
+    """The project's default energy model, or None (logged) while its coefficient file is missing."""
+    from edge_runtime.energy import EnergyModel
+    from edge_runtime.errors import ConfigError
+
+    try:
+        return EnergyModel.load_default()
+    except (FileNotFoundError, ConfigError) as error:
+        log.warning("no energy model available (%s); energy is left out and penalties use fan-out costs", error)
+        return None
+
+
+# ---------------------------------------------------------------- run directory
+
+
+def layer_spec(layers: list[IntegerLayer]) -> list[dict[str, Any]]:
+    """Hyper-parameters of each layer, enough to rebuild it with akida's Python API."""
+    l0, l1, l2, l3 = layers
+    return [
+        {"name": "conv0", "kind": l0.kind, "input_shape": [IMAGE_SIZE, IMAGE_SIZE, 1], "filters": l0.weights.shape[3],
+         "kernel_size": [3, 3], "kernel_stride": [1, 1], "padding": "same", "padding_value": 0,
+         "pool": {"type": "max", "size": [2, 2], "stride": [2, 2]}, "weights_bits": 8, "activation": True,
+         "act_bits": ACT_BITS},
+        {"name": "conv1", "kind": l1.kind, "filters": l1.weights.shape[3], "kernel_size": [3, 3],
+         "kernel_stride": [2, 2], "padding": "same", "pool": None, "weights_bits": 4, "activation": True,
+         "act_bits": ACT_BITS},
+        {"name": "fc2", "kind": l2.kind, "units": l2.weights.shape[3], "weights_bits": 4, "activation": True,
+         "act_bits": ACT_BITS},
+        {"name": "fc3", "kind": l3.kind, "units": l3.weights.shape[3], "weights_bits": 4, "activation": False},
+    ]
+
+
+def params_arrays(layers: list[IntegerLayer]) -> dict[str, np.ndarray]:
+    """``params.npz`` key layout: ``<layer>.weights`` / ``.threshold`` / ``.act_step`` (akida dtypes)."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, layer in zip(LAYER_NAMES, layers, strict=True):
+        arrays[f"{name}.weights"] = layer.weights
+        if layer.threshold is not None and layer.act_step is not None:
+            arrays[f"{name}.threshold"] = layer.threshold
+            arrays[f"{name}.act_step"] = layer.act_step
+    return arrays
+
+
+def layers_from_arrays(arrays: dict[str, np.ndarray] | Any) -> list[IntegerLayer]:
+    """Inverse of :func:`params_arrays` (accepts an open ``np.load`` result)."""
+    kinds = ("InputConvolutional", "Convolutional", "FullyConnected", "FullyConnected")
+    return [
+        IntegerLayer(kind, np.asarray(arrays[f"{name}.weights"]),
+                     np.asarray(arrays[f"{name}.threshold"]) if f"{name}.threshold" in arrays else None,
+                     np.asarray(arrays[f"{name}.act_step"]) if f"{name}.act_step" in arrays else None)
+        for name, kind in zip(LAYER_NAMES, kinds, strict=True)
+    ]
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Atomic JSON write (temp file + os.replace), so a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump(payload, tmp, indent=2)
+        tmp.write("\n")
+    os.replace(tmp.name, path)
+
+
+def save_checkpoint(path: Path, model: ZeroAwareNet, optimizer: torch.optim.Optimizer, config: Config,
+                    epoch: int) -> None:
+    """State dicts and the config only (loadable with ``torch.load(..., weights_only=True)``)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "config": config_to_dict(config), "epoch": epoch}, tmp)
+    os.replace(tmp, path)
+
+
+def write_run(out: Path, model: ZeroAwareNet, config: Config, layers: list[IntegerLayer],
+              report: dict[str, Any], eval_scores: np.ndarray) -> None:
+    """Everything the exporter needs: integer params + spec, golden scores, config, model, report."""
+    out.mkdir(parents=True, exist_ok=True)
+    arrays = params_arrays(layers)
+    tmp = out / "params.tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, out / "params.npz")
+    digest = hashlib.sha256((out / "params.npz").read_bytes()).hexdigest()
+    np.save(out / "eval_scores.npy", eval_scores.astype(np.int32))
+    write_json(out / "spec.json", {
+        "format": PARAMS_FORMAT,
+        "target": "AKD1000 (Akida 1.0)",
+        "input": {"shape": [IMAGE_SIZE, IMAGE_SIZE, 1], "dtype": "uint8"},
+        "layers": layer_spec(layers),
+        "params": {"file": "params.npz", "sha256": digest,
+                   "keys": {k: [str(v.dtype), list(v.shape)] for k, v in arrays.items()}},
+        "eval_scores": {"file": "eval_scores.npy", "images": "test split, first N in order", "n": len(eval_scores)},
+        "seed": config.train.seed,
+    })
+    write_json(out / "config.json", config_to_dict(config))
+    torch.save({"model": model.state_dict(), "config": config_to_dict(config)}, out / "model.pt")
+    write_json(out / "report.json", report)
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+def train(config: Config, out: Path | None = None, data: Data | None = None, progress: bool = True,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[ZeroAwareNet, dict[str, Any]]:
+    """Train, export and measure one model; writes the run directory when ``out`` is given."""
+    started = time.monotonic()
+    generator = seed_everything(config.train.seed, config.train.threads)
+    data = data or load_data(config)
+    model = ZeroAwareNet(config.model)
+    energy_model = load_energy_model()
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", config_to_dict(config))  # recorded before any epoch runs
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    t = config.train
+    steps_per_epoch = math.ceil(len(data.train_y) / t.batch_size)
+    total_steps = steps_per_epoch * (t.float_epochs + t.qat_epochs)
+    history = []
+    for epoch in range(t.float_epochs + t.qat_epochs):
+        qat_epoch = epoch - t.float_epochs if epoch >= t.float_epochs else None
+        if qat_epoch == 0:
+            calibrate_steps(model, data.train_x[:2048].float(), t.calib_percentile)
+            model.quantised.fill_(True)
+            log.info("switched to the integer (QAT) forward after %d float epochs", t.float_epochs)
+        phase = "float" if qat_epoch is None else "qat"
+        desc = f"{phase} {epoch + 1}/{t.float_epochs + t.qat_epochs}"
+        stats = train_one_epoch(model, optimizer, data, config, generator, epoch * steps_per_epoch, total_steps,
+                                qat_epoch, energy_model, progress, desc)
+        test_acc = float((torch_eval(model, data.test_x).argmax(1) == data.test_y).float().mean())
+        entry = {"epoch": epoch + 1, "phase": phase, "loss": stats.loss, "train_accuracy": stats.accuracy,
+                 "nonzero_fraction": stats.nonzero_fraction, "test_accuracy": test_acc,
+                 "seconds": time.monotonic() - started}
+        history.append(entry)
+        log.info("epoch %d (%s): loss %.4f train acc %.4f test acc %.4f non-zero %.4f",
+                 epoch + 1, phase, stats.loss, stats.accuracy, test_acc, stats.nonzero_fraction)
+        if on_epoch:
+            on_epoch(entry)
+        if out is not None:
+            save_checkpoint(out / "checkpoint.pt", model, optimizer, config, epoch + 1)
+    layers = export_integer_layers(model)
+    train_scores = torch_eval(model, data.test_x).numpy().astype(np.int32)
+    test_images = data.test_x.numpy().reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    exported_scores, counters = simulate(layers, test_images)
+    report = summarise(counters, exported_scores, data.test_y.numpy(), energy_model)
+    engine_scores = to_akida(layers).forward(test_images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1))
+    report["exact_match_training_forward"] = bool(np.array_equal(train_scores, exported_scores))
+    report["exact_match_akida_engine"] = bool(np.array_equal(engine_scores.reshape(exported_scores.shape),
+                                                             exported_scores))
+    report["seed"] = config.train.seed
+    report["train_seconds"] = time.monotonic() - started
+    report["history"] = history
+    if out is not None:
+        write_run(out, model, config, layers, report, train_scores)
+    return model, report

@@ -1,0 +1,178 @@
+"""Random Akida 1.0 models and frames, built with akida's own API, for tests against its engine.
+
+Reusable by any test that needs engine-valid Akida 1.0 models (simulator, exporter, bundles).
+Only configurations akida 2.19.3's software engine accepts are generated; the limits it enforces,
+found by probing, are:
+
+* weights: 8-bit in [-128, 127] (input layer), 4-bit in [-7, 7], 2-bit in [-1, 1], 1-bit in [0, 1];
+* act_bits 1, 2 or 4; act_step >= 1/16 (the engine refuses less); kernels odd;
+  pool stride <= pool size; a layer without activation can only be the last one.
+
+act_step values are arbitrary float32 (not round numbers): that is what exposes the engine's
+fixed-point activation rule. A share of models get extreme thresholds and steps, which make the
+engine's 32-bit arithmetic wrap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import akida
+import numpy as np
+
+WEIGHT_RANGE = {1: (0, 1), 2: (-1, 1), 4: (-7, 7), 8: (-128, 127)}
+MAX_ACT_STEP = 1048575.0  # the largest act_step akida documents ("between 0 and 1048575")
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What a random model may use; the defaults cover every supported feature at test-friendly sizes."""
+
+    max_extra_layers: int = 3
+    max_side: int = 14
+    max_filters: int = 8
+    extreme_share: float = 0.1  # models with int32-range thresholds and huge act_steps
+
+
+def _pick(rng: np.random.Generator, options: list) -> object:
+    return options[int(rng.integers(len(options)))]
+
+
+def _pair(rng: np.random.Generator, options: list[int], square_share: float = 0.8) -> tuple[int, int]:
+    first = int(_pick(rng, options))
+    return (first, first) if rng.random() < square_share else (first, int(_pick(rng, options)))
+
+
+def _strides(rng: np.random.Generator, kernel: tuple[int, int]) -> tuple[int, int]:
+    """1 or 2 per axis, never above the kernel (the engine refuses strides > kernel size)."""
+    stride = _pair(rng, [1, 2])
+    return (min(stride[0], kernel[0]), min(stride[1], kernel[1]))
+
+
+def _pool_args(rng: np.random.Generator) -> dict:
+    if rng.random() < 0.5:
+        return {}
+    size = _pair(rng, [1, 2, 3])
+    stride = tuple(int(rng.integers(1, s + 1)) for s in size)
+    return {"pool_type": akida.PoolType.Max, "pool_size": size, "pool_stride": stride}
+
+
+def _valid_fits(side: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], pool: dict) -> bool:
+    """Whether 'valid' windows (conv, then pool) leave at least one output; akida refuses the layer otherwise."""
+    for axis in (0, 1):
+        out = (side[axis] - kernel[axis]) // stride[axis] + 1
+        if out < 1 or out < pool.get("pool_size", (1, 1))[axis]:
+            return False
+    return True
+
+
+def random_model(rng: np.random.Generator, draw: Draw = Draw()) -> akida.Model:
+    """A random sequential Akida 1.0 model with random variables; the engine accepts all of it."""
+    model = akida.Model()
+    side_x, side_y = (int(v) for v in rng.integers(4, draw.max_side + 1, 2))
+    padding = _pick(rng, [akida.Padding.Same, akida.Padding.Valid])
+    kernel = _pair(rng, [3, 5, 7])
+    if padding == akida.Padding.Valid:
+        side_x, side_y = side_x + kernel[0], side_y + kernel[1]
+    extra = int(rng.integers(0, draw.max_extra_layers + 1))
+    model.add(
+        akida.InputConvolutional(
+            input_shape=(side_x, side_y, int(_pick(rng, [1, 3]))),
+            kernel_size=kernel,
+            filters=int(rng.integers(1, draw.max_filters + 1)),
+            name="input_conv",
+            padding=padding,
+            kernel_stride=_strides(rng, kernel),
+            weights_bits=8,
+            act_bits=int(_pick(rng, [1, 2, 4])),
+            padding_value=int(rng.integers(0, 256)),
+            activation=extra > 0 or rng.random() < 0.7,
+            **_pool_args(rng),
+        )
+    )
+    dense_started = False
+    for index in range(extra):
+        last = index == extra - 1
+        activation = not last or rng.random() < 0.5
+        x, y, _ = model.layers[-1].output_dims
+        if not dense_started and x * y > 1 and rng.random() < 0.6:
+            conv_kernel = _pair(rng, [1, 3, 5])
+            stride = _strides(rng, conv_kernel)
+            pool = _pool_args(rng)
+            padding = akida.Padding.Valid if rng.random() < 0.3 else akida.Padding.Same
+            if padding == akida.Padding.Valid and not _valid_fits((x, y), conv_kernel, stride, pool):
+                padding = akida.Padding.Same
+            layer = akida.Convolutional(
+                kernel_size=conv_kernel,
+                filters=int(rng.integers(1, draw.max_filters + 1)),
+                name=f"conv_{index}",
+                padding=padding,
+                kernel_stride=stride,
+                weights_bits=int(_pick(rng, [1, 2, 4])),
+                act_bits=int(_pick(rng, [1, 2, 4])),
+                activation=activation,
+                **pool,
+            )
+        else:
+            dense_started = True
+            layer = akida.FullyConnected(
+                units=int(rng.integers(1, 2 * draw.max_filters + 1)),
+                name=f"dense_{index}",
+                weights_bits=int(_pick(rng, [1, 2, 4])),
+                act_bits=int(_pick(rng, [1, 2, 4])),
+                activation=activation,
+            )
+        model.add(layer)
+    extreme = rng.random() < draw.extreme_share
+    for layer in model.layers:
+        set_random_variables(rng, layer, extreme)
+    return model
+
+
+def set_random_variables(rng: np.random.Generator, layer: akida.Layer, extreme: bool = False) -> None:
+    """Random weights (with random sparsity), thresholds and arbitrary float32 act_steps.
+
+    Thresholds and steps are scaled to the layer's typical potential so that outputs spread over
+    every activation level instead of saturating at 0 or at the top.
+    """
+    params = layer.parameters
+    low, high = WEIGHT_RANGE[params.weights_bits]
+    shape = layer.variables["weights"].shape
+    weights = rng.integers(low, high + 1, size=shape)
+    weights[rng.random(shape) < rng.uniform(0, 0.7)] = 0
+    filters = shape[-1]
+    fan_in = int(np.prod(shape[:-1]))
+    input_mean = (2**layer.input_bits - 1) / 4
+    scale = max(np.sqrt(fan_in) * max(abs(low), high) * input_mean / 2, 1.0)
+    if extreme:
+        threshold = rng.integers(-(2**31), 2**31 - 1, filters, dtype=np.int64)
+        act_step = np.exp(rng.uniform(np.log(1 / 16), np.log(MAX_ACT_STEP), filters))
+    else:
+        threshold = np.round(rng.uniform(-scale, 2 * scale, filters))
+        act_step = np.maximum(scale / 8 * np.exp(rng.uniform(-1, 2.5, filters)), 1 / 16)
+    layer.variables["weights"] = weights.astype(np.int8)
+    layer.variables["threshold"] = threshold.astype(np.int32)
+    layer.variables["act_step"] = act_step.astype(np.float32)
+
+
+def random_frames(rng: np.random.Generator, n: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """Uniform noise, with a random share of pixels zeroed (so input events vary too)."""
+    frames = rng.integers(0, 256, size=(n, *shape))
+    frames[rng.random(frames.shape) < rng.uniform(0, 0.9)] = 0
+    return frames.astype(np.uint8)
+
+
+def mnist_like(rng: np.random.Generator, n: int, shape: tuple[int, int, int]) -> np.ndarray:
+    """Digit-like frames: a few thick bright strokes with soft edges on a black background."""
+    x_size, y_size, channels = shape
+    grid_x, grid_y = np.meshgrid(np.arange(x_size), np.arange(y_size), indexing="ij")
+    frames = np.zeros((n, x_size, y_size), dtype=np.float64)
+    for frame in frames:
+        for _ in range(int(rng.integers(1, 4))):
+            (ax, bx), (ay, by) = rng.uniform(0, x_size, 2), rng.uniform(0, y_size, 2)
+            t = np.clip(((grid_x - ax) * (bx - ax) + (grid_y - ay) * (by - ay)) / max((bx - ax) ** 2 + (by - ay) ** 2, 1e-9), 0, 1)
+            distance = np.hypot(grid_x - (ax + t * (bx - ax)), grid_y - (ay + t * (by - ay)))
+            width = rng.uniform(0.6, 1.6) * max(x_size, y_size) / 14
+            np.maximum(frame, np.clip(1.5 - distance / width, 0, 1), out=frame)
+    pixels = np.round(frames * 255).astype(np.uint8)
+    return np.repeat(pixels[..., None], channels, axis=-1)
