@@ -534,7 +534,11 @@ def _check_identifiable(a: np.ndarray, names: Sequence[str], target_name: str) -
             f"{rows} measurements cannot fit {unknowns} coefficients of {target_name} ({', '.join(names)}): "
             f"need more than {unknowns}"
         )
-    _, singular, vt = np.linalg.svd(a / np.linalg.norm(a, axis=0), full_matrices=False)
+    norms = np.linalg.norm(a, axis=0)
+    idle = [name for name, norm in zip(names, norms, strict=True) if norm == 0]
+    if idle:
+        raise DataError(f"the {target_name} data cannot fit {', '.join(idle)}: its term is zero in every row")
+    _, singular, vt = np.linalg.svd(a / norms, full_matrices=False)
     condition = singular[0] / singular[-1] if singular[-1] > 0 else math.inf
     if condition > MAX_CONDITION:
         tangled = [name for name, weight in zip(names, vt[-1], strict=True) if abs(weight) > 0.1]

@@ -175,7 +175,7 @@ class Metrics:
         self.batch_size.observe(n)
         self._child(self.inferences, backend).inc(n)
         latency = self._child(self.inference_latency, backend)
-        for age, total, label in zip(ages, latencies, classes):
+        for age, total, label in zip(ages, latencies, classes, strict=True):
             latency.observe(duration)
             self.frame_age.observe(age)
             self.frame_latency.observe(total)

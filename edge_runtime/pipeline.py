@@ -19,6 +19,7 @@ handler and a worker thread can both post to it without locks).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import select
@@ -66,10 +67,9 @@ class Mailbox:
         return self._write
 
     def post(self, code: int) -> None:
-        try:
+        # BlockingIOError: 64 KiB of unread wake-ups, so the main thread is already due to wake.
+        with contextlib.suppress(BlockingIOError):
             os.write(self._write, bytes([code]))
-        except BlockingIOError:
-            pass  # 64 KiB of unread wake-ups: the main thread is already due to wake
 
     def wait(self, timeout: float | None = None) -> bytes:
         """Block until something was posted (or ``timeout``); return every code pending."""
@@ -145,6 +145,7 @@ class Health:
 
     model_loaded: bool = False
     source_open: bool = False
+    source_seen: bool = False  # the source has been open at least once (readiness for systemd)
     source_finished: bool = False
 
     def readiness(self) -> tuple[bool, str]:
@@ -162,13 +163,16 @@ class SourceListener:
 
     def __init__(self, metrics: Metrics, health: Health, mailbox: Mailbox) -> None:
         self._metrics, self._health, self._mailbox = metrics, health, mailbox
+        self.dropped_counts: collections.Counter[str] = collections.Counter()
 
     def dropped(self, reason: str, n: int = 1) -> None:
+        self.dropped_counts[reason] += n
         self._metrics.dropped(reason, n)
 
     def sensor_up(self, up: bool) -> None:
         self._metrics.sensor_up.set(1 if up else 0)
         self._health.source_open = up
+        self._health.source_seen |= up
         self._mailbox.post(Mailbox.SOURCE_CHANGED)
 
     def bytes_received(self, n: int) -> None:
@@ -192,8 +196,9 @@ BackendFactory = Callable[[], Backend]
 class _Swap:
     """A reload request handed to the inference thread, and its outcome for the waiting caller."""
 
-    def __init__(self, factory: BackendFactory, sinks: Sequence[Sink] | None) -> None:
-        self.factory, self.sinks = factory, sinks
+    def __init__(self, factory: BackendFactory, fallback: BackendFactory, input_shape: tuple[int, ...],
+                 sinks: Sequence[Sink] | None) -> None:
+        self.factory, self.fallback, self.input_shape, self.sinks = factory, fallback, tuple(input_shape), sinks
         self.done = threading.Event()
         self.error: BaseException | None = None
 
@@ -269,13 +274,15 @@ class Pipeline:
             sink.close()
         return Totals(self._received, self._inferred, dict(self._dropped))
 
-    def swap(self, factory: BackendFactory, sinks: Sequence[Sink] | None, timeout: float) -> None:
+    def swap(self, factory: BackendFactory, fallback: BackendFactory, input_shape: tuple[int, ...],
+             sinks: Sequence[Sink] | None, timeout: float) -> str:
         """Have the inference thread build a new backend (and take new sinks) between batches.
 
         The old backend keeps serving until the new one is built; if building fails the old one
         stays and the error is raised here. Raises BackendError if the thread does not get to it.
+        Returns the new backend's name.
         """
-        request = _Swap(factory, sinks)
+        request = _Swap(factory, fallback, input_shape, sinks)
         with self._swap_lock:
             self._swap = request
         if not request.done.wait(timeout):
@@ -285,6 +292,7 @@ class Pipeline:
             raise BackendError(f"inference thread did not take the new model within {timeout:.0f} s (busy or hung)")
         if request.error is not None:
             raise request.error
+        return self._backend.name
 
     # --- reader thread -------------------------------------------------------------------------
 
@@ -341,6 +349,8 @@ class Pipeline:
         else:
             self._backend.close()
             self._backend = backend
+            self._fallback = request.fallback
+            self._input_shape = request.input_shape
             if request.sinks is not None:
                 for sink in self._sinks:
                     sink.close()
@@ -448,7 +458,8 @@ class HttpServer:
         self._thread.start()
 
     def close(self) -> None:
-        """Stop accepting, wait for the serving loop to end, release the port."""
-        self._server.shutdown()
-        self._thread.join()
+        """Stop the serving loop (if it was started), wait for it, release the port."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
         self._server.server_close()

@@ -76,14 +76,15 @@ def fire(potentials: np.ndarray, threshold: np.ndarray, act_step: np.ndarray, ac
 
 
 class _Firing:
-    """The activation of one layer: a float32 fast path when provably equal to :func:`fire`.
+    """One layer's activation: a float32 fast path wherever it provably equals :func:`fire`.
 
-    The fast path computes ``ceil((pot - threshold) / (t16 / 2**act_bits))`` in float32. It equals the
-    engine's integer rule when potentials are exact float32 integers, ``|threshold| < 2**24`` (so
-    ``pot - threshold`` is exact wherever the result is not saturated), ``t16 < 2**21`` (a non-integer
-    quotient below 16 is at least ``1 / t16`` from an integer, more than float32's rounding error there)
-    and no potential can make the engine's 32-bit numerator wrap. It is 10x faster than the integer
-    rule (0.5 ms vs 5 ms for 100 MNIST frames of the first layer).
+    The fast path computes ``clip(ceil((pot - threshold) / (t16 / 2**act_bits)), 0, top)`` in float32.
+    It equals the engine's integer rule when potentials are exact float32 integers,
+    ``|threshold| < 2**24`` (so ``pot - threshold`` is exact wherever the result is not saturated),
+    ``t16 < 2**21`` (a non-integer quotient below 16 is at least ``1 / t16`` from an integer, more
+    than float32's rounding error there) and no potential can make the engine's 32-bit numerator
+    wrap. It is 10x faster than the integer rule (0.5 ms vs 5 ms for 100 MNIST frames of the first
+    layer). Outputs stay float32 (exact small integers) so the next layer's product needs no cast.
     """
 
     def __init__(self, layer: Layer, max_potential: np.ndarray, exact_float32: bool) -> None:
@@ -100,129 +101,141 @@ class _Firing:
             and np.all((16 * margin - 1) << layer.act_bits < 2**32)
         )
         self.float_threshold = layer.threshold.astype(np.float32)
-        self.float_step = (t16 / 2**layer.act_bits).astype(np.float32)  # exact: t16 < 2**24, power-of-two scale
+        self.float_step = (t16 / 2**layer.act_bits).astype(np.float32)  # exact when fast: t16 < 2**21
 
     def __call__(self, potentials: np.ndarray) -> np.ndarray:
+        """(n, positions, filters) potentials -> (n, positions * filters) float32 activations."""
+        n = potentials.shape[0]
         if not self.fast:
-            return fire(potentials, self.threshold, self.act_step, self.act_bits)
+            return fire(potentials, self.threshold, self.act_step, self.act_bits).astype(np.float32).reshape(n, -1)
         q = potentials - self.float_threshold
         q /= self.float_step
         np.ceil(q, out=q)
         np.clip(q, 0, self.top, out=q)
-        return q.astype(np.uint8)
+        return q.reshape(n, -1)
 
 
-class _ConvIntegrator:
-    """Potentials of an InputConv or Conv layer, pre-pooling: im2col gather + one matrix product.
+class _Stage:
+    """What the simulator needs of every layer: potentials, firing and the static counts.
+
+    ``fanout[i]`` is the number of non-zero weights an event on input ``i`` (C-order over X, Y, C) is
+    multiplied by; an indicator of the input events times ``fanout`` is the layer's synaptic_ops.
+    """
+
+    name: str
+    out_shape: tuple[int, int, int]
+    filters: int
+    firing: _Firing | None
+    fanout: np.ndarray
+    dense_ops: int
+    static: dict[str, int]
+
+    def _finish(self, layer: Layer, matrix: np.ndarray, fanout: np.ndarray, dense_ops: int) -> None:
+        """Set what both kinds share: accumulation dtype, weights matrix, firing and counts."""
+        input_max = 2**layer.input_bits - 1
+        bound = int(np.abs(matrix).sum(axis=0).max(initial=0)) * input_max
+        self.dtype = np.float32 if bound < FLOAT32_EXACT else np.float64
+        self.matrix = matrix.astype(self.dtype)
+        self.name = layer.name
+        self.filters = matrix.shape[1]
+        max_potential = np.clip(matrix, 0, None).sum(axis=0) * input_max
+        self.firing = _Firing(layer, max_potential, self.dtype == np.float32) if layer.activation else None
+        self.fanout = fanout.astype(np.float32 if dense_ops < FLOAT32_EXACT else np.float64)
+        self.dense_ops = dense_ops
+        self.static = {
+            "neurons": layer.neurons,
+            "inputs": int(np.prod(layer.input_shape)),
+            "weights": int(layer.weights.size),
+            "nonzero_weights": int(np.count_nonzero(layer.weights)),
+        }
+        if self.out_shape != layer.output_shape:
+            raise ModelError(f"layer '{layer.name}': computed output shape {self.out_shape}, akida says {layer.output_shape}")
+
+
+class _ConvStage(_Stage):
+    """InputConv or Conv: im2col gather + one matrix product, with max pooling folded into the gather.
 
     A Conv is a true convolution, so its kernel is flipped once here and both kinds then
-    cross-correlate. ``fanout`` holds, per input (C-order over X, Y, C), how many non-zero weights
-    its event is multiplied by (kernel offsets that reach an output times non-zero filters).
+    cross-correlate. The gather lists, for each pooling-window member and each pooled position,
+    the receptive field of the pre-pooling neuron there, so pooling is one ``max`` over members.
+    'same' pooling windows that stick out of the map repeat one of their own neurons instead
+    (max ignores duplicates), and inputs in the padding point at a slot holding the padding value.
     """
 
     def __init__(self, layer: InputConv | Conv) -> None:
         (x, y, c), (kx, ky), (sx, sy) = layer.input_shape, layer.kernel, layer.stride
-        ox, px0, px1 = window_geometry(x, kx, sx, layer.padding)
-        oy, py0, py1 = window_geometry(y, ky, sy, layer.padding)
+        ox, px0, _ = window_geometry(x, kx, sx, layer.padding)
+        oy, py0, _ = window_geometry(y, ky, sy, layer.padding)
         kernel = layer.weights if isinstance(layer, InputConv) else layer.weights[::-1, ::-1]
         filters = kernel.shape[-1]
-        self.out_shape = (ox, oy, filters)
-        self.in_shape = (x, y, c)
-        self.pad_before = (px0, py0)
-        self.padded_shape = (x + px0 + px1, y + py0 + py1, c)
+        members_x, members_y = _pool_members(ox, layer.pool, 0, layer.padding), _pool_members(oy, layer.pool, 1, layer.padding)
+        self.out_shape = (members_x.shape[1], members_y.shape[1], filters)
+        self.members = members_x.shape[0] * members_y.shape[0]
+        self.inputs = x * y * c
         self.pad_value = layer.padding_value if isinstance(layer, InputConv) else 0
-        matrix = kernel.reshape(kx * ky * c, filters).astype(np.int64)
-        self.bound = _abs_bound(matrix, 2**layer.input_bits - 1)
-        self.max_potential = _max_potential(matrix, 2**layer.input_bits - 1)
-        self.dtype = np.float32 if self.bound < FLOAT32_EXACT else np.float64
-        self.matrix = matrix.astype(self.dtype)
-        self.gather = _im2col_index(self.padded_shape, (kx, ky), (sx, sy), (ox, oy))
-        reach_x = _reach(x, kx, sx, ox, px0)
-        reach_y = _reach(y, ky, sy, oy, py0)
+        self.gather = _im2col_index((x, y, c), (kx, ky), (sx, sy), (px0, py0), members_x, members_y)
+        reach_x, reach_y = _reach(x, kx, sx, ox, px0), _reach(y, ky, sy, oy, py0)
         nonzero = np.count_nonzero(kernel, axis=-1)  # (kx, ky, c)
-        self.fanout = np.einsum("ia,jb,ijc->abc", reach_x, reach_y, nonzero).astype(np.float64).ravel()
-        self.dense_ops = int(reach_x.sum() * reach_y.sum()) * c * filters
+        fanout = np.einsum("ia,jb,ijc->abc", reach_x, reach_y, nonzero).ravel()
+        dense_ops = int(reach_x.sum() * reach_y.sum()) * c * filters
+        self._finish(layer, kernel.reshape(kx * ky * c, filters).astype(np.int64), fanout, dense_ops)
 
-    def __call__(self, frames: np.ndarray) -> np.ndarray:
-        n = frames.shape[0]
-        (x, y, _), (px0, py0) = self.in_shape, self.pad_before
-        padded = np.full((n, *self.padded_shape), self.pad_value, dtype=self.dtype)
-        padded[:, px0 : px0 + x, py0 : py0 + y] = frames
-        columns = padded.reshape(n, -1)[:, self.gather]
-        potentials = columns.reshape(-1, self.matrix.shape[0]) @ self.matrix
-        return potentials.reshape(n, *self.out_shape)
+    def potentials(self, values: np.ndarray) -> np.ndarray:
+        """(n, inputs) values -> (n, pooled positions, filters) pooled potentials."""
+        n = values.shape[0]
+        extended = np.empty((n, self.inputs + 1), dtype=self.dtype)
+        extended[:, : self.inputs] = values
+        extended[:, self.inputs] = self.pad_value
+        columns = np.take(extended, self.gather, axis=1)
+        potentials = (columns.reshape(-1, self.matrix.shape[0]) @ self.matrix).reshape(n, self.members, -1, self.filters)
+        return potentials.max(axis=1) if self.members > 1 else potentials[:, 0]
 
 
-class _DenseIntegrator:
-    """Potentials of a FullyConnected layer: one product of the (flattened) events with the weights.
+class _DenseStage(_Stage):
+    """FullyConnected: one product of the flattened events with the weights.
 
     akida flattens (X, Y, C) with x fastest; the weight rows are permuted once so that a plain C-order
-    reshape of the input lines up with them.
+    reshape of the input lines up with them. The event matrix of a dense layer is its input itself.
     """
 
     def __init__(self, layer: Dense) -> None:
         x, y, c = layer.input_shape
         akida_row = np.arange(x * y * c).reshape(c, y, x).transpose(2, 1, 0).ravel()
         matrix = layer.weights[akida_row].astype(np.int64)
-        self.bound = _abs_bound(matrix, 2**layer.input_bits - 1)
-        self.max_potential = _max_potential(matrix, 2**layer.input_bits - 1)
-        self.dtype = np.float32 if self.bound < FLOAT32_EXACT else np.float64
-        self.matrix = matrix.astype(self.dtype)
         self.out_shape = (1, 1, matrix.shape[1])
-        self.fanout = np.count_nonzero(matrix, axis=1).astype(np.float64)
-        self.dense_ops = matrix.size
+        self._finish(layer, matrix, np.count_nonzero(matrix, axis=1), int(matrix.size))
 
-    def __call__(self, events: np.ndarray) -> np.ndarray:
-        n = events.shape[0]
-        return (events.reshape(n, -1).astype(self.dtype) @ self.matrix).reshape(n, *self.out_shape)
+    def potentials(self, values: np.ndarray) -> np.ndarray:
+        return (values.astype(self.dtype, copy=False) @ self.matrix)[:, None, :]
 
 
-class _MaxPooler:
-    """Max over pooling windows of the potentials; 'same' windows are padded with -inf (ignored)."""
-
-    def __init__(self, pool: MaxPool, padding: Padding, in_shape: tuple[int, int, int]) -> None:
-        (x, y, f), (wx, wy), (sx, sy) = in_shape, pool.size, pool.stride
-        ox, px0, px1 = window_geometry(x, wx, sx, padding)
-        oy, py0, py1 = window_geometry(y, wy, sy, padding)
-        self.out_shape = (ox, oy, f)
-        self.in_shape = in_shape
-        self.pads = (px0, px1, py0, py1)
-        self.window = (wx, wy)
-        self.stride = (sx, sy)
-
-    def __call__(self, potentials: np.ndarray) -> np.ndarray:
-        (x, y, f), (px0, px1, py0, py1) = self.in_shape, self.pads
-        if any(self.pads):
-            padded = np.full((potentials.shape[0], x + px0 + px1, y + py0 + py1, f), -np.inf, potentials.dtype)
-            padded[:, px0 : px0 + x, py0 : py0 + y] = potentials
-            potentials = padded
-        (ox, oy, _), (sx, sy) = self.out_shape, self.stride
-        pooled = None
-        for i in range(self.window[0]):
-            for j in range(self.window[1]):
-                window = potentials[:, i : i + (ox - 1) * sx + 1 : sx, j : j + (oy - 1) * sy + 1 : sy]
-                pooled = window.copy() if pooled is None else np.maximum(pooled, window, out=pooled)
-        return pooled
-
-
-def _abs_bound(matrix: np.ndarray, input_max: int) -> int:
-    """Largest |partial sum| any filter can reach: inputs are in [0, input_max]."""
-    return int(np.abs(matrix).sum(axis=0).max(initial=0)) * input_max
-
-
-def _max_potential(matrix: np.ndarray, input_max: int) -> np.ndarray:
-    return np.clip(matrix, 0, None).sum(axis=0) * input_max
+def _pool_members(size: int, pool: MaxPool | None, axis: int, padding: Padding) -> np.ndarray:
+    """members[w, q]: the pre-pooling coordinate of window member w of pooled output q (clamped)."""
+    if pool is None:
+        return np.arange(size)[None, :]
+    window, stride = pool.size[axis], pool.stride[axis]
+    out, before, _ = window_geometry(size, window, stride, padding)
+    coordinate = np.arange(window)[:, None] + np.arange(out)[None, :] * stride - before
+    return np.clip(coordinate, 0, size - 1)
 
 
 def _im2col_index(
-    padded_shape: tuple[int, int, int], kernel: tuple[int, int], stride: tuple[int, int], out: tuple[int, int]
+    in_shape: tuple[int, int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    pad_before: tuple[int, int],
+    members_x: np.ndarray,
+    members_y: np.ndarray,
 ) -> np.ndarray:
-    """Flat indices into one padded frame: row = output position, column = (kx, ky, c) of its window."""
-    (_, py, c), (kx, ky), (sx, sy), (ox, oy) = padded_shape, kernel, stride, out
-    rows = (np.arange(ox) * sx)[:, None, None, None, None] + np.arange(kx)[None, None, :, None, None]
-    cols = (np.arange(oy) * sy)[None, :, None, None, None] + np.arange(ky)[None, None, None, :, None]
-    index = (rows * py + cols) * c + np.arange(c)
-    return index.reshape(ox * oy, kx * ky * c)
+    """Flat input indices (``x*y*c`` = the padding slot): row = (member, pooled position), column = (kx, ky, c)."""
+    (x, y, c), (kx, ky), (sx, sy), (px0, py0) = in_shape, kernel, stride, pad_before
+    # axes: member_x, member_y, pooled_x, pooled_y, kernel_x, kernel_y
+    at_x = members_x[:, None, :, None, None, None] * sx + np.arange(kx)[:, None] - px0
+    at_y = members_y[None, :, None, :, None, None] * sy + np.arange(ky) - py0
+    inside = (at_x >= 0) & (at_x < x) & (at_y >= 0) & (at_y < y)
+    index = np.where(inside[..., None], (at_x * y + at_y)[..., None] * c + np.arange(c), x * y * c)
+    rows = members_x.shape[0] * members_y.shape[0] * members_x.shape[1] * members_y.shape[1]
+    return index.reshape(rows, kx * ky * c)
 
 
 def _reach(size: int, window: int, stride: int, out: int, pad_before: int) -> np.ndarray:
@@ -232,26 +245,6 @@ def _reach(size: int, window: int, stride: int, out: int, pad_before: int) -> np
         inputs = np.arange(out) * stride + offset - pad_before
         reach[offset, inputs[(inputs >= 0) & (inputs < size)]] = 1
     return reach
-
-
-@dataclass(frozen=True, eq=False)
-class _Stage:
-    layer: Layer
-    integrate: _ConvIntegrator | _DenseIntegrator
-    pool: _MaxPooler | None
-    fire: _Firing | None
-
-
-def _stage(layer: Layer) -> _Stage:
-    integrate = _DenseIntegrator(layer) if isinstance(layer, Dense) else _ConvIntegrator(layer)
-    pool = None
-    if not isinstance(layer, Dense) and layer.pool is not None:
-        pool = _MaxPooler(layer.pool, layer.padding, integrate.out_shape)
-    out_shape = pool.out_shape if pool else integrate.out_shape
-    if out_shape != layer.output_shape:
-        raise ModelError(f"layer '{layer.name}': computed output shape {out_shape}, akida says {layer.output_shape}")
-    firing = _Firing(layer, integrate.max_potential, integrate.dtype == np.float32) if layer.activation else None
-    return _Stage(layer, integrate, pool, firing)
 
 
 @dataclass(frozen=True)
@@ -271,7 +264,7 @@ class Simulator:
     def __init__(self, model: AkidaModel, max_batch: int = 256) -> None:
         self.model = model
         self.max_batch = max_batch
-        self._stages = tuple(_stage(layer) for layer in model.layers)
+        self._stages = tuple(_ConvStage(layer) if not isinstance(layer, Dense) else _DenseStage(layer) for layer in model.layers)
 
     def run(self, frames: np.ndarray) -> SimResult:
         self._check(frames)
@@ -292,31 +285,36 @@ class Simulator:
 
     def _run_batch(self, frames: np.ndarray) -> SimResult:
         n = frames.shape[0]
-        values, events = frames, (frames != 0).reshape(n, -1)
+        values = frames.reshape(n, -1)
+        indicator = np.minimum(values, 1)
+        events = np.count_nonzero(values, axis=1)
         counts = []
         for stage in self._stages:
-            potentials = stage.integrate(values)
-            if stage.pool is not None:
-                potentials = stage.pool(potentials)
-            outputs = stage.fire(potentials) if stage.fire else potentials.astype(np.int32)
-            fired = (outputs != 0).reshape(n, -1)
-            counts.append(_layer_counters(stage, events, outputs, fired))
-            values, events = outputs, fired
-        return SimResult(outputs=values, counters=Counters(tuple(counts)))
+            synaptic_ops = indicator.astype(stage.fanout.dtype, copy=False) @ stage.fanout
+            potentials = stage.potentials(values)
+            if stage.firing is not None:
+                values = stage.firing(potentials)
+                indicator = np.minimum(values, 1)
+                fired = indicator.sum(axis=1, dtype=np.float64)
+                spikes = values.sum(axis=1, dtype=np.float64)
+            else:
+                values = potentials.reshape(n, -1)
+                fired = np.count_nonzero(values, axis=1)
+                spikes = np.zeros(n)
+            counts.append(_counters(stage, n, events, fired, spikes, synaptic_ops))
+            events = fired
+        outputs = values.reshape(n, *self.model.output_shape).astype(self.model.output_dtype)
+        return SimResult(outputs=outputs, counters=Counters(tuple(counts)))
 
 
-def _layer_counters(stage: _Stage, events: np.ndarray, outputs: np.ndarray, fired: np.ndarray) -> LayerCounters:
-    layer, n = stage.layer, events.shape[0]
-    spikes = outputs.reshape(n, -1).sum(axis=1, dtype=np.int64) if stage.fire else np.zeros(n, np.int64)
+def _counters(stage: _Stage, n: int, *per_frame: np.ndarray) -> LayerCounters:
+    events, fired, spikes, synaptic_ops = (np.asarray(a).astype(np.int64) for a in per_frame)
     return LayerCounters(
-        name=layer.name,
-        neurons=layer.neurons,
-        inputs=events.shape[1],
-        weights=int(layer.weights.size),
-        nonzero_weights=int(np.count_nonzero(layer.weights)),
-        input_events=np.count_nonzero(events, axis=1).astype(np.int64),
-        output_events=np.count_nonzero(fired, axis=1).astype(np.int64),
+        name=stage.name,
+        input_events=events,
+        output_events=fired,
         output_spikes=spikes,
-        synaptic_ops=np.rint(events @ stage.integrate.fanout).astype(np.int64),
-        dense_synaptic_ops=np.full(n, stage.integrate.dense_ops, dtype=np.int64),
+        synaptic_ops=synaptic_ops,
+        dense_synaptic_ops=np.full(n, stage.dense_ops, dtype=np.int64),
+        **stage.static,
     )

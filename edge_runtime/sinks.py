@@ -7,6 +7,7 @@ written) and logged once when it starts and once when it ends, and inference goe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -159,10 +160,9 @@ class JsonLinesSink:
 
     def _close_quietly(self) -> None:
         if self._file is not None:
-            try:
+            # a failure here was already counted; the next write reopens the file
+            with contextlib.suppress(OSError):
                 self._file.close()
-            except OSError:
-                pass  # the failure was already counted; the next write reopens the file
             self._file = None
 
     def close(self) -> None:
@@ -216,7 +216,5 @@ class StdoutSink:
     def close(self) -> None:
         """Stdout belongs to the process; only flush it."""
         if not self._closed_pipe:
-            try:
+            with contextlib.suppress(OSError):  # nothing left to report to
                 self._stream.flush()
-            except OSError:
-                pass  # nothing left to report to

@@ -114,7 +114,8 @@ def write_run_dir(path: Path, rng: np.random.Generator, frames: np.ndarray, seed
         "params": {"file": "params.npz", "sha256": digest},
         "seed": seed,
     }))
-    (path / "config.json").write_text(json.dumps({"model": {"conv0": 8, "conv1": 16, "fc": 32}, "train": {"seed": seed}}))
+    config = {"model": {"conv0": 8, "conv1": 16, "fc": 32}, "train": {"seed": seed}}
+    (path / "config.json").write_text(json.dumps(config))
     return path
 
 

@@ -204,6 +204,15 @@ def test_calibrate_refuses_counters_that_move_together() -> None:
     assert_recovered(result.model, ["synaptic_op_pj", "floor_power_w", "cycles_per_input_event"])
 
 
+def test_calibrate_refuses_a_term_that_is_zero_everywhere() -> None:
+    """From energy alone host time enters as floor power x host time: with a zero floor it cannot."""
+    load = synthetic_load(50, seed=13, models=4)
+    base = EnergyModel("base", dataclasses.replace(DEFAULT.coefficients, floor_power_w=0.0), {})
+    measured = dataclasses.replace(board_measurements(TRUTH, load), frame_time_s=None)
+    with pytest.raises(DataError, match="cannot fit host_time_s: its term is zero in every row"):
+        energy.calibrate(base, load, measured, version="test")
+
+
 def test_calibrate_refuses_unknown_fixed_names() -> None:
     load = synthetic_load(50, seed=9, models=4)
     with pytest.raises(ConfigError, match=r"cannot fix unknown coefficients \['synop_pj'\]"):

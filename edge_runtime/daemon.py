@@ -1,0 +1,308 @@
+"""The ``serve`` daemon's life cycle: start, run until told otherwise, reload, drain and stop.
+
+The main thread does only this: it waits on the pipeline's :class:`~.pipeline.Mailbox`, which
+receives signal numbers (through ``signal.set_wakeup_fd``) and wake-ups from the worker threads,
+and acts on them one at a time. Signal handlers therefore never run daemon code, so a SIGHUP that
+arrives mid-reload cannot re-enter it.
+
+* SIGHUP: re-read the config, load and verify the bundle it names, and only then swap it in; if
+  anything is wrong the old model keeps serving and the reason is one log line and
+  ``edge_reloads_total{result="rejected"}``.
+* SIGTERM / SIGINT: stop reading, infer what is queued, log the frame accounting, exit 0.
+* systemd: READY=1 once the bundle is loaded and the source has opened, STATUS lines on changes,
+  RELOADING=1 ... READY=1 around reloads, STOPPING=1 on the way out (watchdog: see pipeline).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from .backends import Backend, BackendSettings, Board, open_backend, sources_reported
+from .bundle import Bundle, check_golden, verify
+from .config import ServeConfig, load_config, parse_listen
+from .energy import EnergyModel
+from .errors import EdgeError
+from .metrics import Metrics, make_app
+from .pipeline import PIPELINE_DROP_REASONS, Health, HttpServer, Mailbox, Pipeline, SourceListener
+from .sdnotify import Notifier
+from .sinks import JsonLinesSink, Sink, StdoutSink, prediction_records
+from .sources import SOURCE_DROP_REASONS, ReplaySpec, open_source, parse_source_spec
+
+log = logging.getLogger(__name__)
+
+DROP_REASONS = tuple(dict.fromkeys((*SOURCE_DROP_REASONS, *PIPELINE_DROP_REASONS)))
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Building a backend may map a model onto the board; allow for a slow device, not a hung one.
+SWAP_TIMEOUT_S = 60.0
+
+
+def backend_settings(config: ServeConfig) -> BackendSettings:
+    inference = config.inference
+    return BackendSettings(inference.backend, inference.sample_every, inference.power_window_s, inference.onnx_threads)
+
+
+def restart_only_changes(old: ServeConfig, new: ServeConfig) -> list[str]:
+    """Keys a reload cannot apply (the port and the listener stay open across it)."""
+    changed = []
+    if old.source != new.source:
+        changed.append("[source]")
+    if old.metrics != new.metrics:
+        changed.append("[metrics]")
+    return changed
+
+
+def open_sinks(config: ServeConfig, metrics: Metrics) -> list[Sink]:
+    def count(sink: str, n: int) -> None:
+        metrics.sink_errors.labels(sink).inc(n)
+
+    predictions = config.predictions
+    sinks: list[Sink] = []
+    if predictions.path:
+        sinks.append(JsonLinesSink(Path(predictions.path), predictions.max_bytes, predictions.keep, count))
+    if predictions.stdout:
+        sinks.append(StdoutSink(count))
+    return sinks
+
+
+def describe(bundle: Bundle) -> str:
+    return f"{bundle.manifest.name} ({bundle.sha256[:12]})"
+
+
+class Daemon:
+    """One ``edge-runtime serve`` process. ``start`` raises user errors; ``wait`` runs until stopped.
+
+    ``config_path`` and ``overrides`` are kept so SIGHUP re-reads the file and re-applies the
+    same flags. ``board`` reaches the Akida device (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        config_path: Path | None,
+        overrides: Mapping[str, Any],
+        *,
+        registry: CollectorRegistry | None = None,
+        notifier: Notifier | None = None,
+        board: Board | None = None,
+        mnist_cache_dir: Path | None = None,
+    ) -> None:
+        self._config_path = config_path
+        self._overrides = dict(overrides)
+        self.config = load_config(config_path, overrides)
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry, DROP_REASONS)
+        self._notifier = notifier if notifier is not None else Notifier()
+        self._board = board if board is not None else Board()
+        self._mnist_cache_dir = mnist_cache_dir
+        self._energy = EnergyModel.load_default()
+        self._health = Health()
+        self.mailbox = Mailbox()
+        self._listener = SourceListener(self.metrics, self._health, self.mailbox)
+        self._ready_sent = False
+        self._http: HttpServer | None = None
+        self._pipeline: Pipeline | None = None
+        self.bundle: Bundle | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of /metrics, /healthz and /readyz (the real port when 0 was asked for)."""
+        if self._http is None:
+            raise RuntimeError("the daemon is not started")
+        return self._http.url
+
+    # --- start ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load and verify the bundle, bind the HTTP port, open the source, start the threads."""
+        config = self.config
+        bundle = verify(config.model.bundle)
+        backend = self._open_backend(bundle, config)
+        self._announce(bundle, backend.name, config)
+        host, port = parse_listen(config.metrics.listen)
+        try:
+            self._http = HttpServer(make_app(self.registry, self._health.readiness), host, port)
+            spec = parse_source_spec(config.source.spec)
+            source = open_source(spec, self._listener, mnist_cache_dir=self._mnist_cache_dir)
+        except BaseException:
+            backend.close()
+            if self._http is not None:
+                self._http.close()
+            raise
+        self._http.start()
+        self._pipeline = Pipeline(
+            source,
+            backend,
+            fallback=self._fallback_factory(bundle, config),
+            metrics=self.metrics,
+            health=self._health,
+            mailbox=self.mailbox,
+            notifier=self._notifier,
+            sinks=open_sinks(config, self.metrics),
+            make_records=prediction_records,
+            input_shape=bundle.model.input_shape,
+            queue_size=config.source.queue_size,
+            max_batch=config.inference.max_batch,
+            # A replay without a rate loses nothing by waiting; a sensor does not wait for us.
+            backpressure=isinstance(spec, ReplaySpec) and spec.rate is None,
+        )
+        self.bundle = bundle
+        self._health.model_loaded = True
+        self._pipeline.start()
+        log.info("serving %s on %s; metrics at %s/metrics; source %s", describe(bundle), backend.name,
+                 self.url, config.source.spec)
+        self._notifier.status(f"waiting for the source {config.source.spec}")
+
+    def _open_backend(self, bundle: Bundle, config: ServeConfig) -> Backend:
+        """The configured backend, checked against the bundle's golden vectors before it serves.
+
+        The simulator was already checked by ``verify``; the board and onnxruntime are checked
+        here, because a bundle is only trusted on an engine that reproduces its golden outputs.
+        """
+        backend = open_backend(bundle, self._energy, backend_settings(config), self._board)
+        if backend.name != "simulator":
+            try:
+                shape = bundle.golden.outputs.shape
+                check_golden(bundle, lambda frames: backend.infer(frames).scores.reshape(shape),
+                             f"the {backend.name} backend")
+            except BaseException:
+                backend.close()
+                raise
+        return backend
+
+    def _fallback_factory(self, bundle: Bundle, config: ServeConfig) -> Callable[[], Backend]:
+        """The simulator for ``bundle``: what the pipeline switches to if its backend fails."""
+        settings = replace(backend_settings(config), kind="simulator")
+        return lambda: open_backend(bundle, self._energy, settings, self._board)
+
+    def _announce(self, bundle: Bundle, backend: str, config: ServeConfig) -> None:
+        """Publish what is being served: model info and expectations, active backend, series at 0."""
+        manifest = bundle.manifest
+        energy = manifest.metrics.energy
+        sample_every = config.inference.sample_every
+        energy_sources, layer_sources = sources_reported(backend, sample_every)
+        # The fallback (simulator) may take over at any time: its series exist from the start too.
+        fallback_energy, fallback_layers = sources_reported("simulator", sample_every)
+        layer_names = [layer.name for layer in bundle.model.layers]
+        self.metrics.set_model(
+            name=manifest.name,
+            sha256=bundle.sha256,
+            input_shape=bundle.model.input_shape,
+            classes=[str(i) for i in range(len(manifest.output.labels))],
+            expected_energy=None if energy is None else energy.board_j_per_frame,
+            expected_sparsity={m.name: 1.0 - m.activation_density for m in manifest.metrics.layers},
+            energy_sources=[(backend, s) for s in energy_sources] + [("simulator", s) for s in fallback_energy],
+            layers=[(name, s) for name in layer_names for s in {*layer_sources, *fallback_layers}],
+        )
+        self.metrics.set_backend(backend, on_accelerator=backend == "akida")
+
+    # --- run ------------------------------------------------------------------------------------
+
+    def post(self, code: int) -> None:
+        """Deliver a signal number (or a mailbox code) as if it had arrived: for tests and embedding."""
+        self.mailbox.post(code)
+
+    def wait(self) -> int:
+        """Act on signals and wake-ups until told to stop; return the exit status."""
+        while True:
+            for code in self.mailbox.wait():
+                if code in STOP_SIGNALS:
+                    log.info("%s received: draining the queue", signal.Signals(code).name)
+                    return self.stop(0)
+                if code == Mailbox.FATAL:
+                    log.error("a worker thread failed; exiting so the service manager restarts us")
+                    return self.stop(1)
+                if code == signal.SIGHUP:
+                    self._reload()
+                elif code == Mailbox.SOURCE_CHANGED:
+                    self._source_changed()
+
+    def _source_changed(self) -> None:
+        health = self._health
+        if not self._ready_sent and health.source_seen and self.bundle is not None:
+            self._ready_sent = True
+            self._notifier.ready(self._status())
+            return
+        self._notifier.status(self._status())
+
+    def _status(self) -> str:
+        assert self._pipeline is not None and self.bundle is not None
+        serving = f"serving {describe(self.bundle)} on {self._pipeline.backend_name}"
+        if self._health.source_finished:
+            return f"{serving}; source finished"
+        if not self._health.source_open:
+            return f"{serving}; waiting for the source {self.config.source.spec}"
+        return serving
+
+    def _reload(self) -> None:
+        assert self._pipeline is not None and self.bundle is not None
+        self._notifier.reloading()
+        old = self.bundle
+        sinks: list[Sink] | None = None
+        try:
+            new = load_config(self._config_path, self._overrides)
+            kept = restart_only_changes(self.config, new)
+            if kept:
+                log.warning("reload: changes to %s need a restart; keeping the running ones", ", ".join(kept))
+                new = replace(new, source=self.config.source, metrics=self.config.metrics)
+            bundle = verify(new.model.bundle)
+            if new.predictions != self.config.predictions:
+                sinks = open_sinks(new, self.metrics)
+            backend = self._pipeline.swap(
+                lambda: self._open_backend(bundle, new),
+                self._fallback_factory(bundle, new),
+                bundle.model.input_shape,
+                sinks,
+                SWAP_TIMEOUT_S,
+            )
+        except EdgeError as error:
+            for sink in sinks or []:
+                sink.close()
+            self.metrics.reloads.labels("rejected").inc()
+            log.error("reload rejected, still serving %s: %s", describe(old), error)
+            self._notifier.ready(self._status())
+            return
+        self.config, self.bundle = new, bundle
+        self._announce(bundle, backend, new)
+        self.metrics.reloads.labels("ok").inc()
+        log.info("reloaded: serving %s on %s (was %s)", describe(bundle), backend, describe(old))
+        self._notifier.ready(self._status())
+
+    # --- stop -----------------------------------------------------------------------------------
+
+    def stop(self, status: int) -> int:
+        """Drain and release everything; return ``status`` (the process exit code)."""
+        self._notifier.stopping()
+        if self._pipeline is not None:
+            totals = self._pipeline.stop()
+            dropped = dict(self._listener.dropped_counts)
+            for reason, n in totals.dropped.items():
+                dropped[reason] = dropped.get(reason, 0) + n
+            text = ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items())) or "none"
+            log.info("stopped: %d frames received, %d inferred, dropped: %s", totals.received, totals.inferred, text)
+        if self._http is not None:
+            self._http.close()
+        self.mailbox.close()
+        return status
+
+
+def install_signal_handlers(mailbox: Mailbox) -> None:
+    """Route SIGHUP, SIGTERM and SIGINT to the mailbox (main thread only, as Python requires).
+
+    The handlers do nothing themselves: ``set_wakeup_fd`` writes each signal's number to the
+    mailbox, and the main loop acts on it.
+    """
+    for signum in (signal.SIGHUP, *STOP_SIGNALS):
+        signal.signal(signum, _ignore)
+    signal.set_wakeup_fd(mailbox.write_fd, warn_on_full_buffer=False)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """Replaces the default actions (SIGINT's KeyboardInterrupt, SIGHUP's exit)."""
+
+
