@@ -257,11 +257,15 @@ def _canonical(document: dict[str, Any]) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
+def seal(document: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a manifest document with its digest (re)computed over everything else."""
+    body = {key: value for key, value in document.items() if key != DIGEST_KEY}
+    return {**body, DIGEST_KEY: hashlib.sha256(_canonical(body)).hexdigest()}
+
+
 def manifest_document(manifest: Manifest) -> dict[str, Any]:
-    """The manifest as JSON-ready data, with its own digest added."""
-    document = dataclasses.asdict(manifest)
-    document[DIGEST_KEY] = hashlib.sha256(_canonical(document)).hexdigest()
-    return document
+    """The manifest as JSON-ready data, sealed with its own digest."""
+    return seal(dataclasses.asdict(manifest))
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> str:
@@ -335,9 +339,8 @@ def parse_manifest(document: Any, origin: str) -> tuple[Manifest, str]:
             else "re-export the bundle with `edge-export export`"
         )
         raise BundleError(f"{origin}: bundle format version {version!r}, this runtime reads {FORMAT_VERSION}: {advice}")
-    body = {key: value for key, value in document.items() if key != DIGEST_KEY}
     try:
-        actual = hashlib.sha256(_canonical(body)).hexdigest()
+        actual = seal(document)[DIGEST_KEY]
     except ValueError:  # NaN or infinity: never written by the exporter
         actual = ""
     if document.get(DIGEST_KEY) != actual:
@@ -346,6 +349,7 @@ def parse_manifest(document: Any, origin: str) -> tuple[Manifest, str]:
             "re-copy the bundle or re-export it"
         )
     try:
+        body = {key: value for key, value in document.items() if key != DIGEST_KEY}
         return _parse_dataclass(Manifest, body, ""), actual
     except _SchemaError as error:
         raise BundleError(f"{origin}: {error}: re-export the bundle") from None

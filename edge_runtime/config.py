@@ -50,6 +50,7 @@ class InferenceSection:
     sample_every: int = 10  # board/onnx: run the simulator on 1 frame in N for per-layer sparsity (0 = off)
     power_window_s: float = 2.0  # board: energy per inference = mean power over >= this / inferences in it
     onnx_threads: int = 1  # onnxruntime intra-op threads
+    blas_threads: int = 1  # NumPy's BLAS worker threads (the simulator); more only pays on many idle cores
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ def _check(config: ServeConfig) -> list[str]:
                 f"(three {POWER_METER_PERIOD_S * 1000:.1f} ms power-meter updates)",
             ),
             (inf.onnx_threads >= 1, "inference.onnx_threads must be >= 1"),
+            (inf.blas_threads >= 1, "inference.blas_threads must be >= 1"),
             (pred.max_bytes >= 4096, "predictions.max_bytes must be >= 4096"),
             (pred.keep >= 1, "predictions.keep must be >= 1"),
         ]

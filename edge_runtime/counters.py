@@ -26,11 +26,12 @@ Static per layer (ints): ``neurons`` (output size, after pooling), ``inputs`` (i
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-PER_FRAME = ("input_events", "output_events", "output_spikes", "synaptic_ops", "dense_synaptic_ops")
+PER_FRAME = ("input_events", "synaptic_ops", "output_events", "output_spikes", "dense_synaptic_ops")
 STATIC = ("neurons", "inputs", "weights", "nonzero_weights")
 
 
@@ -44,9 +45,9 @@ class LayerCounters:
     weights: int
     nonzero_weights: int
     input_events: np.ndarray
+    synaptic_ops: np.ndarray
     output_events: np.ndarray
     output_spikes: np.ndarray
-    synaptic_ops: np.ndarray
     dense_synaptic_ops: np.ndarray
 
     @property
@@ -72,55 +73,63 @@ class LayerCounters:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Counters:
-    """The counters of every layer, in model order."""
+    """The counters of every layer of a model for N frames, in model order.
 
-    layers: tuple[LayerCounters, ...]
+    Stored as two integer arrays (``static``: layers x STATIC, ``per_frame``: layers x PER_FRAME x N)
+    so that the simulator fills them with a few array writes per batch; ``layers`` gives the
+    per-layer view, built on first use.
+    """
+
+    names: tuple[str, ...]
+    static: np.ndarray
+    per_frame: np.ndarray
+
+    @cached_property
+    def layers(self) -> tuple[LayerCounters, ...]:
+        return tuple(
+            LayerCounters(
+                name=name,
+                **{key: int(value) for key, value in zip(STATIC, static, strict=True)},
+                **dict(zip(PER_FRAME, per_frame, strict=True)),
+            )
+            for name, static, per_frame in zip(self.names, self.static, self.per_frame, strict=True)
+        )
 
     def __iter__(self) -> Iterator[LayerCounters]:
         return iter(self.layers)
 
     def __getitem__(self, name: str) -> LayerCounters:
-        for layer in self.layers:
-            if layer.name == name:
-                return layer
-        raise KeyError(name)
+        return self.layers[self.names.index(name)]
 
     @property
     def frames(self) -> int:
-        return self.layers[0].frames
+        return int(self.per_frame.shape[2])
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Flat ``{"<layer>/<counter>": array}`` for an ``.npz``; static counts become 0-d arrays."""
         arrays: dict[str, np.ndarray] = {}
-        for layer in self.layers:
-            for name in PER_FRAME:
-                arrays[f"{layer.name}/{name}"] = getattr(layer, name)
-            for name in STATIC:
-                arrays[f"{layer.name}/{name}"] = np.array(getattr(layer, name), dtype=np.int64)
+        for name, static, per_frame in zip(self.names, self.static, self.per_frame, strict=True):
+            arrays.update({f"{name}/{key}": row for key, row in zip(PER_FRAME, per_frame, strict=True)})
+            arrays.update({f"{name}/{key}": np.array(value) for key, value in zip(STATIC, static, strict=True)})
         return arrays
 
     def summary(self) -> dict[str, object]:
-        """Per-layer means plus whole-network sparsities (NeuroBench: totals over all layers)."""
-        neurons = sum(layer.neurons for layer in self.layers)
-        weights = sum(layer.weights for layer in self.layers)
-        firing = sum(layer.output_events for layer in self.layers)
+        """Per-layer means plus whole-network figures (NeuroBench sums over all layers)."""
+        totals = dict(zip(STATIC, self.static.sum(axis=0), strict=True))
+        per_frame = dict(zip(PER_FRAME, self.per_frame.sum(axis=0), strict=True))
         return {
             "frames": self.frames,
             "layers": {layer.name: layer.summary() for layer in self.layers},
-            "mean_activation_sparsity": float(np.mean(1.0 - firing / neurons)),
-            "connection_sparsity": 1.0 - sum(layer.nonzero_weights for layer in self.layers) / weights,
-            "mean_synaptic_ops": float(np.mean(sum(layer.synaptic_ops for layer in self.layers))),
-            "mean_dense_synaptic_ops": float(np.mean(sum(layer.dense_synaptic_ops for layer in self.layers))),
+            "mean_activation_sparsity": float(np.mean(1.0 - per_frame["output_events"] / totals["neurons"])),
+            "connection_sparsity": float(1.0 - totals["nonzero_weights"] / totals["weights"]),
+            "mean_synaptic_ops": float(np.mean(per_frame["synaptic_ops"])),
+            "mean_dense_synaptic_ops": float(np.mean(per_frame["dense_synaptic_ops"])),
         }
 
 
 def concatenate(parts: Sequence[Counters]) -> Counters:
     """Join the counters of consecutive batches of the same model (frames in order)."""
     first = parts[0]
-    layers = []
-    for index, layer in enumerate(first.layers):
-        joined = {name: np.concatenate([getattr(part.layers[index], name) for part in parts]) for name in PER_FRAME}
-        layers.append(replace(layer, **joined))
-    return Counters(tuple(layers))
+    return Counters(first.names, first.static, np.concatenate([part.per_frame for part in parts], axis=2))

@@ -30,7 +30,15 @@ from .config import ServeConfig, load_config, parse_listen
 from .energy import EnergyModel
 from .errors import EdgeError
 from .metrics import Metrics, make_app
-from .pipeline import PIPELINE_DROP_REASONS, Health, HttpServer, Mailbox, Pipeline, SourceListener
+from .pipeline import (
+    PIPELINE_DROP_REASONS,
+    Health,
+    HttpServer,
+    Mailbox,
+    Pipeline,
+    SourceListener,
+    limit_blas_threads,
+)
 from .sdnotify import Notifier
 from .sinks import JsonLinesSink, Sink, StdoutSink, prediction_records
 from .sources import SOURCE_DROP_REASONS, ReplaySpec, open_source, parse_source_spec
@@ -119,20 +127,27 @@ class Daemon:
     # --- start ----------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load and verify the bundle, bind the HTTP port, open the source, start the threads."""
+        """Load and verify the bundle, bind the HTTP port, open the source, start the threads.
+
+        On failure everything acquired so far is released and the (user) error propagates.
+        """
         config = self.config
-        bundle = verify(config.model.bundle)
-        backend = self._open_backend(bundle, config)
-        self._announce(bundle, backend.name, config)
-        host, port = parse_listen(config.metrics.listen)
+        backend: Backend | None = None
+        limit_blas_threads(config.inference.blas_threads)
         try:
+            bundle = verify(config.model.bundle)
+            backend = self._open_backend(bundle, config)
+            self._announce(bundle, backend.name, config)
+            host, port = parse_listen(config.metrics.listen)
             self._http = HttpServer(make_app(self.registry, self._health.readiness), host, port)
             spec = parse_source_spec(config.source.spec)
             source = open_source(spec, self._listener, mnist_cache_dir=self._mnist_cache_dir)
         except BaseException:
-            backend.close()
+            if backend is not None:
+                backend.close()
             if self._http is not None:
                 self._http.close()
+            self.mailbox.close()
             raise
         self._http.start()
         self._pipeline = Pipeline(
@@ -268,6 +283,7 @@ class Daemon:
             self._notifier.ready(self._status())
             return
         self.config, self.bundle = new, bundle
+        limit_blas_threads(new.inference.blas_threads)
         self._announce(bundle, backend, new)
         self.metrics.reloads.labels("ok").inc()
         log.info("reloaded: serving %s on %s (was %s)", describe(bundle), backend, describe(old))

@@ -13,11 +13,14 @@ The HTTP side is here too: ``/metrics`` plus ``/healthz`` and ``/readyz`` on the
 from __future__ import annotations
 
 import platform
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, make_wsgi_app
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .backends.base import BACKEND_NAMES, EnergyReport, LayerStats
@@ -36,6 +39,64 @@ RELOAD_RESULTS = ("ok", "rejected")
 SINK_NAMES = ("jsonl", "stdout")
 
 Readiness = Callable[[], tuple[bool, str]]
+
+
+class BatchHistogram:
+    """A classic Prometheus histogram that takes a whole batch of observations in one call.
+
+    Why not prometheus_client's Histogram: its ``observe`` takes one value (a lock and a bucket
+    search in Python, ~1.3 µs), and a batch of 16 frames over 4 layers needs ~200 of them, which
+    cost more than simulating the batch. Here a batch is one ``searchsorted`` + ``bincount``.
+    It is exported through the registry's custom-collector interface, with the same samples
+    (``_bucket{le}``, ``_sum``, ``_count``) a Histogram has.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self._name, self._documentation, self._labelnames = name, documentation, tuple(labelnames)
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._les = [floatToGoString(b) for b in buckets] + ["+Inf"]
+        self._series: dict[tuple[str, ...], tuple[np.ndarray, list[float]]] = {}
+        self._lock = threading.Lock()  # observed by the inference thread, collected by HTTP threads
+        registry.register(self)
+
+    def labels(self, *values: str) -> None:
+        """Create the series for ``values`` at zero (so it is exported before its first observation)."""
+        with self._lock:
+            self._series_for(values)
+
+    def _series_for(self, values: tuple[str, ...]) -> tuple[np.ndarray, list[float]]:
+        series = self._series.get(values)
+        if series is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
+            series = self._series[values] = (np.zeros(len(self._les), np.int64), [0.0])
+        return series
+
+    def observe(self, values: Any, *labels: str) -> None:
+        """Count every value of ``values`` (a number or an array) into the series ``labels``."""
+        data = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        counts = np.bincount(np.searchsorted(self._bounds, data, side="left"), minlength=len(self._les))
+        with self._lock:
+            buckets, total = self._series_for(labels)
+            buckets += counts
+            total[0] += float(data.sum())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._series.clear()
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]
+
+    def collect(self) -> list[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        with self._lock:
+            snapshot = [(labels, buckets.copy(), total[0]) for labels, (buckets, total) in self._series.items()]
+        for labels, buckets, total in snapshot:
+            cumulative = np.cumsum(buckets).tolist()
+            family.add_metric(labels, list(zip(self._les, cumulative, strict=True)), total)
+        return [family]
 
 
 class Metrics:
@@ -80,27 +141,27 @@ class Metrics:
         self.queue_depth = Gauge(name("queue_depth"), "Frames waiting for inference", registry=r)
         self.queue_capacity = Gauge(name("queue_capacity"), "Frames the queue holds before dropping the oldest",
                                     registry=r)
-        self.frame_age = Histogram(name("frame_age_seconds"), "Time from frame receipt to the start of its inference",
-                                   buckets=AGE_BUCKETS, registry=r)
-        self.frame_latency = Histogram(name("frame_latency_seconds"), "Time from frame receipt to its prediction",
-                                       buckets=AGE_BUCKETS, registry=r)
-        self.batch_size = Histogram(name("inference_batch_size"), "Frames per backend call (micro-batching)",
-                                    buckets=BATCH_BUCKETS, registry=r)
+        self.frame_age = BatchHistogram(name("frame_age_seconds"),
+                                        "Time from frame receipt to the start of its inference", [], AGE_BUCKETS, r)
+        self.frame_latency = BatchHistogram(name("frame_latency_seconds"), "Time from frame receipt to its prediction",
+                                            [], AGE_BUCKETS, r)
+        self.batch_size = BatchHistogram(name("inference_batch_size"), "Frames per backend call (micro-batching)",
+                                         [], BATCH_BUCKETS, r)
         self.inferences = Counter(name("inferences"), "Frames inferred", ["backend"], registry=r)
-        self.inference_latency = Histogram(
+        self.inference_latency = BatchHistogram(
             name("inference_latency_seconds"),
             "Duration of the backend call that produced each inference (observed once per frame)",
-            ["backend"], buckets=LATENCY_BUCKETS, registry=r)
-        self.inference_energy = Histogram(name("inference_energy_joules"), "Energy per inference",
-                                          ["backend", "source"], buckets=ENERGY_BUCKETS, registry=r)
+            ["backend"], LATENCY_BUCKETS, r)
+        self.inference_energy = BatchHistogram(name("inference_energy_joules"), "Energy per inference",
+                                               ["backend", "source"], ENERGY_BUCKETS, r)
         self.energy = Counter(name("energy_joules"), "Energy used by inferences; rate() is watts",
                               ["backend", "source"], registry=r)
-        self.layer_sparsity = Histogram(name("layer_activation_sparsity_ratio"),
-                                        "Fraction of a layer's activations that are zero, per inference",
-                                        ["layer", "source"], buckets=SPARSITY_BUCKETS, registry=r)
-        self.layer_events = Histogram(name("layer_output_events"),
-                                      "Non-zero activations (events) a layer emits, per inference",
-                                      ["layer", "source"], buckets=EVENT_BUCKETS, registry=r)
+        self.layer_sparsity = BatchHistogram(name("layer_activation_sparsity_ratio"),
+                                             "Fraction of a layer's activations that are zero, per inference",
+                                             ["layer", "source"], SPARSITY_BUCKETS, r)
+        self.layer_events = BatchHistogram(name("layer_output_events"),
+                                           "Non-zero activations (events) a layer emits, per inference",
+                                           ["layer", "source"], EVENT_BUCKETS, r)
         self.predictions = Counter(name("predictions"), "Predicted classes", ["class"], registry=r)
         self.backend_errors = Counter(name("backend_errors"), "Failed backend calls", ["backend"], registry=r)
         self.backend_fallbacks = Counter(name("backend_fallbacks"),
@@ -168,39 +229,33 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe_batch(self, backend: str, duration: float, ages: Sequence[float],
-                      latencies: Sequence[float], classes: Sequence[str]) -> None:
-        """One backend call: ``ages`` at its start, ``latencies`` at its end, one per frame."""
+    def observe_batch(self, backend: str, duration: float, ages: np.ndarray, latencies: np.ndarray,
+                      classes: np.ndarray) -> None:
+        """One backend call: per frame, ``ages`` at its start, ``latencies`` at its end, predicted ``classes``."""
         n = len(classes)
         self.batch_size.observe(n)
         self._child(self.inferences, backend).inc(n)
-        latency = self._child(self.inference_latency, backend)
-        for age, total, label in zip(ages, latencies, classes, strict=True):
-            latency.observe(duration)
-            self.frame_age.observe(age)
-            self.frame_latency.observe(total)
-            self._child(self.predictions, label).inc()
+        self.inference_latency.observe(np.full(n, duration), backend)
+        self.frame_age.observe(ages)
+        self.frame_latency.observe(latencies)
+        for label, count in enumerate(np.bincount(classes).tolist()):
+            if count:
+                self._child(self.predictions, str(label)).inc(count)
 
     def observe_energy(self, backend: str, report: EnergyReport) -> None:
         values = report.per_inference
         if len(values) == 0:
             return
-        histogram = self._child(self.inference_energy, backend, report.source)
-        for joules in values.tolist():
-            histogram.observe(joules)
+        self.inference_energy.observe(values, backend, report.source)
         self._child(self.energy, backend, report.source).inc(float(np.sum(values)))
         if report.board_watts is not None:
             self.accelerator_power.set(report.board_watts)
 
     def observe_layers(self, stats: LayerStats) -> None:
         for layer, events in stats.events.items():
-            histogram = self._child(self.layer_events, layer, stats.source)
-            for value in events.tolist():
-                histogram.observe(value)
+            self.layer_events.observe(events, layer, stats.source)
         for layer, ratios in stats.sparsity.items():
-            histogram = self._child(self.layer_sparsity, layer, stats.source)
-            for value in ratios.tolist():
-                histogram.observe(value)
+            self.layer_sparsity.observe(ratios, layer, stats.source)
 
     # --- source and queue (reader thread) ------------------------------------------------------
 

@@ -31,14 +31,20 @@ class OnnxBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         try:
-            self._session = ort.InferenceSession(
+            self._session: ort.InferenceSession | None = ort.InferenceSession(
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as error:  # onnxruntime raises its own untyped errors for unreadable graphs
             raise BackendError(f"{path}: onnxruntime cannot load the model ({error})") from None
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1 or outputs[0].type not in _ORT_DTYPES:
-            raise BackendError(f"{path}: expected one uint8 input and one uint8/int32 output")
+        if (
+            len(inputs) != 1
+            or len(outputs) != 1
+            or inputs[0].type != "tensor(uint8)"
+            or outputs[0].type not in _ORT_DTYPES
+            or not all(isinstance(d, int) for d in inputs[0].shape[1:])
+        ):
+            raise BackendError(f"{path}: expected one uint8 (N, X, Y, C) input and one uint8/int32 output")
         self._input_name = inputs[0].name
         self.input_shape: tuple[int, ...] = tuple(int(d) for d in inputs[0].shape[1:])
         self.output_dtype = np.dtype(_ORT_DTYPES[outputs[0].type])
@@ -50,6 +56,8 @@ class OnnxBackend:
                 f"frames must be uint8 (N, {', '.join(map(str, self.input_shape))}), "
                 f"got {frames.dtype} {frames.shape}"
             )
+        if self._session is None:
+            raise BackendError("the ONNX backend is closed")
         return self._session.run(None, {self._input_name: frames})[0]
 
     def close(self) -> None:

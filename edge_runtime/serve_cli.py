@@ -52,6 +52,8 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def serve(args: argparse.Namespace) -> int:
     daemon = Daemon(args.config, overrides(args))
-    install_signal_handlers(daemon.mailbox)
     daemon.start()
+    # After start: a signal during start-up keeps its default action (nothing to drain yet), and a
+    # start that fails leaves the caller's handlers as they were.
+    install_signal_handlers(daemon.mailbox)
     return daemon.wait()

@@ -55,6 +55,7 @@ class TrainConfig:
     lr_min: float = 5e-5
     weight_decay: float = 0.0
     calib_percentile: float = 99.9  # activation step = this percentile of float activations / 15
+    shift: int = 0  # augmentation: random translation of each training image by up to this many pixels
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,7 @@ def _check_ranges(config: Config) -> list[str]:
         (t.threads >= 1, "train.threads must be >= 1"),
         (0 < t.lr_min <= t.lr, "train.lr_min must be in (0, lr]"),
         (0 < t.calib_percentile <= 100, "train.calib_percentile must be in (0, 100]"),
+        (0 <= t.shift <= 4, "train.shift must be in 0..4"),
         (p.form in PENALTY_FORMS, f"penalty.form must be one of {', '.join(PENALTY_FORMS)}"),
         (p.activations >= 0 and p.weights >= 0, "penalty weights must be >= 0"),
         (p.width > 0, "penalty.width must be > 0"),

@@ -120,7 +120,7 @@ class ForwardResult:
     logits: Tensor  # (N, 10) real-valued scores for the loss
     scores: Tensor  # (N, 10) the chip's int32 potentials (QAT) or the float logits
     acts: list[Tensor]  # integer activations (QAT) / ReLU outputs (float), each (N, C, H, W) or (N, C)
-    pre: list[Tensor]  # u = (pot - threshold) / act_step (QAT) / z / delta - 1/2 (float); fires iff u > 0
+    pre: list[Tensor]  # QAT only: u = (pot - threshold) / act_step per activated layer; fires iff u > 0
     weight_ratios: list[Tensor]  # v / scale per layer (QAT only), for the weight penalty
 
 
@@ -160,7 +160,7 @@ class ZeroAwareNet(nn.Module):
         self.b0 = nn.Parameter(torch.zeros(c0))
         self.b1 = nn.Parameter(torch.zeros(c1))
         self.b2 = nn.Parameter(torch.zeros(fc))
-        # Activation steps per channel (real units); set from float activations by calibrate().
+        # Activation steps per channel (real units); set from float activations by calibrate_steps().
         self.delta0 = nn.Parameter(torch.ones(c0))
         self.delta1 = nn.Parameter(torch.ones(c1))
         self.delta2 = nn.Parameter(torch.ones(fc))
@@ -193,9 +193,7 @@ class ZeroAwareNet(nn.Module):
         z2 = F.linear(self._flatten(a1), w2, self.b2)
         a2 = F.relu(z2)
         logits = F.linear(a2, w3)
-        pre = [z / d.view((1, -1) + (1,) * (z.dim() - 2)) - 0.5
-               for z, d in ((z0, self.delta0), (z1, self.delta1), (z2, self.delta2))]
-        return ForwardResult(logits, logits, [a0, a1, a2], pre, [])
+        return ForwardResult(logits, logits, [a0, a1, a2], [], [])
 
     def effective_weights(self) -> list[Tensor]:
         """Per layer, the float weights times the real step of their input (what gets quantised)."""
@@ -286,7 +284,7 @@ def export_integer_layers(model: ZeroAwareNet) -> list[IntegerLayer]:
             for kind, w, layer in zip(kinds, weights, (l0, l1, l2, l3), strict=True)]
 
 
-def to_akida(layers: list[IntegerLayer]):  # -> akida.Model (imported lazily: runtime-only hosts lack torch)
+def to_akida(layers: list[IntegerLayer]):  # -> akida.Model (akida is imported only when needed)
     """Build akida's own model from the integer layers (used to prove exactness against its engine)."""
     import akida
 

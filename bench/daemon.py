@@ -1,0 +1,233 @@
+"""End-to-end throughput and latency of ``edge-runtime serve`` over a real pty, against the raw simulator.
+
+Run: ``python bench/daemon.py [--frames 3000] [--bundle DIR]``. In one run, on the same MNIST test frames:
+
+1. **raw simulator**: ``Simulator.run`` on frames already in memory, at batch 1 and at the daemon's
+   ``max_batch`` (best of 3), with one BLAS thread as the daemon uses (the faster setting here); the
+   better of the two is the reference.
+2. **daemon, saturated**: the daemon (simulator backend, metrics served and scraped every second,
+   no prediction log) reads protocol packets from a pty; a separate writer process (the "sensor",
+   packets encoded ahead, as a sensor's firmware would) sends them as fast as the pty takes them.
+   Throughput = frames / (first frame received -> last frame inferred). Target: >= 80 % of raw.
+3. **daemon at 1,000 frames/s offered**: the writer paces packets at 1 kHz; per-frame latency from
+   the daemon's prediction log (receipt -> prediction) and from the writer's send times
+   (packet written -> prediction), p50 / p99 / max.
+
+Without ``--bundle`` a random model of the default architecture (32/64/128 filters, layers firing on
+~25 % of neurons, as trained models do) is exported into a temporary bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import select
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from edge_runtime.bundle import load_bundle  # noqa: E402
+from edge_runtime.daemon import Daemon  # noqa: E402
+from edge_runtime.emulator import PtyPort  # noqa: E402
+from edge_runtime.mnist import load_mnist  # noqa: E402
+from edge_runtime.pipeline import limit_blas_threads  # noqa: E402
+from edge_runtime.protocol import DELIMITER, encode_frame  # noqa: E402
+from edge_runtime.simulator import Simulator  # noqa: E402
+
+TARGET_RATIO = 0.8
+OFFERED_RATE = 1000.0
+MAX_BATCH = 16
+
+
+# --- the sensor: a separate process writing pre-encoded packets into the pty --------------------
+
+
+def write_packets(fd: int, packets: list[bytes], rate: float | None, go: Any, report: Any) -> None:
+    """Child process: wait for "go", write every packet (paced at ``rate`` if given), report send times."""
+    go.recv()
+    sent = np.zeros(len(packets))
+    os.write(fd, DELIMITER)
+    start = time.monotonic()
+    for index, packet in enumerate(packets):
+        if rate is not None:
+            delay = start + index / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)  # pacing the offered load, like a sensor's frame clock
+        view = memoryview(packet)
+        while view:
+            select.select([], [fd], [])
+            view = view[os.write(fd, view):]
+        sent[index] = time.time()
+    report.send(sent)
+
+
+class Sensor:
+    """The writer process; forked before the daemon starts any thread, so the fork copies none."""
+
+    def __init__(self, fd: int, packets: list[bytes], rate: float | None) -> None:
+        context = multiprocessing.get_context("fork")
+        self._go, child_go = context.Pipe()
+        self._report, child_report = context.Pipe()
+        self._process = context.Process(target=write_packets, args=(fd, packets, rate, child_go, child_report))
+        self._process.start()
+
+    def go(self) -> None:
+        self._go.send(True)
+
+    def send_times(self, timeout: float) -> np.ndarray:
+        if not self._report.poll(timeout):
+            raise RuntimeError("the sensor process did not finish sending")
+        times = self._report.recv()
+        self._process.join(timeout)
+        return times
+
+
+# --- measurements -------------------------------------------------------------------------------
+
+
+def raw_throughput(simulator: Simulator, frames: np.ndarray, batch: int, repeats: int = 3) -> float:
+    simulator.run(frames[:batch])  # warm-up
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(frames), batch):
+            simulator.run(frames[i : i + batch])
+        best = min(best, time.perf_counter() - start)
+    return len(frames) / best
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll every millisecond; return the monotonic time the condition first held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return time.monotonic()
+        time.sleep(0.001)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+class Scraper:
+    """Fetches /metrics every second while the daemon runs, as Prometheus would (more often, in fact)."""
+
+    def __init__(self, url: str) -> None:
+        import urllib.request
+
+        self._stop = threading.Event()
+
+        def run() -> None:
+            while not self._stop.wait(1.0):
+                with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+                    response.read()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def run_daemon(bundle: Path, frames: np.ndarray, rate: float | None, log: Path | None) -> dict[str, Any]:
+    """Serve ``frames`` sent through a pty once; return timings and the daemon's own counts."""
+    packets = [encode_frame(i, frame) for i, frame in enumerate(frames)]
+    with PtyPort() as port:
+        sensor = Sensor(port.master, packets, rate)
+        overrides = {"model.bundle": str(bundle), "source.spec": f"serial:{port.path}", "metrics.listen": "127.0.0.1:0",
+                     "inference.backend": "simulator", "inference.max_batch": MAX_BATCH,
+                     "source.queue_size": len(frames) + 1}
+        if log is not None:
+            overrides["predictions.path"] = str(log)
+        daemon = Daemon(None, overrides)
+        daemon.start()
+        loop = threading.Thread(target=daemon.wait, daemon=True)
+        loop.start()
+        get = daemon.registry.get_sample_value
+        try:
+            wait_until(lambda: get("edge_sensor_up") == 1, 30, "the daemon to open the pty")
+            scraper = Scraper(daemon.url)
+            sensor.go()
+            first = wait_until(lambda: get("edge_frames_received_total") >= 1, 60, "the first frame")
+            last = wait_until(lambda: get("edge_inferences_total", {"backend": "simulator"})
+                              + sum(get("edge_frames_dropped_total", {"reason": r}) or 0
+                                    for r in ("queue_full", "corrupt", "seq_gap", "bad_shape", "inference_error"))
+                              >= len(frames), 600, "every frame to be inferred or dropped")
+            sent = sensor.send_times(60)
+            scraper.stop()
+            counts = {"inferred": get("edge_inferences_total", {"backend": "simulator"}),
+                      "dropped": {r: get("edge_frames_dropped_total", {"reason": r})
+                                  for r in ("queue_full", "corrupt", "seq_gap")}}
+        finally:
+            daemon.post(signal.SIGTERM)
+            loop.join(60)
+    return {"seconds": last - first, "sent": sent, **counts}
+
+
+def percentiles(values: np.ndarray) -> str:
+    p50, p99 = np.percentile(values, [50, 99]) * 1e3
+    return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {values.max() * 1e3:.2f} ms"
+
+
+def make_bundle(out: Path, frames: np.ndarray, labels: np.ndarray) -> Path:
+    from bundle_fixtures import make_bundle as export_random  # the tests' random, realistically sparse models
+
+    export_random(out, np.random.default_rng(0), frames[:200], labels[:200].astype(np.int64), widths=(32, 64, 128))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=3000)
+    parser.add_argument("--bundle", type=Path, help="an exported bundle (default: a random default-architecture one)")
+    args = parser.parse_args()
+
+    mnist = load_mnist()
+    frames = mnist.test_images[: args.frames, :, :, None]
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle_path = args.bundle or make_bundle(Path(tmp) / "bundle", frames, mnist.test_labels)
+        bundle = load_bundle(bundle_path)
+        simulator = Simulator(bundle.model)
+        limit_blas_threads(1)
+        raw = {batch: raw_throughput(simulator, frames, batch) for batch in (1, MAX_BATCH)}
+        saturated = run_daemon(bundle_path, frames, None, None)
+        log = Path(tmp) / "predictions.jsonl"
+        paced_frames = frames[: min(len(frames), 3000)]
+        paced = run_daemon(bundle_path, paced_frames, OFFERED_RATE, log)
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+
+    reference = max(raw.values())
+    daemon_fps = saturated["inferred"] / saturated["seconds"]
+    ratio = daemon_fps / reference
+    in_daemon = np.array([r["latency_s"] for r in records])
+    sent = paced["sent"]
+    end_to_end = np.array([r["time"] + r["latency_s"] - sent[r["seq"]] for r in records])
+
+    print(f"bundle: {bundle.manifest.name} ({bundle.sha256[:12]}), layers "
+          + ", ".join(f"{m.name} {100 * m.activation_density:.0f}% active" for m in bundle.manifest.metrics.layers))
+    print(f"frames: {len(frames)} MNIST test images; host: {os.cpu_count()} CPUs")
+    print(f"raw simulator:   batch 1 {raw[1]:7.0f} fps | batch {MAX_BATCH} {raw[MAX_BATCH]:7.0f} fps")
+    print(f"daemon over pty: {daemon_fps:7.0f} fps ({saturated['inferred']:.0f} inferred, dropped "
+          f"{saturated['dropped']}), metrics on, max_batch {MAX_BATCH}")
+    verdict = "OK" if ratio >= TARGET_RATIO else "BELOW TARGET"
+    print(f"ratio: {100 * ratio:.1f}% of the raw simulator's best (target >= {100 * TARGET_RATIO:.0f}%) {verdict}")
+    print(f"at {OFFERED_RATE:.0f} frames/s offered ({len(records)} inferred of {len(paced_frames)}, dropped "
+          f"{paced['dropped']}):")
+    print(f"  receipt -> prediction:         {percentiles(in_daemon)}")
+    print(f"  packet written -> prediction:  {percentiles(end_to_end)}")
+    return 0 if ratio >= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""The serve daemon's config: the shipped example loads, mistakes are all reported, flags override keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from edge_runtime.config import (
+    DEFAULT_LISTEN,
+    ServeConfig,
+    config_from_dict,
+    load_config,
+    parse_listen,
+    tomllib,
+)
+from edge_runtime.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "edge-runtime.toml"
+REQUIRED = {"model": {"bundle": "/b"}, "source": {"spec": "replay:mnist-test"}}
+
+
+def test_shipped_example_loads_and_documents_every_key() -> None:
+    config = load_config(EXAMPLE)
+    assert config.source.spec.startswith("serial:/dev/serial/by-id/")
+    assert config.metrics.listen == DEFAULT_LISTEN
+    document = tomllib.loads(EXAMPLE.read_text())
+    for section in dataclasses.fields(ServeConfig):
+        keys = {f.name for f in dataclasses.fields(getattr(config, section.name))}
+        assert set(document[section.name]) == keys, f"[{section.name}] in the example"
+
+
+def test_defaults_fill_what_is_not_given() -> None:
+    config = config_from_dict(REQUIRED)
+    assert config.inference.backend == "auto"
+    assert config.source.queue_size == 64
+    assert config.predictions.path == "" and config.predictions.stdout is False
+
+
+def test_every_mistake_is_reported_at_once_with_the_allowed_keys() -> None:
+    raw = {
+        **REQUIRED,
+        "inference": {"backend": "gpu", "max_batch": 0, "sample_evry": 3},
+        "metrics": {"listen": 9464},
+        "extra": {},
+    }
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(raw, "site.toml")
+    message = str(error.value)
+    assert message.startswith("site.toml: ")
+    assert "\n" not in message
+    assert "unknown key inference.sample_evry (allowed: backend, max_batch, sample_every" in message
+    assert "metrics.listen must be str, got int" in message
+    assert "unknown section [extra] (allowed: model, source, inference, metrics, predictions)" in message
+
+
+def test_ranges_and_cross_checks() -> None:
+    raw = {**REQUIRED, "inference": {"backend": "gpu", "max_batch": 0, "power_window_s": 0.2}}
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(raw)
+    message = str(error.value)
+    assert "inference.backend must be one of auto, akida, simulator, onnx" in message
+    assert "inference.max_batch must be >= 1" in message
+    assert "power_window_s must be >= 0.4224 (three 140.8 ms power-meter updates)" in message
+
+
+def test_required_keys_name_the_flag_that_sets_them() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None)
+    assert str(error.value) == ("command line: model.bundle is required (set it or pass --model); "
+                       "source.spec is required (set it or pass --source)")
+
+
+def test_bad_source_spec_and_listen_address_are_config_errors() -> None:
+    raw = {"model": {"bundle": "/b"}, "source": {"spec": "usb:/dev/x"}, "metrics": {"listen": "localhost"}}
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(raw)
+    message = str(error.value)
+    assert "bad source 'usb:/dev/x'" in message
+    assert "bad listen address 'localhost'" in message
+
+
+def test_flags_override_file_keys_and_are_validated_like_them(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nbundle = "/from/file"\n[source]\nspec = "replay:mnist-test"\n')
+    config = load_config(path, {"model.bundle": "/from/flag", "predictions.stdout": True})
+    assert config.model.bundle == "/from/flag"
+    assert config.predictions.stdout is True
+    with pytest.raises(ConfigError, match=r"metrics\.listen must be str"):
+        load_config(path, {"metrics.listen": 1})
+
+
+def test_unreadable_and_invalid_files_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"missing\.toml: cannot be read"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: invalid TOML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:9464", ("127.0.0.1", 9464)), ("[::1]:9464", ("::1", 9464)), ("0.0.0.0:0", ("0.0.0.0", 0))],
+)
+def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize("text", ["9464", ":9464", "host:", "host:http", "host:70000"])
+def test_parse_listen_rejects(text: str) -> None:
+    with pytest.raises(ConfigError, match="expected HOST:PORT"):
+        parse_listen(text)

@@ -1,0 +1,272 @@
+"""The serve daemon in-process, fed through real pseudo-terminals: accounting, faults, readiness, fallback.
+
+Every test checks the same invariant from the outside (HTTP scrapes and the prediction log): each
+frame sent is inferred or counted as dropped with a reason, and what was inferred is what the
+simulator predicts offline.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import akida
+import numpy as np
+import pytest
+from daemon_support import (
+    BundleUnderTest,
+    FakeDevice,
+    NotifyListener,
+    PtyWriter,
+    build_bundle,
+    dropped_total,
+    http_get,
+    packets,
+    scrape,
+    total,
+    value,
+    wait_for,
+)
+
+from edge_runtime.backends import Board
+from edge_runtime.daemon import Daemon
+from edge_runtime.emulator import PtyPort, corrupt_packet
+from edge_runtime.sdnotify import Notifier
+
+FRAMES = 2000
+
+
+@pytest.fixture(scope="module")
+def mnist_frames(mnist_data) -> tuple[np.ndarray, np.ndarray]:
+    return mnist_data.test_images[:FRAMES, :, :, None], mnist_data.test_labels[:FRAMES]
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory, mnist_frames) -> BundleUnderTest:
+    images, labels = mnist_frames
+    return build_bundle(tmp_path_factory.mktemp("bundle") / "a", 1, images[:200], labels[:200])
+
+
+@contextmanager
+def running(overrides: dict[str, Any], **kwargs: Any) -> Iterator[Daemon]:
+    """A started daemon whose main loop runs in a thread; stopped with SIGTERM (drain) on exit."""
+    daemon = Daemon(None, {"metrics.listen": "127.0.0.1:0", **overrides}, **kwargs)
+    daemon.start()
+    status: list[int] = []
+    loop = threading.Thread(target=lambda: status.append(daemon.wait()), daemon=True)
+    loop.start()
+    try:
+        yield daemon
+    finally:
+        daemon.post(signal.SIGTERM)
+        loop.join(60)
+    assert status == [0]
+
+
+def ready(daemon: Daemon) -> None:
+    wait_for(lambda: http_get(f"{daemon.url}/readyz")[0] == 200, 30, "/readyz to return 200")
+
+
+def inferred(samples: dict) -> float:
+    return total(samples, "edge_inferences_total")
+
+
+def wait_accounted(daemon: Daemon, log: Path, expected: int, timeout: float = 90) -> dict:
+    """Until every frame is inferred or dropped and every inference is in the log; returns the scrape."""
+
+    def done() -> dict | None:
+        samples = scrape(daemon.url)
+        count = inferred(samples)
+        if count + dropped_total(samples) >= expected and log.exists() and len(read_log(log)) == count:
+            return samples
+        return None
+
+    return wait_for(done, timeout, f"{expected} frames to be accounted for")
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def check_predictions(records: list[dict], bundle: BundleUnderTest, images: np.ndarray, seq_offset: int = 0) -> None:
+    seqs = np.array([r["seq"] for r in records]) - seq_offset
+    assert len(set(seqs.tolist())) == len(seqs), "a frame was inferred twice"
+    expected = bundle.predict(images[seqs])
+    assert [r["class"] for r in records] == expected.tolist()
+
+
+def check_counts_agree(samples: dict, records: list[dict]) -> None:
+    """Metrics scraped over HTTP say what the prediction log says."""
+    n = len(records)
+    assert value(samples, "edge_inferences_total", backend="simulator") == n
+    by_class = Counter(str(r["class"]) for r in records)
+    for label in map(str, range(10)):
+        assert value(samples, "edge_predictions_total", **{"class": label}) == by_class[label]
+    assert value(samples, "edge_frame_latency_seconds_count") == n
+    assert value(samples, "edge_inference_energy_joules_count", backend="simulator", source="model") == n
+    energy = value(samples, "edge_energy_joules_total", backend="simulator", source="model")
+    assert energy == pytest.approx(sum(r["energy_j"] for r in records), rel=1e-9)
+    for layer in ("conv0", "conv1", "fc2", "fc3"):
+        assert value(samples, "edge_layer_output_events_count", layer=layer, source="simulator") == n
+        events = sum(r["events"][layer] for r in records)
+        assert value(samples, "edge_layer_output_events_sum", layer=layer, source="simulator") == events
+    received = value(samples, "edge_frames_received_total")
+    pipeline_drops = sum(value(samples, "edge_frames_dropped_total", reason=r)
+                         for r in ("queue_full", "bad_shape", "inference_error"))
+    assert received == n + pipeline_drops
+
+
+def test_2000_mnist_frames_over_a_real_pty(tmp_path: Path, mnist_frames, bundle: BundleUnderTest) -> None:
+    images, _ = mnist_frames
+    log = tmp_path / "predictions.jsonl"
+    chunks = packets(images)
+    with PtyPort() as port, running({"model.bundle": str(bundle.path), "source.spec": f"serial:{port.path}",
+                                     "source.queue_size": 4096, "predictions.path": str(log)}) as daemon:
+        ready(daemon)
+        writer = PtyWriter(port.master, chunks).start()
+        samples = wait_accounted(daemon, log, FRAMES)
+        writer.join(10)
+        records = read_log(log)
+        assert value(samples, "edge_backend_active", backend="simulator") == 1  # auto, and no board here
+        assert value(samples, "edge_sensor_received_bytes_total") == writer.bytes
+    assert len(records) + dropped_total(samples) == FRAMES
+    assert dropped_total(samples) == 0  # a pty loses nothing and the queue was large enough
+    check_predictions(records, bundle, images)
+    check_counts_agree(samples, records)
+
+
+def test_corrupt_bytes_cost_only_the_frames_they_hit(tmp_path: Path, mnist_frames, bundle: BundleUnderTest) -> None:
+    images = mnist_frames[0][:600]
+    rng = np.random.default_rng(3)
+    chunks = packets(images)
+    damaged = set(range(5, 600, 10))
+    for index in damaged:
+        if index % 20 == 5:  # line noise: random non-zero bytes inserted mid-packet
+            middle = len(chunks[index]) // 2
+            noise = bytes(rng.integers(1, 256, int(rng.integers(1, 40))).astype(np.uint8))
+            chunks[index] = chunks[index][:middle] + noise + chunks[index][middle:]
+        else:  # a flipped byte
+            chunks[index] = corrupt_packet(chunks[index])
+    log = tmp_path / "predictions.jsonl"
+    with PtyPort() as port, running({"model.bundle": str(bundle.path), "source.spec": f"serial:{port.path}",
+                                     "source.queue_size": 1024, "predictions.path": str(log)}) as daemon:
+        ready(daemon)
+        writer = PtyWriter(port.master, chunks).start()
+        samples = wait_accounted(daemon, log, len(images))
+        writer.join(10)
+    records = read_log(log)
+    assert value(samples, "edge_frames_dropped_total", reason="corrupt") == len(damaged)
+    assert value(samples, "edge_frames_dropped_total", reason="seq_gap") == 0
+    assert len(records) + dropped_total(samples) == len(images)
+    assert not damaged & {r["seq"] for r in records}
+    check_predictions(records, bundle, images)
+    check_counts_agree(samples, records)
+
+
+def test_the_sensor_vanishes_and_comes_back(tmp_path: Path, mnist_frames, bundle: BundleUnderTest) -> None:
+    """The pty hangs up mid-stream (frames still in its buffer are lost) and reappears at the same name."""
+    images = mnist_frames[0][:800]
+    link = tmp_path / "sensor"
+    log = tmp_path / "predictions.jsonl"
+    first = PtyPort(link)
+    with running({"model.bundle": str(bundle.path), "source.spec": f"serial:{link}",
+                  "source.queue_size": 1024, "predictions.path": str(log)}) as daemon:
+        ready(daemon)
+        writer = PtyWriter(first.master, packets(images[:400])).start()
+        wait_for(lambda: inferred(scrape(daemon.url)) >= 100, 30, "the first frames to be inferred")
+        first.close()  # hang up, whatever is still unread
+        writer.stop()
+        wait_for(lambda: value(scrape(daemon.url), "edge_sensor_up") == 0, 30, "the daemon to see the hangup")
+        assert http_get(f"{daemon.url}/readyz") == (503, "source not open\n")
+        with PtyPort(link) as second:
+            ready(daemon)
+            writer = PtyWriter(second.master, packets(images[400:], start_seq=400)).start()
+            samples = wait_accounted(daemon, log, len(images))
+            writer.join(10)
+    records = read_log(log)
+    lost_in_hangup = value(samples, "edge_frames_dropped_total", reason="seq_gap")
+    assert len(records) + dropped_total(samples) == len(images)
+    assert {r["seq"] for r in records} >= set(range(400, 800))  # everything after the reconnect
+    assert lost_in_hangup == 400 - len([r for r in records if r["seq"] < 400])
+    check_predictions(records, bundle, images)
+
+
+def test_ready_only_once_the_source_is_open_and_the_watchdog_pings(tmp_path: Path, bundle: BundleUnderTest) -> None:
+    link = tmp_path / "sensor"
+    notify = NotifyListener(tmp_path / "notify")
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"})
+    try:
+        with running({"model.bundle": str(bundle.path), "source.spec": f"serial:{link}"},
+                     notifier=notifier) as daemon:
+            assert http_get(f"{daemon.url}/healthz") == (200, "ok\n")
+            wait_for(lambda: notify.find("STATUS"), 10, "a STATUS line")
+            assert http_get(f"{daemon.url}/readyz") == (503, "source not open\n")
+            assert notify.find("READY") == []
+            assert value(scrape(daemon.url), "edge_sensor_up") == 0
+            wait_for(lambda: len(notify.find("WATCHDOG", "1")) >= 3, 10, "watchdog pings while idle")
+            with PtyPort(link):
+                ready = wait_for(lambda: notify.find("READY", "1"), 30, "READY=1")
+                assert "serving a " in ready[0]["STATUS"] and "on simulator" in ready[0]["STATUS"]
+                assert http_get(f"{daemon.url}/readyz")[0] == 200
+        wait_for(lambda: notify.find("STOPPING", "1"), 10, "STOPPING=1")
+    finally:
+        notify.close()
+
+
+class EngineModel:
+    """A stand-in for a model mapped on a board: akida's own engine computes the outputs.
+
+    ``map`` accepts the fake device; ``forward`` fails once the device is marked broken.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._model = akida.Model(str(path))
+        self.device: Any = None
+        self.power_events: list[Any] = []
+
+    def map(self, device: Any) -> None:
+        self.device = device
+
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        self.device.forwarded += len(images)
+        if self.device.forwarded > self.device.fail_after:
+            raise RuntimeError("akida: DMA timeout")
+        return self._model.forward(images)
+
+
+def test_a_board_failure_falls_back_to_the_simulator_without_losing_frames(
+        tmp_path: Path, mnist_frames, bundle: BundleUnderTest) -> None:
+    images = mnist_frames[0][:600]
+    np.save(tmp_path / "frames.npy", images)
+    device = FakeDevice(time.monotonic)
+    device.forwarded, device.fail_after = 0, 450
+    log = tmp_path / "predictions.jsonl"
+    overrides = {"model.bundle": str(bundle.path), "source.spec": f"replay:{tmp_path / 'frames.npy'}?rate=400",
+                 "source.queue_size": 1024, "predictions.path": str(log), "inference.power_window_s": 0.45,
+                 "inference.sample_every": 5}
+    with running(overrides, board=Board(devices=lambda: [device], load_model=EngineModel)) as daemon:
+        assert value(scrape(daemon.url), "edge_accelerator_up") == 1
+        samples = wait_accounted(daemon, log, len(images))
+    records = read_log(log)
+    assert sorted(r["seq"] for r in records) == list(range(600))  # the failed batch was re-run
+    assert dropped_total(samples) == 0
+    check_predictions(records, bundle, images)
+    assert value(samples, "edge_backend_errors_total", backend="akida") == 1
+    assert value(samples, "edge_backend_fallbacks_total", backend="akida") == 1
+    assert value(samples, "edge_backend_active", backend="simulator") == 1
+    assert value(samples, "edge_accelerator_up") == 0
+    on_board = value(samples, "edge_inferences_total", backend="akida")
+    assert 0 < on_board <= 450 and on_board + value(samples, "edge_inferences_total", backend="simulator") == 600
+    assert value(samples, "edge_energy_joules_total", backend="akida", source="power_meter") > 0
+    assert value(samples, "edge_accelerator_power_watts") == pytest.approx(1.0)
+    sampled = value(samples, "edge_layer_output_events_count", layer="conv1", source="simulator_sample")
+    assert sampled == pytest.approx(on_board / 5, abs=1)
+    assert {r["backend"] for r in records} == {"akida", "simulator"}
+    assert {r["energy_source"] for r in records if r["backend"] == "akida"} == {"power_meter"}

@@ -1,0 +1,391 @@
+"""The exporter: akida builder, exact ONNX graph, three-way verification, bundle writing and the CLI.
+
+The ONNX graph is checked against akida's engine on random models covering every Akida 1.0 feature
+(tests/akida_random.py, arbitrary float32 act_steps included), and its firing rule against the
+simulator's reference for arbitrary values. Bundles are exported from small random default-architecture
+models and from a real (tiny) training run; tests use a few hundred MNIST frames, not 10,000.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import akida
+import numpy as np
+import onnx
+import pytest
+from akida_random import random_frames, random_model
+from bundle_fixtures import default_spec, eval_set, random_default_model, with_layer, write_run_dir
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_runtime.akida_model import AkidaModel, Dense, from_akida, load_model
+from edge_runtime.bundle import FBZ, GOLDEN, MANIFEST, ONNX, load_bundle
+from edge_runtime.errors import BundleError, DataError, ModelError
+from edge_runtime.onnx_backend import OnnxBackend
+from edge_runtime.simulator import Simulator, fire
+from exporter import cli
+from exporter.akida_build import map_on_akd1000, to_akida
+from exporter.bundle_build import export_model, export_run, load_run, three_way, verify_bundle
+from exporter.onnx_build import FLOAT32_EXACT, IR_VERSION, OPSET, check_exact, fire_levels, to_onnx
+
+FRAMES = 300
+
+
+@pytest.fixture(scope="module")
+def frames(mnist_data) -> np.ndarray:
+    return mnist_data.test_images[:FRAMES, ..., None]
+
+
+@pytest.fixture(scope="module")
+def labels(mnist_data) -> np.ndarray:
+    return mnist_data.test_labels[:FRAMES].astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def model(frames) -> AkidaModel:
+    return random_default_model(np.random.default_rng(3), frames)
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory, model, frames, labels) -> Path:
+    out = tmp_path_factory.mktemp("export") / "mnist-random"
+    export_model(model, out, eval_set(frames, labels))
+    return out
+
+
+def save_onnx(model: AkidaModel, path: Path) -> Path:
+    onnx.save(to_onnx(model, "test"), path)
+    return path
+
+
+# --------------------------------------------------------------------------- the random fixture itself
+
+
+def test_fixture_model_fires_on_10_to_40_percent_of_neurons(model, frames):
+    counters = Simulator(model).run(frames).counters
+    for layer, counts in zip(model.layers[:-1], counters, strict=False):
+        density = float(np.mean(counts.output_events)) / counts.neurons
+        assert 0.10 <= density <= 0.40, (layer.name, density)
+
+
+# --------------------------------------------------------------------------- akida builder
+
+
+def test_to_akida_round_trips_every_feature(tmp_path):
+    rng = np.random.default_rng(11)
+    for _ in range(25):
+        original = random_model(rng)
+        ours = from_akida(original)
+        built = to_akida(ours)
+        built.save(str(tmp_path / "m.fbz"))
+        again = load_model(tmp_path / "m.fbz")
+        for a, b in zip(ours.layers, again.layers, strict=True):
+            for name, value in vars(a).items():
+                other = getattr(b, name)
+                assert np.array_equal(value, other) if isinstance(value, np.ndarray) else value == other, name
+        x = random_frames(rng, 8, ours.input_shape)
+        assert np.array_equal(original.forward(x), built.forward(x))
+
+
+def test_to_akida_refuses_a_model_whose_shapes_akida_disagrees_with(model):
+    wrong = with_layer(model, 1, output_shape=(8, 8, 16))
+    with pytest.raises(ModelError, match=r"layer 'conv1': akida computes output shape \(7, 7, 16\)"):
+        to_akida(wrong)
+
+
+def test_default_architecture_maps_fully_on_akd1000(model):
+    mapping = map_on_akd1000(to_akida(model))
+    assert mapping.device == "AKD1000" and mapping.sequences == 1
+    assert mapping.per_layer["conv0"] == {"HRC": 1}
+    assert set(mapping.per_layer["conv1"]) <= {"CNP1", "CNP2"}
+    assert set(mapping.per_layer["fc2"]) | set(mapping.per_layer["fc3"]) <= {"FNP2", "FNP3"}
+    # one pass: every NP serves one layer, so the totals are the layers' sums
+    assert sum(mapping.nps.values()) == sum(sum(nps.values()) for nps in mapping.per_layer.values())
+
+
+def test_model_that_does_not_fit_akd1000_is_refused(model):
+    conv1 = model.layers[1]
+    rng = np.random.default_rng(0)
+    kernel = rng.integers(-7, 8, (5, 5, *conv1.weights.shape[2:])).astype(np.int8)
+    wide = with_layer(model, 1, kernel=(5, 5), weights=kernel)  # stride 2 needs a 3x3 kernel on AKD1000
+    with pytest.raises(ModelError, match=r"does not map fully on AKD1000.*stride 2"):
+        map_on_akd1000(to_akida(wide))
+
+
+# --------------------------------------------------------------------------- exact ONNX graph
+
+
+def test_onnx_graph_is_valid_portable_and_batched(model, tmp_path):
+    proto = to_onnx(model, "mnist")
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.ir_version == IR_VERSION and proto.opset_import[0].version == OPSET
+    (graph_input,) = proto.graph.input
+    (graph_output,) = proto.graph.output
+    assert graph_input.name == "input" and graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = graph_input.type.tensor_type.shape.dim
+    assert dims[0].dim_param == "N" and [d.dim_value for d in dims[1:]] == [28, 28, 1]
+    assert graph_output.name == "output" and graph_output.type.tensor_type.elem_type == onnx.TensorProto.INT32
+    ops = {node.op_type for node in proto.graph.node}
+    assert "Div" not in ops  # the firing rule is comparisons only
+
+
+def test_onnx_equals_engine_and_simulator_on_random_models(tmp_path):
+    """Every feature (paddings, pools, strides, 1/2/4 bits, arbitrary act_steps): exact, or refused."""
+    rng = np.random.default_rng(5)
+    exact = refused = 0
+    for _ in range(80):
+        original = random_model(rng)
+        ours = from_akida(original)
+        try:
+            path = save_onnx(ours, tmp_path / "m.onnx")
+        except ModelError as error:
+            assert "wrap" in str(error) or "int32" in str(error) or "act_step" in str(error)
+            refused += 1
+            continue
+        x = random_frames(rng, 16, ours.input_shape)
+        expected = original.forward(x)
+        got = OnnxBackend(path).infer(x)
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        assert np.array_equal(got, expected)
+        assert np.array_equal(Simulator(ours).run(x).outputs, expected)
+        exact += 1
+    assert exact >= 60, (exact, refused)
+
+
+def test_onnx_three_way_on_real_frames(model, frames, tmp_path):
+    to_akida(model).save(str(tmp_path / "m.fbz"))
+    save_onnx(model, tmp_path / "m.onnx")
+    outputs, counters = three_way(tmp_path / "m.fbz", tmp_path / "m.onnx", model, frames)
+    assert outputs.shape == (FRAMES, 1, 1, 10) and counters.frames == FRAMES
+    assert len(np.unique(outputs.reshape(FRAMES, -1).argmax(axis=1))) > 1  # not a constant answer
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(-(2**20), 2**20),
+    st.integers(-(2**20), 2**20),
+    st.floats(1 / 16, 2**16, allow_nan=False, width=32),
+    st.sampled_from([1, 2, 4]),
+)
+def test_fire_levels_equal_the_engine_rule(potential, threshold, act_step, act_bits):
+    """Counting reached levels is the simulator's reference ``fire`` wherever the engine cannot wrap."""
+    th, step = np.array([threshold], np.int32), np.array([act_step], np.float32)
+    pots = potential + np.arange(-40, 41, dtype=np.int64)
+    levels = fire_levels(th, step, act_bits)[0]
+    counted = (pots[:, None] >= levels[None, :]).sum(axis=1)
+    assert np.array_equal(counted, fire(pots[:, None], th, step, act_bits)[:, 0])
+
+
+def test_check_exact_refuses_potentials_beyond_float32(model):
+    huge = Dense(name="wide", input_shape=(1, 1, 200_000), output_shape=(1, 1, 1),
+                 weights=np.full((200_000, 1), 7, np.int8), threshold=np.zeros(1, np.int32),
+                 act_step=np.ones(1, np.float32), act_bits=4, weights_bits=4, input_bits=4, activation=False)
+    with pytest.raises(ModelError, match=r"layer 'wide': potentials can reach 21000000 >= 2\*\*24"):
+        check_exact(AkidaModel((model.layers[0], huge)))
+    assert max(bound.max_abs_value for bound in check_exact(model)) < FLOAT32_EXACT
+
+
+def test_check_exact_refuses_thresholds_that_make_the_engine_wrap(model):
+    fc2 = model.layers[2]
+    wrapping = with_layer(model, 2, threshold=np.full_like(fc2.threshold, -(2**30)))
+    with pytest.raises(ModelError, match=r"layer 'fc2'.*wrap"):
+        to_onnx(wrapping, "x")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_export_writes_a_complete_verified_bundle(bundle_dir, model, frames, labels):
+    assert sorted(p.name for p in bundle_dir.iterdir()) == sorted([MANIFEST, FBZ, ONNX, GOLDEN])
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in bundle_dir.iterdir())  # readable by the daemon user
+    assert bundle_dir.stat().st_mode & 0o055 == 0o055
+    assert not [p for p in bundle_dir.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+    bundle = load_bundle(bundle_dir)
+    manifest = bundle.manifest
+    outputs = akida.Model(str(bundle.fbz_path)).forward(frames)
+    m = manifest.metrics
+    assert m.frames == FRAMES and m.eval_set == "test-frames"
+    assert m.accuracy == pytest.approx(float(np.mean(outputs.reshape(FRAMES, -1).argmax(1) == labels)))
+    counters = Simulator(model).run(frames).counters
+    assert [lm.nonzero_activations_per_frame for lm in m.layers] == [float(np.mean(c.output_events)) for c in counters]
+    assert m.nonzero_weights == sum(int(np.count_nonzero(layer.weights)) for layer in model.layers)
+    activated = sum(lm.nonzero_activations_per_frame for lm in m.layers[:3])
+    assert m.nonzero_activations_per_frame == pytest.approx(activated)
+    assert manifest.target.device == "AKD1000" and manifest.target.ip_version == "v1"
+    assert manifest.verification.backends == ("akida", "simulator", "onnxruntime")
+    assert manifest.golden_frames == 16 and np.array_equal(bundle.golden.frames, frames[:16])
+    assert np.array_equal(bundle.golden.labels, labels[:16])
+
+
+def test_export_is_reproducible(bundle_dir, model, frames, labels, tmp_path):
+    export_model(model, tmp_path / "mnist-random", eval_set(frames, labels))
+    for name in (FBZ, ONNX, GOLDEN, MANIFEST):
+        assert (tmp_path / "mnist-random" / name).read_bytes() == (bundle_dir / name).read_bytes(), name
+
+
+def test_export_records_energy_under_a_named_model(model, frames, tmp_path):
+    from edge_runtime.energy import EnergyModel
+
+    energy_model = EnergyModel.load_default()
+    manifest = export_model(model, tmp_path / "b", eval_set(frames, None), energy_model=energy_model)
+    assert manifest.metrics.accuracy is None
+    energy = manifest.metrics.energy
+    assert energy is not None and energy.model_version == energy_model.version
+    assert 0 < energy.chip_j_per_frame < energy.board_j_per_frame
+
+
+def test_failed_export_writes_nothing(model, frames, tmp_path):
+    conv1 = model.layers[1]
+    kernel = np.ones((5, 5, *conv1.weights.shape[2:]), np.int8)
+    unmappable = with_layer(model, 1, kernel=(5, 5), weights=kernel)
+    with pytest.raises(ModelError, match="does not map fully"):
+        export_model(unmappable, tmp_path / "out", eval_set(frames, None))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_backend_disagreement_is_reported_with_its_frame(model, frames, tmp_path):
+    to_akida(model).save(str(tmp_path / "m.fbz"))
+    fc3 = model.layers[3]
+    weights = fc3.weights.copy()
+    weights[0, 0] = 7 if weights[0, 0] != 7 else 6
+    save_onnx(with_layer(model, 3, weights=weights), tmp_path / "other.onnx")
+    with pytest.raises(BundleError, match=r"onnxruntime disagrees with the Akida engine on \d+ of 300 frames"):
+        three_way(tmp_path / "m.fbz", tmp_path / "other.onnx", model, frames)
+
+
+def test_export_refuses_to_overwrite_without_force(bundle_dir, model, frames, tmp_path):
+    out = tmp_path / "b"
+    shutil.copytree(bundle_dir, out)
+    with pytest.raises(BundleError, match="already exists; pass --force"):
+        export_model(model, out, eval_set(frames[:50], None))
+    export_model(model, out, eval_set(frames[:50], None), force=True)
+    assert load_bundle(out).manifest.metrics.frames == 50
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    with pytest.raises(BundleError, match="is not a bundle; refusing to replace it"):
+        export_model(model, tmp_path / "precious", eval_set(frames, None), force=True)
+    assert (tmp_path / "precious" / "thesis.tex").is_file()
+
+
+def test_export_refuses_frames_of_the_wrong_shape(model, frames, tmp_path):
+    with pytest.raises(DataError, match=r"the model takes uint8 \(28, 28, 1\)"):
+        export_model(model, tmp_path / "b", eval_set(frames[:, :14], None))
+
+
+# --------------------------------------------------------------------------- run directories
+
+
+def test_export_run_from_a_run_directory(tmp_path, frames, labels):
+    run = write_run_dir(tmp_path / "run-7", np.random.default_rng(2), frames)
+    manifest = export_run(run, tmp_path / "bundle", eval_set(frames, labels))
+    assert manifest.training.run == "run-7" and manifest.training.seed == 7
+    assert manifest.training.config["model"] == {"conv0": 8, "conv1": 16, "fc": 32}
+    assert [layer.name for layer in manifest.layers] == [spec["name"] for spec in default_spec()]
+
+
+def test_altered_run_directory_is_refused(tmp_path, frames):
+    run = write_run_dir(tmp_path / "run", np.random.default_rng(2), frames)
+    with open(run / "params.npz", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ModelError, match=r"does not match the SHA-256 in spec\.json"):
+        load_run(run)
+    (run / "spec.json").unlink()
+    with pytest.raises(ModelError, match=r"spec\.json: missing; is .* a run directory"):
+        load_run(run)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, mnist_data) -> Path:
+    """A real (tiny) training run: the contract test for the training helper's run-directory format."""
+    pytest.importorskip("torch")
+    from exporter.config import Config, ModelConfig, with_overrides
+    from exporter.train import data_from_arrays, train
+
+    overrides = [("train.threads", 1), ("train.float_epochs", 0), ("train.qat_epochs", 1), ("train.batch_size", 64)]
+    config = replace(with_overrides(Config(), overrides), model=ModelConfig(conv0=6, conv1=8, fc=16))
+    data = data_from_arrays(mnist_data.train_images, mnist_data.train_labels, mnist_data.test_images,
+                            mnist_data.test_labels, train_limit=512, test_limit=FRAMES)
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(config, out, data=data, progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_export_of_a_real_training_run_matches_its_report(trained_run, tmp_path, mnist_data):
+    frames, test_labels = mnist_data.test_images[:FRAMES, ..., None], mnist_data.test_labels[:FRAMES]
+    mnist_frames = replace(eval_set(frames, test_labels.astype(np.int64)), name="mnist-test")
+    manifest = export_run(trained_run, tmp_path / "bundle", mnist_frames)
+    report = json.loads((trained_run / "report.json").read_text())
+    assert manifest.metrics.accuracy == pytest.approx(report["accuracy"])
+    assert manifest.metrics.nonzero_activations_per_frame == pytest.approx(report["activations_nonzero_per_image"])
+    assert manifest.metrics.nonzero_weights == report["weights_nonzero"]
+    assert manifest.training.seed == report["seed"]
+
+
+@pytest.mark.slow
+def test_run_whose_recorded_scores_differ_from_the_engine_is_refused(trained_run, tmp_path, mnist_data):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    scores = np.load(run / "eval_scores.npy")
+    scores[5, 0] += 1
+    np.save(run / "eval_scores.npy", scores)
+    frames = mnist_data.test_images[:FRAMES, ..., None]
+    with pytest.raises(BundleError, match=r"recorded scores differ from the Akida engine's on 1 of 300 .*frame 5"):
+        export_run(run, tmp_path / "bundle", replace(eval_set(frames, None), name="mnist-test"))
+    assert not (tmp_path / "bundle").exists()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_inspect_prints_the_summary(bundle_dir, capsys):
+    assert cli.main(["inspect", str(bundle_dir)]) == 0
+    out = capsys.readouterr().out
+    for fragment in ("name     mnist-random", "AKD1000 (Akida IP v1)", "1 HRC", "uint8 (N, 28x28x1) in [0, 255]",
+                     "int32 (N, 1x1x10) potentials; labels 0 1 2 3 4 5 6 7 8 9",
+                     "conv0      InputConvolutional    28x28x1 -> 14x14x8", "2x2/2", "8/8/4", "4/4/pot",
+                     "expected on test-frames (300 frames): accuracy", "verified akida = simulator = onnxruntime",
+                     "model.fbz", "ok"):
+        assert fragment in out, fragment
+
+
+def test_cli_inspect_flags_altered_files(bundle_dir, tmp_path, capsys):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    (copy / ONNX).write_bytes(b"changed")
+    (copy / GOLDEN).unlink()
+    assert cli.main(["inspect", str(copy)]) == 2
+    captured = capsys.readouterr()
+    assert "model.onnx" in captured.out and "altered" in captured.out and "missing" in captured.out
+    assert "2 file(s) missing or altered" in captured.err and "Traceback" not in captured.err
+
+
+def test_cli_verify(bundle_dir, frames, tmp_path, capsys):
+    np.save(tmp_path / "frames.npy", frames[:40, ..., 0])  # (N, 28, 28): one channel implied
+    assert cli.main(["verify", str(bundle_dir), "--frames", str(tmp_path / "frames.npy")]) == 0
+    assert "16 golden vectors and 40 frames" in capsys.readouterr().out
+    np.save(tmp_path / "bad.npy", frames[:4].astype(np.float32))
+    assert cli.main(["verify", str(bundle_dir), "--frames", str(tmp_path / "bad.npy")]) == 2
+    assert "the bundle takes uint8 (N, 28, 28, 1)" in capsys.readouterr().err
+
+
+def test_verify_bundle_checks_all_three_backends(bundle_dir, frames):
+    report = verify_bundle(bundle_dir, frames[:64])
+    assert report.golden_frames == 16 and report.extra_frames == 64
+    assert report.backends == ("akida", "simulator", "onnxruntime")
+
+
+def test_cli_export(tmp_path, frames, capsys, monkeypatch):
+    import exporter.export_cli as export_cli
+
+    run = write_run_dir(tmp_path / "run", np.random.default_rng(4), frames)
+    monkeypatch.setattr(export_cli, "mnist_eval_set", lambda cache_dir: eval_set(frames[:100], None))
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote {tmp_path / 'b'}" in out and "modelled energy (akd1000-estimate-v1)" in out
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "b")]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
