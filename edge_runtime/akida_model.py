@@ -204,7 +204,9 @@ def _padding(name: str, kind: str, value: int) -> Padding:
     try:
         return _PADDINGS[value]
     except KeyError:
-        raise ModelError(f"layer '{name}' ({kind}) uses padding mode {value}; only Same and Valid are supported") from None
+        raise ModelError(
+            f"layer '{name}' ({kind}) uses padding mode {value}; only Same and Valid are supported"
+        ) from None
 
 
 def _pool(name: str, kind: str, params: Any) -> MaxPool | None:

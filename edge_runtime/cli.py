@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from . import calibrate_cli, cliutil, demo, emulator, serve_cli
+from . import calibrate_cli, cliutil, demo, emulator, serve_cli, simulate_cli
 
 DESCRIPTION = """\
 Run Akida 1.0 bundles on an edge host: on the Akida board when one is attached, otherwise on our
@@ -13,7 +13,7 @@ bit-exact NumPy event simulator, with per-inference sparsity and energy as Prome
 
 # Each command module exposes ``register(subparsers)``; the order here is the order in --help.
 REGISTRARS: list[cliutil.Registrar] = [
-    serve_cli.register, demo.register, emulator.register, calibrate_cli.register
+    serve_cli.register, demo.register, emulator.register, calibrate_cli.register, simulate_cli.register
 ]
 
 

@@ -9,7 +9,6 @@ for quick use; the result is validated exactly like a file. The shipped, comment
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -46,7 +45,7 @@ class SourceSection:
 @dataclass(frozen=True)
 class InferenceSection:
     backend: str = "auto"  # one of BACKENDS; auto = the Akida board if present, else the simulator
-    max_batch: int = 16  # frames taken from the queue per backend call (micro-batching)
+    max_batch: int = 64  # at most this many queued frames per backend call (micro-batching; only when backlogged)
     sample_every: int = 10  # board/onnx: run the simulator on 1 frame in N for per-layer sparsity (0 = off)
     power_window_s: float = 2.0  # board: energy per inference = mean power over >= this / inferences in it
     onnx_threads: int = 1  # onnxruntime intra-op threads
@@ -180,7 +179,3 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
             table[key] = value
     origin = str(path) if path is not None else "command line"
     return config_from_dict(raw, origin)
-
-
-def config_to_dict(config: ServeConfig) -> dict[str, dict[str, Any]]:
-    return dataclasses.asdict(config)

@@ -26,8 +26,7 @@ Static per layer (ints): ``neurons`` (output size, after pooling), ``inputs`` (i
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -73,63 +72,52 @@ class LayerCounters:
         return out
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Counters:
-    """The counters of every layer of a model for N frames, in model order.
+    """The counters of every layer of a model for N frames, in model order."""
 
-    Stored as two integer arrays (``static``: layers x STATIC, ``per_frame``: layers x PER_FRAME x N)
-    so that the simulator fills them with a few array writes per batch; ``layers`` gives the
-    per-layer view, built on first use.
-    """
-
-    names: tuple[str, ...]
-    static: np.ndarray
-    per_frame: np.ndarray
-
-    @cached_property
-    def layers(self) -> tuple[LayerCounters, ...]:
-        return tuple(
-            LayerCounters(
-                name=name,
-                **{key: int(value) for key, value in zip(STATIC, static, strict=True)},
-                **dict(zip(PER_FRAME, per_frame, strict=True)),
-            )
-            for name, static, per_frame in zip(self.names, self.static, self.per_frame, strict=True)
-        )
+    layers: tuple[LayerCounters, ...]
 
     def __iter__(self) -> Iterator[LayerCounters]:
         return iter(self.layers)
 
     def __getitem__(self, name: str) -> LayerCounters:
-        return self.layers[self.names.index(name)]
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
 
     @property
     def frames(self) -> int:
-        return int(self.per_frame.shape[2])
+        return self.layers[0].frames
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Flat ``{"<layer>/<counter>": array}`` for an ``.npz``; static counts become 0-d arrays."""
         arrays: dict[str, np.ndarray] = {}
-        for name, static, per_frame in zip(self.names, self.static, self.per_frame, strict=True):
-            arrays.update({f"{name}/{key}": row for key, row in zip(PER_FRAME, per_frame, strict=True)})
-            arrays.update({f"{name}/{key}": np.array(value) for key, value in zip(STATIC, static, strict=True)})
+        for layer in self.layers:
+            arrays.update({f"{layer.name}/{key}": getattr(layer, key) for key in PER_FRAME})
+            arrays.update({f"{layer.name}/{key}": np.array(getattr(layer, key), dtype=np.int64) for key in STATIC})
         return arrays
 
     def summary(self) -> dict[str, object]:
         """Per-layer means plus whole-network figures (NeuroBench sums over all layers)."""
-        totals = dict(zip(STATIC, self.static.sum(axis=0), strict=True))
-        per_frame = dict(zip(PER_FRAME, self.per_frame.sum(axis=0), strict=True))
+        neurons = sum(layer.neurons for layer in self.layers)
+        weights = sum(layer.weights for layer in self.layers)
+        firing = sum(layer.output_events for layer in self.layers)
         return {
             "frames": self.frames,
             "layers": {layer.name: layer.summary() for layer in self.layers},
-            "mean_activation_sparsity": float(np.mean(1.0 - per_frame["output_events"] / totals["neurons"])),
-            "connection_sparsity": float(1.0 - totals["nonzero_weights"] / totals["weights"]),
-            "mean_synaptic_ops": float(np.mean(per_frame["synaptic_ops"])),
-            "mean_dense_synaptic_ops": float(np.mean(per_frame["dense_synaptic_ops"])),
+            "mean_activation_sparsity": float(np.mean(1.0 - firing / neurons)),
+            "connection_sparsity": float(1.0 - sum(layer.nonzero_weights for layer in self.layers) / weights),
+            "mean_synaptic_ops": float(np.mean(sum(layer.synaptic_ops for layer in self.layers))),
+            "mean_dense_synaptic_ops": float(np.mean(sum(layer.dense_synaptic_ops for layer in self.layers))),
         }
 
 
 def concatenate(parts: Sequence[Counters]) -> Counters:
     """Join the counters of consecutive batches of the same model (frames in order)."""
-    first = parts[0]
-    return Counters(first.names, first.static, np.concatenate([part.per_frame for part in parts], axis=2))
+    layers = []
+    for index, layer in enumerate(parts[0].layers):
+        joined = {key: np.concatenate([getattr(part.layers[index], key) for part in parts]) for key in PER_FRAME}
+        layers.append(replace(layer, **joined))
+    return Counters(tuple(layers))

@@ -256,7 +256,8 @@ class Daemon:
 
     def _reload(self) -> None:
         assert self._pipeline is not None and self.bundle is not None
-        self._notifier.reloading()
+        if self._ready_sent:  # before READY=1 systemd is still starting us: nothing to announce
+            self._notifier.reloading()
         old = self.bundle
         sinks: list[Sink] | None = None
         try:
@@ -280,14 +281,21 @@ class Daemon:
                 sink.close()
             self.metrics.reloads.labels("rejected").inc()
             log.error("reload rejected, still serving %s: %s", describe(old), error)
-            self._notifier.ready(self._status())
+            self._reloaded()
             return
         self.config, self.bundle = new, bundle
         limit_blas_threads(new.inference.blas_threads)
         self._announce(bundle, backend, new)
         self.metrics.reloads.labels("ok").inc()
         log.info("reloaded: serving %s on %s (was %s)", describe(bundle), backend, describe(old))
-        self._notifier.ready(self._status())
+        self._reloaded()
+
+    def _reloaded(self) -> None:
+        """End a reload as systemd expects: READY=1 after RELOADING=1, or only a STATUS before start-up ended."""
+        if self._ready_sent:
+            self._notifier.ready(self._status())
+        else:
+            self._notifier.status(self._status())
 
     # --- stop -----------------------------------------------------------------------------------
 

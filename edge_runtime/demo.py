@@ -18,12 +18,13 @@ import argparse
 import json
 import math
 import os
+import select
 import signal
 import tempfile
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,7 +43,7 @@ BUNDLE_NAME = "mnist-zeroaware"
 DEFAULT_SECONDS = 20.0
 # A fast serial sensor's pace (921600 baud carries ~110 MNIST frames/s); the simulator keeps up.
 DEFAULT_RATE = 100.0
-# The prediction log must not rotate under the reader in a normal run; PredictionLog copes if it does.
+# Big enough that even an hours-long demo does not rotate the prediction log (PredictionLog follows one anyway).
 LOG_MAX_BYTES = 256 << 20
 
 
@@ -208,6 +209,35 @@ class PredictionLog:
             self._file = None
 
 
+# --- the sensor side --------------------------------------------------------------------------------
+
+
+class PtyFeed:
+    """Writes the emulator's packets to a pty master, and can always be stopped.
+
+    A pty buffers only a few KiB. If the daemon stops reading (it is shutting down, or its reader
+    failed), a blocking write would hang the emulator thread, and joining it would hang the exit.
+    Writing non-blocking and waiting for room in short steps lets :meth:`stop` end it promptly.
+    """
+
+    def __init__(self, master_fd: int) -> None:
+        os.set_blocking(master_fd, False)
+        self._fd = master_fd
+        self._stopping = threading.Event()
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and not self._stopping.is_set():
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:
+                select.select([], [self._fd], [], 0.05)
+
+    def stop(self) -> None:
+        """Thread-safe; a write in progress returns within 50 ms, later ones at once."""
+        self._stopping.set()
+
+
 # --- output ---------------------------------------------------------------------------------------
 
 
@@ -303,7 +333,8 @@ def _run_started(args: argparse.Namespace, daemon: Daemon, port: PtyPort, images
     assert daemon.bundle is not None
     bundle = daemon.bundle
     neurons = {layer.name: layer.neurons for layer in bundle.model.layers if layer.activation}
-    emulator = SensorEmulator(port.write, images, rate=args.rate, loop=True)
+    feed = PtyFeed(port.master)
+    emulator = SensorEmulator(feed.write, images, rate=args.rate, loop=True)
     sender = threading.Thread(target=emulator.run, name="edge-demo-sensor", daemon=True)
     first = read_registry(daemon.registry, time.monotonic())
     print(f"serving {bundle.manifest.name} ({bundle.sha256[:12]}) on {first.backend}", flush=True)
@@ -321,14 +352,18 @@ def _run_started(args: argparse.Namespace, daemon: Daemon, port: PtyPort, images
             last = now
     except KeyboardInterrupt:
         print("interrupted: stopping", flush=True)
+    stopped_at = time.monotonic()
     emulator.stop()
+    feed.stop()
     sender.join()
     daemon.post(signal.SIGTERM)
     status = daemon.wait()
     log.poll()
     log.close()
     end = read_registry(daemon.registry, time.monotonic())
-    for line in summary(window(first, end), end.backend, bundle, neurons, log, end.dropped):
+    # Rates over the time frames were sent; the few queued frames inferred while draining count too.
+    total = replace(window(first, end), seconds=stopped_at - first.at)
+    for line in summary(total, end.backend, bundle, neurons, log, end.dropped):
         print(line)
     return status
 

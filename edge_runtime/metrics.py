@@ -1,6 +1,6 @@
 """Every Prometheus metric of the daemon, created in one place against a registry passed in.
 
-Names follow docs/practices/naming.md: prefix ``edge_``, base units (seconds, joules, ratio 0..1),
+Names follow the Prometheus docs (practices/naming.md): prefix ``edge_``, base units (seconds, joules, ratio 0..1),
 counters end in ``_total``, metadata as ``*_info`` = 1. Labels are bounded sets only (backend,
 source, layer, reason, class). Histogram buckets are chosen for the real ranges: inference in
 100 µs..1 s, energy per inference in µJ..100 mJ (a board's floor power spread over few inferences

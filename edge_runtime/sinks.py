@@ -49,7 +49,7 @@ def prediction_records(
     Per-layer events appear only for frames whose counters were computed (all on the simulator, a
     sample on the board); energy is null until the board's first power window closes.
     """
-    wall = time.time()
+    to_wall = time.time() - time.monotonic()  # monotonic -> unix time, for people and log shippers
     classes = np.argmax(result.scores, axis=1)
     sampled = {} if result.layers is None else {int(i): k for k, i in enumerate(result.layers.frames.tolist())}
     records = []
@@ -58,7 +58,7 @@ def prediction_records(
         energy = None if result.frame_energy is None else float(result.frame_energy[index])
         record: Record = {
             "seq": frame.seq,
-            "time": round(wall - (finished - frame.received_at), 6),  # unix time the frame was received
+            "time": round(frame.received_at + to_wall, 6),  # unix time the frame was received
             "class": cls,
             "score": result.scores[index, cls].item(),
             "latency_s": round(finished - frame.received_at, 6),

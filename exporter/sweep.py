@@ -17,6 +17,7 @@ from typing import Any
 from edge_runtime.errors import ConfigError
 
 from .config import Config, load_config, parse_value, with_overrides
+from .train_cli import parse_overrides
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--grid", action="append", required=True, metavar="SECTION.KEY=V1,V2,...",
                         help="one axis of the grid (repeatable), e.g. --grid penalty.activations=1,4,16")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a base config value for every point (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_sweep)
 
@@ -152,6 +155,7 @@ def run_sweep(base: Config, grid: Sequence[tuple[str, list[Any]]], out: Path, pr
 
 def _sweep(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = run_sweep(load_config(args.config), parse_grid(args.grid), args.out, progress=not args.no_progress)
+    base = with_overrides(load_config(args.config), parse_overrides(args.set), str(args.config))
+    rows = run_sweep(base, parse_grid(args.grid), args.out, progress=not args.no_progress)
     print(f"{len(rows)} runs; table {args.out / 'pareto.md'}, plot {args.out / 'pareto.png'}")
     return 0

@@ -170,7 +170,8 @@ def mnist_like(rng: np.random.Generator, n: int, shape: tuple[int, int, int]) ->
     for frame in frames:
         for _ in range(int(rng.integers(1, 4))):
             (ax, bx), (ay, by) = rng.uniform(0, x_size, 2), rng.uniform(0, y_size, 2)
-            t = np.clip(((grid_x - ax) * (bx - ax) + (grid_y - ay) * (by - ay)) / max((bx - ax) ** 2 + (by - ay) ** 2, 1e-9), 0, 1)
+            along = (grid_x - ax) * (bx - ax) + (grid_y - ay) * (by - ay)
+            t = np.clip(along / max((bx - ax) ** 2 + (by - ay) ** 2, 1e-9), 0, 1)
             distance = np.hypot(grid_x - (ax + t * (bx - ax)), grid_y - (ay + t * (by - ay)))
             width = rng.uniform(0.6, 1.6) * max(x_size, y_size) / 14
             np.maximum(frame, np.clip(1.5 - distance / width, 0, 1), out=frame)

@@ -72,6 +72,16 @@ def scrape(base_url: str) -> Samples:
     return samples
 
 
+def scrape_when(base_url: str, condition: Callable[[Samples], object], what: str, timeout: float = 60) -> Samples:
+    """The first scrape for which ``condition`` holds."""
+
+    def attempt() -> Samples | None:
+        samples = scrape(base_url)
+        return samples if condition(samples) else None
+
+    return wait_for(attempt, timeout, what)
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     """One sample's value; 0 for a series that does not exist (yet)."""
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
@@ -203,31 +213,29 @@ def daemon_process(tmp_path: Path, args: list[str], watchdog_usec: int | None = 
         notify.close()
 
 
-class PtyWriter:
-    """Writes chunks to a pty master from a thread; stoppable even when nobody reads the other side.
+class WriterStopped(Exception):
+    """Raised inside the sending thread when the test stops a :class:`PtyWriter`."""
 
-    ``os.write`` on a full pty blocks; here the fd is non-blocking and each write waits for room
-    with a short select, so :meth:`stop` always ends the thread.
+
+class PtyWriter:
+    """Stoppable writes to a pty master, usable as the sensor emulator's ``write``.
+
+    ``os.write`` on a full pty blocks for as long as nobody reads; here the fd is non-blocking and
+    each write waits for room with a short select, so :meth:`stop` always ends the sending thread.
     """
 
-    def __init__(self, fd: int, chunks: list[bytes], repeat: bool = False) -> None:
-        self._fd, self._chunks, self._repeat = fd, chunks, repeat
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
         self._stop = threading.Event()
-        self.written = 0  # chunks fully written
         self.bytes = 0
-        self.error: OSError | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> PtyWriter:
-        os.set_blocking(self._fd, False)
-        self._thread.start()
-        return self
-
-    def _write(self, data: bytes) -> bool:
+    def write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             if self._stop.is_set():
-                return False
+                raise WriterStopped
             _, ready, _ = select.select([], [self._fd], [], 0.05)
             if ready:
                 try:
@@ -235,29 +243,43 @@ class PtyWriter:
                 except BlockingIOError:
                     continue
         self.bytes += len(data)
-        return True
 
-    def _run(self) -> None:
-        try:
-            if not self._write(DELIMITER):
-                return
-            while True:
-                for chunk in self._chunks:
-                    if not self._write(chunk):
-                        return
-                    self.written += 1
-                if not self._repeat:
-                    return
-        except OSError as error:  # the pty was closed under us
-            self.error = error
+    def run(self, send: Callable[[], object]) -> PtyWriter:
+        """Call ``send`` (which writes through :meth:`write`) in a thread."""
+        os.set_blocking(self._fd, False)
+
+        def target() -> None:
+            try:
+                send()
+            except WriterStopped:
+                pass
+            except OSError as error:  # the pty was closed under us
+                self.error = error
+
+        self._thread = threading.Thread(target=target, daemon=True)
+        self._thread.start()
+        return self
+
+    def send_chunks(self, chunks: list[bytes]) -> PtyWriter:
+        """Send a leading delimiter (ends any half packet), then ``chunks`` as they are."""
+
+        def send() -> None:
+            self.write(DELIMITER)
+            for chunk in chunks:
+                self.write(chunk)
+
+        return self.run(send)
 
     def join(self, timeout: float) -> None:
+        assert self._thread is not None
         self._thread.join(timeout)
-        assert not self._thread.is_alive(), f"writer still busy after {timeout} s ({self.written} chunks)"
+        assert not self._thread.is_alive(), f"still sending after {timeout} s ({self.bytes} bytes written)"
+        assert self.error is None, self.error
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(10)
+        if self._thread is not None:
+            self._thread.join(10)
 
 
 class FakeMeter:

@@ -30,6 +30,7 @@ from daemon_support import (
     http_get,
     packets,
     scrape,
+    scrape_when,
     total,
     value,
     wait_for,
@@ -37,7 +38,7 @@ from daemon_support import (
 
 from edge_runtime.backends import Board
 from edge_runtime.daemon import Daemon
-from edge_runtime.emulator import PtyPort, corrupt_packet
+from edge_runtime.emulator import PtyPort, SensorEmulator, corrupt_packet
 from edge_runtime.sdnotify import Notifier
 
 FRAMES = 2000
@@ -126,11 +127,11 @@ def check_counts_agree(samples: dict, records: list[dict]) -> None:
 def test_2000_mnist_frames_over_a_real_pty(tmp_path: Path, mnist_frames, bundle: BundleUnderTest) -> None:
     images, _ = mnist_frames
     log = tmp_path / "predictions.jsonl"
-    chunks = packets(images)
     with PtyPort() as port, running({"model.bundle": str(bundle.path), "source.spec": f"serial:{port.path}",
                                      "source.queue_size": 4096, "predictions.path": str(log)}) as daemon:
         ready(daemon)
-        writer = PtyWriter(port.master, chunks).start()
+        writer = PtyWriter(port.master)
+        writer.run(SensorEmulator(writer.write, images, count=FRAMES).run)
         samples = wait_accounted(daemon, log, FRAMES)
         writer.join(10)
         records = read_log(log)
@@ -158,7 +159,7 @@ def test_corrupt_bytes_cost_only_the_frames_they_hit(tmp_path: Path, mnist_frame
     with PtyPort() as port, running({"model.bundle": str(bundle.path), "source.spec": f"serial:{port.path}",
                                      "source.queue_size": 1024, "predictions.path": str(log)}) as daemon:
         ready(daemon)
-        writer = PtyWriter(port.master, chunks).start()
+        writer = PtyWriter(port.master).send_chunks(chunks)
         samples = wait_accounted(daemon, log, len(images))
         writer.join(10)
     records = read_log(log)
@@ -171,7 +172,10 @@ def test_corrupt_bytes_cost_only_the_frames_they_hit(tmp_path: Path, mnist_frame
 
 
 def test_the_sensor_vanishes_and_comes_back(tmp_path: Path, mnist_frames, bundle: BundleUnderTest) -> None:
-    """The pty hangs up mid-stream (frames still in its buffer are lost) and reappears at the same name."""
+    """The pty hangs up mid-stream (frames unsent or still in its buffer are lost) and reappears at the same name.
+
+    The lost frames must show up as ``seq_gap`` once the sensor resumes at sequence number 400.
+    """
     images = mnist_frames[0][:800]
     link = tmp_path / "sensor"
     log = tmp_path / "predictions.jsonl"
@@ -179,15 +183,17 @@ def test_the_sensor_vanishes_and_comes_back(tmp_path: Path, mnist_frames, bundle
     with running({"model.bundle": str(bundle.path), "source.spec": f"serial:{link}",
                   "source.queue_size": 1024, "predictions.path": str(log)}) as daemon:
         ready(daemon)
-        writer = PtyWriter(first.master, packets(images[:400])).start()
+        writer = PtyWriter(first.master)
+        writer.run(SensorEmulator(writer.write, images[:400]).run)
         wait_for(lambda: inferred(scrape(daemon.url)) >= 100, 30, "the first frames to be inferred")
-        first.close()  # hang up, whatever is still unread
-        writer.stop()
+        writer.stop()  # the sensor stops mid-stream (first, so no write can hit a reused fd number) ...
+        first.close()  # ... and the port hangs up with whatever is still unread: all lost
         wait_for(lambda: value(scrape(daemon.url), "edge_sensor_up") == 0, 30, "the daemon to see the hangup")
         assert http_get(f"{daemon.url}/readyz") == (503, "source not open\n")
         with PtyPort(link) as second:
             ready(daemon)
-            writer = PtyWriter(second.master, packets(images[400:], start_seq=400)).start()
+            writer = PtyWriter(second.master)
+            writer.run(SensorEmulator(writer.write, images[400:], start_seq=400).run)
             samples = wait_accounted(daemon, log, len(images))
             writer.join(10)
     records = read_log(log)
@@ -270,3 +276,40 @@ def test_a_board_failure_falls_back_to_the_simulator_without_losing_frames(
     assert sampled == pytest.approx(on_board / 5, abs=1)
     assert {r["backend"] for r in records} == {"akida", "simulator"}
     assert {r["energy_source"] for r in records if r["backend"] == "akida"} == {"power_meter"}
+
+
+def serve_replay(tmp_path: Path, bundle: BundleUnderTest, images: np.ndarray, **overrides: Any) -> tuple[dict, list]:
+    """Serve ``images`` from a replay (back-pressure: nothing dropped) and return the scrape and the log."""
+    np.save(tmp_path / "frames.npy", images)
+    log = tmp_path / "predictions.jsonl"
+    settings = {"model.bundle": str(bundle.path), "source.spec": f"replay:{tmp_path / 'frames.npy'}",
+                "predictions.path": str(log), **overrides}
+    with running(settings) as daemon:
+        samples = wait_accounted(daemon, log, len(images))
+    return samples, read_log(log)
+
+
+def test_onnx_backend_agrees_with_the_simulator_and_samples_layers(tmp_path: Path, mnist_frames,
+                                                                   bundle: BundleUnderTest) -> None:
+    images = mnist_frames[0][:300]
+    samples, records = serve_replay(tmp_path, bundle, images, **{"inference.backend": "onnx",
+                                                                 "inference.sample_every": 4})
+    assert len(records) == 300 and value(samples, "edge_inferences_total", backend="onnx") == 300
+    check_predictions(records, bundle, images)
+    assert value(samples, "edge_layer_output_events_count", layer="conv0", source="simulator_sample") == 75
+    assert total(samples, "edge_energy_joules_total") == 0  # a CPU's energy is not the chip's: none reported
+    assert {r["energy_j"] for r in records} == {None}
+    assert value(samples, "edge_accelerator_up") == 0 and value(samples, "edge_backend_active", backend="onnx") == 1
+
+
+def test_a_full_disk_under_the_prediction_log_is_counted_and_inference_goes_on(
+        tmp_path: Path, mnist_frames, bundle: BundleUnderTest, caplog: pytest.LogCaptureFixture) -> None:
+    images = mnist_frames[0][:200]
+    np.save(tmp_path / "frames.npy", images)
+    settings = {"model.bundle": str(bundle.path), "source.spec": f"replay:{tmp_path / 'frames.npy'}",
+                "predictions.path": "/dev/full"}
+    with running(settings) as daemon:
+        samples = scrape_when(daemon.url, lambda s: value(s, "edge_sink_errors_total", sink="jsonl") == 200,
+                              "200 records counted as lost")
+    assert inferred(samples) == 200
+    assert len([r for r in caplog.records if "cannot write predictions to /dev/full" in r.getMessage()]) == 1

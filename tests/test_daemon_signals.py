@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +15,17 @@ import pytest
 from daemon_support import (
     BundleUnderTest,
     PtyWriter,
-    Samples,
     build_bundle,
     daemon_process,
-    packets,
     scrape,
+    scrape_when,
     total,
     value,
     wait_for,
 )
 
 from edge_runtime import cli
-from edge_runtime.emulator import PtyPort
+from edge_runtime.emulator import PtyPort, SensorEmulator
 
 REPLAY_FRAMES = 300
 
@@ -51,16 +49,6 @@ def point(link: Path, target: Path) -> None:
     temporary.unlink(missing_ok=True)
     temporary.symlink_to(target)
     os.replace(temporary, link)
-
-
-def scrape_when(url: str, condition: Callable[[Samples], object], what: str) -> Samples:
-    """The first scrape for which ``condition`` holds."""
-
-    def attempt() -> Samples | None:
-        samples = scrape(url)
-        return samples if condition(samples) else None
-
-    return wait_for(attempt, 30, what)
 
 
 def inferences(url: str) -> float:
@@ -140,7 +128,8 @@ def test_stop_signal_under_load_drains_and_accounts_for_every_frame(tmp_path: Pa
             "--predictions-stdout"]) as daemon:
         url = daemon.url
         wait_for(lambda: daemon.notify.find("READY", "1"), 30, "READY=1")
-        writer = PtyWriter(port.master, packets(images), repeat=True).start()
+        writer = PtyWriter(port.master)
+        writer.run(SensorEmulator(writer.write, images, loop=True).run)
         try:
             wait_for(lambda: inferences(url) >= 500, 60, "500 inferences under load")
             daemon.process.send_signal(stop)
@@ -168,9 +157,11 @@ def test_stop_signal_under_load_drains_and_accounts_for_every_frame(tmp_path: Pa
         (["--model", "/nonexistent", "--source", "replay:mnist-test"], "/nonexistent: no such bundle directory"),
         (["--model", "/b", "--source", "usb:x"], "bad source 'usb:x'"),
         (["--config", "/nonexistent.toml"], "/nonexistent.toml: cannot be read"),
+        (["--model", "BUNDLE", "--source", "replay:mnist-test", "--backend", "akida"], "no Akida device found"),
     ],
 )
-def test_user_mistakes_are_one_line_and_exit_2(args: list[str], message: str, capsys) -> None:
+def test_user_mistakes_are_one_line_and_exit_2(args: list[str], message: str, bundles, capsys) -> None:
+    args = [str(bundles[0].path) if arg == "BUNDLE" else arg for arg in args]
     assert cli.main(["serve", "--metrics-addr", "127.0.0.1:0", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("edge-runtime: error: ") and message in err and "\n" not in err

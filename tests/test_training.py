@@ -215,3 +215,10 @@ def test_cli_reports_config_errors_as_one_line(tmp_path: Path, capsys):
     assert cli.main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("edge-export: error:") and "prune.sparsity must be in [0, 1)" in err and "\n" not in err
+
+
+def test_default_network_maps_fully_on_akd1000(mnist_data):
+    layers = export_integer_layers(quantised_model(mnist_data.train_images[:64], widths=ModelConfig()))
+    model = to_akida(layers)
+    model.map(akida.AKD1000(), hw_only=True)  # raises if any layer would fall back to software
+    assert len(model.sequences) == 1

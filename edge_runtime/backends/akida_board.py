@@ -157,10 +157,6 @@ class AkidaBoardBackend:
         log.info("mapped %s on Akida device %s (power meter %s)", fbz, _describe(device),
                  "on" if self._meter is not None else "unavailable")
 
-    @property
-    def measures_power(self) -> bool:
-        return self._meter is not None
-
     @staticmethod
     def _enable_power_meter(device: Any) -> Any:
         """Turn measurement on where the device has a SoC driver; None where it cannot measure."""
