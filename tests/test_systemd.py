@@ -53,7 +53,7 @@ def test_verify_does_complain_about_a_broken_unit(tmp_path: Path) -> None:
     assert "Unknown key" in typo.stderr and "DeviceAlow" in typo.stderr
     missing = tmp_path / "missing"
     missing.mkdir()
-    (missing / UNIT.name).write_text(UNIT.read_text().replace("/opt/akida-edge", str(tmp_path / "nowhere")))
+    (missing / UNIT.name).write_text(UNIT.read_text().replace("/opt/edge-runtime/bin", str(tmp_path / "nowhere")))
     result = verify(missing / UNIT.name)
     assert result.returncode != 0 and "is not executable" in result.stderr
 
