@@ -268,11 +268,21 @@ def manifest_document(manifest: Manifest) -> dict[str, Any]:
     return seal(dataclasses.asdict(manifest))
 
 
+def _readable(value: Any, depth: int = 0) -> str:
+    """JSON for people: one key per line, but shapes and other lists of scalars on one line."""
+    pad, end = "  " * (depth + 1), "\n" + "  " * depth
+    if isinstance(value, dict) and value:
+        items = (f"{pad}{json.dumps(key)}: {_readable(item, depth + 1)}" for key, item in value.items())
+        return "{\n" + ",\n".join(items) + end + "}"
+    if isinstance(value, list | tuple) and any(isinstance(item, dict | list | tuple) for item in value):
+        return "[\n" + ",\n".join(pad + _readable(item, depth + 1) for item in value) + end + "]"
+    return json.dumps(value, ensure_ascii=True, allow_nan=False)
+
+
 def write_manifest(directory: Path, manifest: Manifest) -> str:
-    """Write ``manifest.json`` (readable field order, 2-space indent); return its digest."""
+    """Write ``manifest.json`` in the schema's field order; return its digest."""
     document = manifest_document(manifest)
-    text = json.dumps(document, indent=2, ensure_ascii=True, allow_nan=False) + "\n"
-    (directory / MANIFEST).write_text(text, encoding="utf-8")
+    (directory / MANIFEST).write_text(_readable(document) + "\n", encoding="utf-8")
     return document[DIGEST_KEY]
 
 

@@ -24,7 +24,6 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import akida
@@ -54,7 +53,6 @@ from edge_runtime.bundle import (
     check_golden,
     file_entry,
     installed_version,
-    layer_kind,
     layer_spec,
     load_bundle,
     write_golden,
@@ -74,6 +72,7 @@ log = logging.getLogger(__name__)
 RUN_FORMAT = "akida-v1-integer-params/1"  # spec.json written by exporter.train
 BACKENDS = ("akida", "simulator", "onnxruntime")
 GOLDEN_FRAMES = 16
+MNIST_TEST = "mnist-test"
 BATCH = 1000  # frames per engine call: bounds memory, not results
 MNIST_PREPROCESSING = (
     "28x28 8-bit greyscale, white digit on black (0 = background), as in MNIST: the image array (rows, "
@@ -113,7 +112,7 @@ class VerifyReport:
 def mnist_eval_set(cache_dir: Path | None = None) -> EvalSet:
     """The MNIST test split (10,000 frames), fetched into the cache if needed."""
     data = mnist.load_mnist(cache_dir)
-    return EvalSet("mnist-test", data.test_images[..., None], data.test_labels.astype(np.int64),
+    return EvalSet(MNIST_TEST, data.test_images[..., None], data.test_labels.astype(np.int64),
                    tuple(str(d) for d in range(10)), MNIST_PREPROCESSING)
 
 
@@ -152,7 +151,7 @@ def model_from_spec(layers: Sequence[Mapping[str, Any]], input_shape: Sequence[i
             "input_shape": shape,
             "threshold": _read_only(arrays.get(f"{name}.threshold", np.zeros(units)), np.int32),
             "act_step": _read_only(arrays.get(f"{name}.act_step", np.ones(units)), np.float32),
-            "act_bits": int(spec.get("act_bits", 1)),
+            "act_bits": int(spec.get("act_bits", 1)),  # 1: akida's default, for a layer that does not fire
             "weights_bits": int(spec["weights_bits"]),
             "input_bits": input_bits,
             "activation": bool(spec["activation"]),
@@ -162,11 +161,13 @@ def model_from_spec(layers: Sequence[Mapping[str, Any]], input_shape: Sequence[i
                                  output_shape=(1, 1, units), **common)
         else:
             pool_spec = spec.get("pool")
+            if pool_spec and pool_spec.get("type", "max") != "max":
+                raise ModelError(f"layer '{name}': {pool_spec['type']} pooling; Akida 1.0 layers here max-pool")
             pool = MaxPool(tuple(pool_spec["size"]), tuple(pool_spec["stride"])) if pool_spec else None
             kernel, stride = tuple(spec["kernel_size"]), tuple(spec.get("kernel_stride", (1, 1)))
-            conv = {"weights": _read_only(weights, np.int8), "kernel": kernel, "stride": stride,
-                    "padding": spec.get("padding", "same"), "pool": pool,
-                    "output_shape": _conv_geometry(shape, kernel, stride, spec.get("padding", "same"), units, pool)}
+            padding = spec.get("padding", "same")
+            conv = {"weights": _read_only(weights, np.int8), "kernel": kernel, "stride": stride, "padding": padding,
+                    "pool": pool, "output_shape": _conv_geometry(shape, kernel, stride, padding, units, pool)}
             if spec["kind"] == "InputConvolutional":
                 layer = InputConv(padding_value=int(spec.get("padding_value", 0)), **common, **conv)
             elif spec["kind"] == "Convolutional":
@@ -192,14 +193,19 @@ def load_run(run_dir: Path) -> TrainedRun:
     spec = _read_json(run_dir / "spec.json")
     if not isinstance(spec, dict) or spec.get("format") != RUN_FORMAT:
         raise ModelError(f"{run_dir / 'spec.json'}: not a run spec of format {RUN_FORMAT}")
-    params = run_dir / spec["params"]["file"]
+    try:
+        params, digest = run_dir / spec["params"]["file"], spec["params"]["sha256"]
+        layers, input_shape = spec["layers"], spec["input"]["shape"]
+    except (KeyError, TypeError):
+        raise ModelError(f"{run_dir / 'spec.json'}: incomplete (needs params.file, params.sha256, layers, "
+                         "input.shape)") from None
     if not params.is_file():
         raise ModelError(f"{params}: missing; the run directory is incomplete")
-    if hashlib.sha256(params.read_bytes()).hexdigest() != spec["params"]["sha256"]:
+    if hashlib.sha256(params.read_bytes()).hexdigest() != digest:
         raise ModelError(f"{params}: does not match the SHA-256 in spec.json; the run directory was altered")
     try:
         with np.load(params, allow_pickle=False) as npz:
-            model = model_from_spec(spec["layers"], spec["input"]["shape"], {k: npz[k] for k in npz.files})
+            model = model_from_spec(layers, input_shape, {k: npz[k] for k in npz.files})
     except (KeyError, TypeError, ValueError) as error:
         raise ModelError(f"{run_dir}: spec.json and params.npz do not describe a model ({error!r})") from None
     scores_file = run_dir / spec.get("eval_scores", {}).get("file", "eval_scores.npy")
@@ -246,13 +252,10 @@ def outputs_digest(outputs: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(outputs, dtype=outputs.dtype.newbyteorder("<")).tobytes()).hexdigest()
 
 
-def _check_run_scores(run: TrainedRun, outputs: np.ndarray, eval_set: EvalSet) -> None:
+def _check_recorded_scores(scores: np.ndarray, outputs: np.ndarray) -> None:
     """The run's recorded test-set outputs (its training forward) must be the engine's, frame for frame."""
-    if run.eval_scores is None or eval_set.name != "mnist-test":
-        return
-    n = len(run.eval_scores)
-    ours = outputs[:n].reshape(min(n, len(outputs)), -1)
-    count, first = _first_disagreement(ours, run.eval_scores[: len(ours)])
+    ours = outputs[: len(scores)].reshape(min(len(scores), len(outputs)), -1)
+    count, first = _first_disagreement(ours, scores[: len(ours)])
     if count:
         raise BundleError(f"the run's recorded scores differ from the Akida engine's on {count} of {len(ours)} "
                           f"test frames (first: frame {first}): the trained parameters do not mean on the chip what "
@@ -280,10 +283,7 @@ def measure(model: AkidaModel, outputs: np.ndarray, counters: Counters, eval_set
     )
     energy = None
     if energy_model is not None:
-        # The energy model reads each layer's kind beside its counters.
-        kinded = [SimpleNamespace(**vars(c), kind=layer_kind(layer)) for c, layer in zip(counters, model.layers,
-                                                                                         strict=True)]
-        estimate = energy_model.estimate(kinded)
+        estimate = energy_model.estimate(counters)
         energy = EnergyMetrics(energy_model.version, float(np.mean(estimate.chip_j)),
                                float(np.mean(estimate.board_j)), float(np.mean(estimate.frame_time_s)))
     return Metrics(
@@ -315,7 +315,7 @@ def toolchain() -> dict[str, str]:
 
 
 def _build_into(directory: Path, model: AkidaModel, name: str, eval_set: EvalSet, training: Training,
-                energy_model: EnergyModel | None, run: TrainedRun | None) -> Manifest:
+                energy_model: EnergyModel | None, recorded_scores: np.ndarray | None) -> Manifest:
     bounds = check_exact(model)  # fail fast, before akida or the evaluation run
     to_akida(model).save(str(directory / FBZ))
     shipped = load_model(directory / FBZ)  # everything below uses what was saved
@@ -324,8 +324,8 @@ def _build_into(directory: Path, model: AkidaModel, name: str, eval_set: EvalSet
     log.info("mapped on %s: %s", mapping.device, mapping.nps)
     outputs, counters = three_way(directory / FBZ, directory / ONNX, shipped, eval_set.frames)
     log.info("akida, simulator and onnxruntime agree on %d frames", len(outputs))
-    if run is not None:
-        _check_run_scores(run, outputs, eval_set)
+    if recorded_scores is not None:
+        _check_recorded_scores(recorded_scores, outputs)
     golden_n = min(GOLDEN_FRAMES, len(outputs))
     labels = eval_set.labels[:golden_n] if eval_set.labels is not None else np.full(golden_n, -1)
     write_golden(directory / GOLDEN, Golden(eval_set.frames[:golden_n], outputs[:golden_n], labels.astype(np.int64)))
@@ -373,8 +373,12 @@ def _check_out(out: Path, force: bool) -> None:
 
 def export_model(model: AkidaModel, out: Path, eval_set: EvalSet, *, name: str | None = None,
                  training: Training | None = None, energy_model: EnergyModel | None = None,
-                 force: bool = False, run: TrainedRun | None = None) -> Manifest:
-    """Build, verify and atomically write a bundle for ``model`` at ``out``; nothing is written on failure."""
+                 force: bool = False, recorded_scores: np.ndarray | None = None) -> Manifest:
+    """Build, verify and atomically write a bundle for ``model`` at ``out``; nothing is written on failure.
+
+    ``recorded_scores``: outputs the training run recorded for the first frames of ``eval_set``; the
+    engine must reproduce them exactly.
+    """
     out = Path(out)
     _check_out(out, force)
     if eval_set.frames.dtype != np.uint8 or eval_set.frames.shape[1:] != model.input_shape:
@@ -384,7 +388,7 @@ def export_model(model: AkidaModel, out: Path, eval_set: EvalSet, *, name: str |
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         manifest = _build_into(work, model, name or out.name, eval_set, training or Training("", None, {}),
-                               energy_model, run)
+                               energy_model, recorded_scores)
         load_bundle(work)  # read back with the runtime's own checks before anyone can see it
         os.chmod(work, 0o755)  # mkdtemp makes it private; the daemon runs as its own user
         for file in work.iterdir():
@@ -400,8 +404,10 @@ def export_run(run_dir: Path, out: Path, eval_set: EvalSet, *, name: str | None 
                energy_model: EnergyModel | None = None, force: bool = False) -> Manifest:
     """``edge-export export``: a run directory to a verified bundle."""
     run = load_run(Path(run_dir))
+    # The run records its scores on the MNIST test split only (its first N frames, in order).
+    scores = run.eval_scores if eval_set.name == MNIST_TEST else None
     return export_model(run.model, out, eval_set, name=name, training=run.training, energy_model=energy_model,
-                        force=force, run=run)
+                        force=force, recorded_scores=scores)
 
 
 def verify_bundle(path: Path, frames: np.ndarray | None = None) -> VerifyReport:

@@ -157,44 +157,47 @@ def _onnx_kernel(layer: InputConv | Conv | Dense) -> np.ndarray:
     return kernel.transpose(3, 2, 0, 1).astype(np.float32)
 
 
-def _add_layer(graph: _Graph, layer: Layer, x: str, bound: LayerBound) -> str:
-    name = layer.name
-    kernel = graph.const(f"{name}/weights", _onnx_kernel(layer))
-    if isinstance(layer, Dense):
-        x = graph.node("Conv", [x, kernel], f"{name}/potentials")
-    else:
-        (sx, sy), (kx, ky) = layer.stride, layer.kernel
-        _, px0, px1 = window_geometry(layer.input_shape[0], kx, sx, layer.padding)
-        _, py0, py1 = window_geometry(layer.input_shape[1], ky, sy, layer.padding)
-        pads = [px0, py0, px1, py1]
-        if isinstance(layer, InputConv) and layer.padding_value and any(pads):
-            pad_spec = graph.const(f"{name}/pads", np.array([0, 0, px0, py0, 0, 0, px1, py1], np.int64))
-            value = graph.const(f"{name}/padding_value", np.array(layer.padding_value, np.float32))
-            x = graph.node("Pad", [x, pad_spec, value], f"{name}/padded")
-            pads = [0, 0, 0, 0]
-        x = graph.node("Conv", [x, kernel], f"{name}/potentials", strides=[sx, sy], pads=pads)
-        if layer.pool is not None:
-            (wx, wy), (psx, psy) = layer.pool.size, layer.pool.stride
-            _, qx0, qx1 = window_geometry(_conv_out(layer, 0), wx, psx, layer.padding)
-            _, qy0, qy1 = window_geometry(_conv_out(layer, 1), wy, psy, layer.padding)
-            x = graph.node("MaxPool", [x], f"{name}/pooled", kernel_shape=[wx, wy], strides=[psx, psy],
-                           pads=[qx0, qy0, qx1, qy1])
-    if not layer.activation:
+def _add_conv(graph: _Graph, layer: InputConv | Conv, x: str, kernel: str) -> str:
+    """[Pad with padding_value] -> Conv -> [MaxPool of the potentials], 'same' padding odd extra after."""
+    name, (sx, sy), (kx, ky) = layer.name, layer.stride, layer.kernel
+    ox, px0, px1 = window_geometry(layer.input_shape[0], kx, sx, layer.padding)
+    oy, py0, py1 = window_geometry(layer.input_shape[1], ky, sy, layer.padding)
+    pads = [px0, py0, px1, py1]
+    if isinstance(layer, InputConv) and layer.padding_value and any(pads):
+        pad_spec = graph.const(f"{name}/pads", np.array([0, 0, px0, py0, 0, 0, px1, py1], np.int64))
+        value = graph.const(f"{name}/padding_value", np.array(layer.padding_value, np.float32))
+        x = graph.node("Pad", [x, pad_spec, value], f"{name}/padded")
+        pads = [0, 0, 0, 0]
+    x = graph.node("Conv", [x, kernel], f"{name}/potentials", strides=[sx, sy], pads=pads)
+    if layer.pool is None:
         return x
+    (wx, wy), (qsx, qsy) = layer.pool.size, layer.pool.stride
+    _, qx0, qx1 = window_geometry(ox, wx, qsx, layer.padding)
+    _, qy0, qy1 = window_geometry(oy, wy, qsy, layer.padding)
+    return graph.node("MaxPool", [x], f"{name}/pooled", kernel_shape=[wx, wy], strides=[qsx, qsy],
+                      pads=[qx0, qy0, qx1, qy1])
+
+
+def _add_firing(graph: _Graph, layer: Layer, x: str, bound: LayerBound) -> str:
+    """Activation = number of levels the potential reaches (see the module docstring)."""
+    name = layer.name
     limit = bound.max_abs_potential + 1  # clamping keeps every level exact and changes no comparison
     levels = np.clip(fire_levels(layer.threshold, layer.act_step, layer.act_bits), -limit, limit)
-    levels_const = graph.const(f"{name}/levels", levels.astype(np.float32)[:, None, None, :])
+    levels_const = graph.const(f"{name}/levels", levels.astype(np.float32)[:, None, None, :])  # (F, 1, 1, K)
     axis = graph.const(f"{name}/last_axis", np.array([-1], np.int64))
-    x = graph.node("Unsqueeze", [x, axis], f"{name}/potentials_1")
-    x = graph.node("GreaterOrEqual", [x, levels_const], f"{name}/reached")
+    x = graph.node("Unsqueeze", [x, axis], f"{name}/potentials_1")  # (N, F, X, Y, 1)
+    x = graph.node("GreaterOrEqual", [x, levels_const], f"{name}/reached")  # (N, F, X, Y, K)
     x = graph.node("Cast", [x], f"{name}/reached_f", to=TensorProto.FLOAT)
     return graph.node("ReduceSum", [x, axis], f"{name}/activations", keepdims=0)
 
 
-def _conv_out(layer: InputConv | Conv, axis: int) -> int:
-    """Size of the convolution's output (before pooling) along akida axis 0 (X) or 1 (Y)."""
-    out, _, _ = window_geometry(layer.input_shape[axis], layer.kernel[axis], layer.stride[axis], layer.padding)
-    return out
+def _add_layer(graph: _Graph, layer: Layer, x: str, bound: LayerBound) -> str:
+    kernel = graph.const(f"{layer.name}/weights", _onnx_kernel(layer))
+    if isinstance(layer, Dense):
+        x = graph.node("Conv", [x, kernel], f"{layer.name}/potentials")
+    else:
+        x = _add_conv(graph, layer, x, kernel)
+    return _add_firing(graph, layer, x, bound) if layer.activation else x
 
 
 def to_onnx(model: AkidaModel, name: str) -> onnx.ModelProto:
