@@ -86,31 +86,46 @@ def round_ste(x: Tensor) -> Tensor:
     return _RoundSTE.apply(x)
 
 
-def akida_activation(pot: Tensor, threshold: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
-    """Akida 1.0 activation of integer potentials; returns (integer activations, surrogate u).
+def akida_activation(pot: Tensor, threshold: Tensor, step: Tensor) -> Tensor:
+    """Akida 1.0 activation of integer potentials (exact values, straight-through gradients).
 
     ``threshold`` and ``step`` are integer-valued, broadcast along dim 1 (channels) of ``pot``.
     """
-    shape = (1, -1) + (1,) * (pot.dim() - 2)
-    th, st = threshold.view(shape), step.view(shape)
+    th, st = _channels(threshold, pot), _channels(step, pot)
     with torch.no_grad():
         exact = torch.ceil((pot.double() - th.double()) / st.double()).clamp_(0, ACT_LEVELS).float()
-    u = (pot - th) / st
-    return _StepActivation.apply(u, exact), u
+    return _StepActivation.apply((pot - th) / st, exact)
 
 
-def quantise_weights(v: Tensor, qmax: int, per_channel: bool) -> tuple[Tensor, Tensor, Tensor]:
+def penalty_margin(pot: Tensor, layer: QuantLayer) -> Tensor:
+    """``u = (pot - threshold) / act_step`` for the event penalty: a neuron fires iff u > 0.
+
+    Same values as the activation's, but the gradient reaches the threshold only through the bias
+    and never the step (see ZeroAwareNet.quantised_layers).
+    """
+    assert layer.penalty_threshold is not None and layer.step is not None
+    return (pot - _channels(layer.penalty_threshold, pot)) / _channels(layer.step.detach(), pot)
+
+
+def _channels(values: Tensor, like: Tensor) -> Tensor:
+    return values.view((1, -1) + (1,) * (like.dim() - 2))
+
+
+def quantise_weights(v: Tensor, qmax: int, per_channel: bool) -> tuple[Tensor, Tensor]:
     """Symmetric integer weights for the effective float weights ``v`` (out channels first).
 
-    Returns (integer weights, scale per output channel, v / scale): the last is what the weight
-    penalty looks at, since a weight is zero on the chip exactly when |v / scale| < 0.5.
+    Returns (integer weights, scale per output channel). The scale follows max|v| and is not
+    differentiated: shrinking every weight of a channel together changes nothing on the chip.
     """
     with torch.no_grad():
         flat = v.detach().abs().flatten(1)
         peak = flat.amax(dim=1) if per_channel else flat.amax().expand(v.shape[0])
         scale = peak.clamp_min(1e-12) / qmax
-    ratio = v / scale.view((-1,) + (1,) * (v.dim() - 1))
-    return round_ste(ratio).clamp(-qmax, qmax), scale, ratio
+    return round_ste(v / _rows(scale, v)).clamp(-qmax, qmax), scale
+
+
+def _rows(values: Tensor, like: Tensor) -> Tensor:
+    return values.view((-1,) + (1,) * (like.dim() - 1))
 
 
 @dataclass
@@ -130,9 +145,10 @@ class QuantLayer:
 
     weights: Tensor  # integer-valued, torch layout (Cout, Cin, kh, kw) or (units, inputs)
     scale: Tensor  # (Cout,) real value of one weight unit times the input's real step
-    ratio: Tensor  # effective float weights / scale; the integer weight is round(ratio)
+    ratio: Tensor  # effective float weights / scale (integer weight = round(ratio)); gradient to W only
     threshold: Tensor | None  # integer-valued (Cout,); None for the output layer
     step: Tensor | None  # integer-valued act_step >= 1 (Cout,); None for the output layer
+    penalty_threshold: Tensor | None  # = threshold in value; its gradient reaches the bias only
 
 
 @dataclass(frozen=True)
@@ -195,46 +211,58 @@ class ZeroAwareNet(nn.Module):
         logits = F.linear(a2, w3)
         return ForwardResult(logits, logits, [a0, a1, a2], [], [])
 
-    def effective_weights(self) -> list[Tensor]:
+    def effective_weights(self, detach_steps: bool = False) -> list[Tensor]:
         """Per layer, the float weights times the real step of their input (what gets quantised)."""
         w0, w1, w2, w3 = self.masked()
-        d1_flat = self.delta1.repeat_interleave(7 * 7)  # Akida flatten: channel is the slowest index
-        return [w0 / PIXEL_MAX, w1 * self.delta0.view(1, -1, 1, 1), w2 * d1_flat, w3 * self.delta2]
+        d0, d1, d2 = (d.detach() if detach_steps else d for d in (self.delta0, self.delta1, self.delta2))
+        d1_flat = d1.repeat_interleave(7 * 7)  # Akida flatten: channel is the slowest index
+        return [w0 / PIXEL_MAX, w1 * d0.view(1, -1, 1, 1), w2 * d1_flat, w3 * d2]
 
     def quantised_layers(self) -> list[QuantLayer]:
-        """Per layer the integer weights, threshold and act_step, with straight-through gradients."""
+        """Per layer the integer weights, threshold and act_step, with straight-through gradients.
+
+        Two tensors exist only for the penalties, equal in value to their forward counterparts but
+        with gradients that cannot reach the activation steps. Without that, the weight penalty
+        shrinks a step to shrink every weight it multiplies (useless: the per-channel weight scale
+        follows) until the layer's activations become binary, and the event penalty coarsens the
+        step of every neuron instead of raising the thresholds of the ones that should be silent.
+        """
         layers = []
-        for v, b, delta, qmax, per_channel in zip(
+        for v, v_fixed_steps, b, delta, qmax, per_channel in zip(
             self.effective_weights(),
+            self.effective_weights(detach_steps=True),
             (self.b0, self.b1, self.b2, None),
             (self.delta0, self.delta1, self.delta2, None),
             (INPUT_WEIGHT_MAX, WEIGHT_MAX, WEIGHT_MAX, WEIGHT_MAX),
             (True, True, True, False), strict=True,
         ):
-            w_int, scale, ratio = quantise_weights(v, qmax, per_channel)
+            w_int, scale = quantise_weights(v, qmax, per_channel)
+            ratio = v_fixed_steps / _rows(scale, v)  # a weight is zero on the chip iff |ratio| < 0.5
             if b is None or delta is None:  # the output layer: raw potentials, no activation
-                layers.append(QuantLayer(w_int, scale, ratio, None, None))
+                layers.append(QuantLayer(w_int, scale, ratio, None, None, None))
                 continue
             delta = delta.abs().clamp_min(1e-8)
             threshold = round_ste((delta / 2 - b) / scale)
             step = round_ste(delta / scale).clamp_min(1.0)
-            layers.append(QuantLayer(w_int, scale, ratio, threshold, step))
+            penalty_threshold = round_ste((delta.detach() / 2 - b) / scale)
+            layers.append(QuantLayer(w_int, scale, ratio, threshold, step, penalty_threshold))
         return layers
 
     def _integer(self, pixels: Tensor) -> ForwardResult:
         l0, l1, l2, l3 = self.quantised_layers()
         pot0 = F.max_pool2d(F.conv2d(pixels, l0.weights, padding=1), 2)  # pool the potentials, then activate
-        a0, u0 = akida_activation(pot0, l0.threshold, l0.step)
+        a0 = akida_activation(pot0, l0.threshold, l0.step)
         # Akida's Convolutional is a TRUE convolution; torch cross-correlates, so the exported kernel
         # is flipped (export_integer_layers). Training uses the cross-correlation kernel directly.
         pot1 = F.conv2d(F.pad(a0, (0, 1, 0, 1)), l1.weights, stride=2)
-        a1, u1 = akida_activation(pot1, l1.threshold, l1.step)
+        a1 = akida_activation(pot1, l1.threshold, l1.step)
         pot2 = F.linear(self._flatten(a1), l2.weights)
-        a2, u2 = akida_activation(pot2, l2.threshold, l2.step)
+        a2 = akida_activation(pot2, l2.threshold, l2.step)
         scores = F.linear(a2, l3.weights)
         logits = scores * l3.scale[0]
+        pre = [penalty_margin(pot, layer) for pot, layer in ((pot0, l0), (pot1, l1), (pot2, l2))]
         ratios = [layer.ratio for layer in (l0, l1, l2, l3)]
-        return ForwardResult(logits, scores, [a0, a1, a2], [u0, u1, u2], ratios)
+        return ForwardResult(logits, scores, [a0, a1, a2], pre, ratios)
 
 
 def calibrate_steps(model: ZeroAwareNet, pixels: Tensor, percentile: float) -> None:

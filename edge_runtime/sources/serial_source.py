@@ -1,26 +1,57 @@
 """Frames from a sensor on a serial port (or any pyserial URL), surviving unplug and replug.
 
-pyserial does not reopen a port by itself, so this source does: when the port cannot be opened or
-a read fails (USB unplug raises SerialException), it reports the sensor down and retries with
-capped exponential backoff, for ever, until :meth:`SerialSource.close`.
+The port is read, and its packets decoded, by a child process (:mod:`.serial_reader`); this module
+is the daemon's side of it. Why a process and not the reader thread: decoding a packet (COBS and
+the protocol checks, edge_runtime.protocol) is Python code, ~20 µs per MNIST frame, and Python runs
+one thread at a time (the GIL). In a thread it therefore came off the inference thread's time even
+on an idle second core, and the constant hand-over of the GIL cost as much again: over a pty the
+daemon ran at 50-60 % of the simulator's own throughput, against 80-85 % from a replay with nothing
+to decode (bench/daemon.py). In its own process decoding runs beside inference; what is left here
+per frame is unpickling one message per read (a few frames) and wrapping the pixels without a copy.
+
+What stays the same: :meth:`SerialSource.frames` yields the frames and reports every fault
+through :class:`~.base.SourceEvents` from the thread iterating it, in the order they happened.
+pyserial does not reopen a port by itself, so the reader does: when the port cannot be opened or a
+read fails (USB unplug raises SerialException), the sensor is reported down and the port retried
+with capped exponential backoff, for ever, until :meth:`SerialSource.close`. ``close`` asks the
+reader to stop; it finishes the read under way (at most ``read_timeout``) and everything it decoded
+is still yielded, so every frame it received is accounted for. If the reader process dies (it
+ignores SIGINT/SIGTERM/SIGHUP, so only a bug or a kill does that), ``frames`` raises.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import astuple, dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import serial
 
-from ..errors import ConfigError
-from ..protocol import MAX_PAYLOAD_BYTES, BadPacket, DecodedFrame, FrameDecoder
+from ..errors import ConfigError, SourceError
+from ..protocol import MAX_PAYLOAD_BYTES
 from .base import Frame, NullEvents, SourceEvents
 from .spec import DEFAULT_BAUD
 
 log = logging.getLogger(__name__)
+
+READER_MODULE = f"{__package__}.serial_reader"
+# The package's root directory, put first on the reader's PYTHONPATH so it runs this very code.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+# After close(), how long the reader may take to finish its read and say "end" before it is killed.
+STOP_GRACE_S = 5.0
+# How often the receiving loop looks at close() and the grace deadline when no message comes.
+POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -44,8 +75,8 @@ DEFAULT_BACKOFF = Backoff()
 class SerialSource:
     """Reads protocol packets (edge_runtime.protocol) from ``url`` and yields decoded frames.
 
-    ``read_timeout`` bounds how long :meth:`close` takes to be noticed; the port object is only
-    ever touched by the thread iterating :meth:`frames`, so nothing else needs locking.
+    ``read_timeout`` bounds how long :meth:`close` takes to be noticed by the reader process,
+    which alone touches the port. :meth:`frames` starts that process and stops it when it returns.
     """
 
     def __init__(
@@ -59,70 +90,115 @@ class SerialSource:
         max_payload: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         try:
-            # Building the port object validates URL and settings without touching the device.
-            self._port = serial.serial_for_url(
-                url, baudrate=baudrate, timeout=read_timeout, exclusive=True, do_not_open=True
-            )
+            # Building a port object validates URL and settings without touching the device.
+            serial.serial_for_url(url, baudrate=baudrate, timeout=read_timeout, exclusive=True, do_not_open=True)
         except (ValueError, serial.SerialException) as error:
             raise ConfigError(f"bad serial port {url!r}: {error}") from None
         self._url = url
+        self._settings = {"url": url, "baudrate": baudrate, "read_timeout": read_timeout,
+                          "backoff": astuple(backoff), "max_payload": max_payload}
         self._events = events or NullEvents()
-        self._backoff = backoff
-        self._max_payload = max_payload
         self._closed = threading.Event()
+        self._lock = threading.Lock()  # close() (any thread) and frames() both send to the reader
+        self._connection: Connection | None = None
         self._up: bool | None = None
 
     def frames(self) -> Iterator[Frame]:
-        decoder = FrameDecoder(self._max_payload)
-        delays = self._backoff.delays()
-        while not self._closed.is_set():
-            if self._open():
-                decoder.reset()
-                try:
-                    received = yield from self._pump(decoder)
-                finally:
-                    self._port.close()
-                if received:  # the link worked: the next failure starts the backoff afresh
-                    delays = self._backoff.delays()
-            self._closed.wait(next(delays))
+        if self._closed.is_set():
+            return
+        process, connection = self._start_reader()
+        try:
+            yield from self._receive(connection)
+        finally:
+            self._stop_reader(process, connection)
 
     def close(self) -> None:
-        self._closed.set()
+        with self._lock:
+            self._closed.set()
+            if self._connection is not None:
+                self._ask_to_stop(self._connection)
 
-    def _open(self) -> bool:
+    # --- the reader process ------------------------------------------------------------------
+
+    def _start_reader(self) -> tuple[subprocess.Popen[bytes], Connection]:
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
+            process = subprocess.Popen(
+                [sys.executable, "-m", READER_MODULE, str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
+            )
+            connection = Connection(ours.detach())
+        connection.send(self._settings)
+        with self._lock:
+            self._connection = connection
+            if self._closed.is_set():  # close() came while we were starting
+                self._ask_to_stop(connection)
+        return process, connection
+
+    @staticmethod
+    def _ask_to_stop(connection: Connection) -> None:
+        with contextlib.suppress(OSError):  # the reader is gone already
+            connection.send(None)
+
+    def _stop_reader(self, process: subprocess.Popen[bytes], connection: Connection) -> None:
+        with self._lock:
+            self._connection = None
+            connection.close()  # the reader sees its parent gone (if it has not ended) and stops
         try:
-            self._port.open()
-        except (serial.SerialException, OSError) as error:
-            self._set_up(False, f"cannot open sensor port {self._url}: {error}; retrying")
-            return False
-        self._set_up(True, f"sensor port {self._url} open")
-        return True
+            process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            log.warning("serial reader process (pid %d) did not stop; killing it", process.pid)
+            process.kill()
+            process.wait()
 
-    def _pump(self, decoder: FrameDecoder) -> Generator[Frame, None, bool]:
-        """Yield frames until the port fails or the source is closed; return whether bytes came."""
-        received = False
-        while not self._closed.is_set():
-            try:
-                chunk = self._port.read(self._port.in_waiting or 1)
-            except (serial.SerialException, OSError) as error:
-                self._set_up(False, f"lost sensor port {self._url}: {error}; reconnecting")
-                return received
-            if chunk:
-                received = True
-                self._events.bytes_received(len(chunk))
-                yield from self._frames(decoder.feed(chunk))
-        return received
-
-    def _frames(self, decoded: list[DecodedFrame | BadPacket]) -> Iterator[Frame]:
-        now = time.monotonic()
-        for item in decoded:
-            if isinstance(item, BadPacket):
-                log.debug("dropped packet from %s: %s (%s)", self._url, item.kind, item.detail)
-                self._events.dropped("corrupt")
+    def _receive(self, connection: Connection) -> Iterator[Frame]:
+        """Yield frames and report events from the reader's messages until it says "end"."""
+        deadline: float | None = None
+        while True:
+            if deadline is None and self._closed.is_set():
+                deadline = time.monotonic() + STOP_GRACE_S
+            if not connection.poll(POLL_S):
+                if deadline is not None and time.monotonic() > deadline:
+                    log.warning("serial reader did not finish within %.0f s of close()", STOP_GRACE_S)
+                    return
                 continue
-            if item.missing:
-                self._events.dropped("seq_gap", item.missing)
-            yield Frame(item.seq, item.image, now)
+            try:
+                message: list[tuple[Any, ...]] = connection.recv()
+            except EOFError:
+                if self._closed.is_set():
+                    return  # killed while we were stopping anyway
+                raise SourceError(f"the serial reader process for {self._url} exited unexpectedly") from None
+            for record in message:
+                kind = record[0]
+                if kind == "frames":
+                    yield from self._frames(*record[1:])
+                elif kind == "bytes":
+                    self._events.bytes_received(record[1])
+                elif kind == "corrupt":
+                    log.debug("dropped packet from %s: %s (%s)", self._url, record[1], record[2])
+                    self._events.dropped("corrupt")
+                elif kind == "up":
+                    self._set_up(record[1], record[2])
+                elif kind == "end":
+                    return
+                elif kind == "error":
+                    raise RuntimeError(f"the serial reader process for {self._url} failed:\n{record[1]}")
+                else:
+                    raise RuntimeError(f"unknown message from the serial reader: {record!r}")
+
+    def _frames(self, received_at: float, pixels: bytes, frames: list[tuple[int, tuple[int, ...], int]],
+                ) -> Iterator[Frame]:
+        offset = 0
+        for seq, shape, missing in frames:
+            if missing:
+                self._events.dropped("seq_gap", missing)
+            size = shape[0] * shape[1] * shape[2]
+            # A read-only view into the message: no copy per frame.
+            image = np.frombuffer(pixels, np.uint8, size, offset).reshape(shape)
+            offset += size
+            yield Frame(seq, image, received_at)
 
     def _set_up(self, up: bool, message: str) -> None:
         """Report and log link changes only, so a sensor unplugged for hours is one log line."""

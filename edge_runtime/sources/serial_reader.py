@@ -1,0 +1,165 @@
+"""The serial reader process: owns the sensor's port, decodes packets, sends frames to the daemon.
+
+:class:`~.serial_source.SerialSource` runs this module as a child process (``python -m
+edge_runtime.sources.serial_reader FD``; why a process is explained there) and talks to it over a
+socket pair, FD here, with multiprocessing's :class:`~multiprocessing.connection.Connection`
+framing. The first message from the parent is the settings (a dict); after that, any message from
+the parent, or its end of the socket closing (the daemon died), means "stop".
+
+To the parent, after every read that brought something, goes one list of records, in order:
+
+* ``("up", bool, text)``: the port opened, could not be opened, or was lost (``text`` is for the log);
+* ``("bytes", n)``: raw bytes read;
+* ``("corrupt", kind, detail)``: a packet dropped (:class:`~edge_runtime.protocol.BadPacket`);
+* ``("frames", received_at, pixels, [(seq, shape, missing), ...])``: frames decoded from one read,
+  their pixels concatenated in one bytes object (one pickle and one copy per read, not per frame);
+  ``received_at`` is ``time.monotonic()``, which is one system-wide clock on Linux.
+
+The last message is ``[("end",)]`` once the parent asked to stop, or ``[("error", traceback)]`` on a bug.
+This process ignores SIGINT, SIGTERM and SIGHUP: a Ctrl-C or ``systemctl stop`` reaches the whole
+process group, and the daemon, not the signal, decides when reading stops (after it drained us).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import serial
+
+from ..protocol import BadPacket, DecodedFrame, FrameDecoder
+from .serial_source import Backoff
+
+Record = tuple[Any, ...]
+
+
+class ParentGone(Exception):
+    """The daemon closed its end of the socket (it exited or died): stop at once."""
+
+
+class Parent:
+    """The connection to the daemon: records out, a stop request in."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.stop_requested = False
+
+    def send(self, records: list[Record]) -> None:
+        try:
+            self._connection.send(records)
+        except OSError as error:  # BrokenPipeError, ConnectionResetError: nobody is listening any more
+            raise ParentGone from error
+
+    def wait_for_stop(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` for a stop request; True once one came (or the parent is gone)."""
+        if not self.stop_requested and self._connection.poll(timeout):
+            try:
+                self._connection.recv()
+            except (EOFError, OSError):
+                pass  # the parent is gone: stopping is all there is to do
+            self.stop_requested = True
+        return self.stop_requested
+
+
+class Reader:
+    """Opens ``url`` (reopening with backoff when it fails) and reports what it reads to ``parent``."""
+
+    def __init__(self, parent: Parent, url: str, baudrate: int, read_timeout: float, backoff: Backoff,
+                 max_payload: int) -> None:
+        self._parent = parent
+        self._url = url
+        self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=read_timeout, exclusive=True,
+                                           do_not_open=True)
+        self._backoff = backoff
+        self._decoder = FrameDecoder(max_payload)
+
+    def run(self) -> None:
+        """Read until the parent asks to stop, then say "end"."""
+        delays = self._backoff.delays()
+        while not self._parent.stop_requested:
+            if self._open():
+                self._decoder.reset()
+                try:
+                    received = self._pump()
+                finally:
+                    self._port.close()
+                if received:  # the link worked: the next failure starts the backoff afresh
+                    delays = self._backoff.delays()
+            if self._parent.wait_for_stop(next(delays)):
+                break
+        self._parent.send([("end",)])
+
+    def _open(self) -> bool:
+        try:
+            self._port.open()
+        except (serial.SerialException, OSError) as error:
+            self._parent.send([("up", False, f"cannot open sensor port {self._url}: {error}; retrying")])
+            return False
+        self._parent.send([("up", True, f"sensor port {self._url} open")])
+        return True
+
+    def _pump(self) -> bool:
+        """Read until the port fails or the parent asks to stop; return whether bytes came."""
+        port, parent = self._port, self._parent
+        received = False
+        while not parent.wait_for_stop(0):
+            try:
+                # What is there (4 KiB at most from a pty), or wait up to the timeout for 1 byte.
+                chunk = port.read(port.in_waiting or 1)
+            except (serial.SerialException, OSError) as error:
+                parent.send([("up", False, f"lost sensor port {self._url}: {error}; reconnecting")])
+                return received
+            if chunk:
+                received = True
+                parent.send(records(len(chunk), self._decoder.feed(chunk), time.monotonic()))
+        return received
+
+
+def records(n_bytes: int, decoded: Sequence[DecodedFrame | BadPacket], now: float) -> list[Record]:
+    """The message for one read: its byte count, then bad packets and runs of frames in order."""
+    out: list[Record] = [("bytes", n_bytes)]
+    pixels: list[Any] = []
+    frames: list[tuple[int, tuple[int, ...], int]] = []
+    for item in decoded:
+        if isinstance(item, BadPacket):
+            if frames:
+                out.append(("frames", now, b"".join(pixels), frames))
+                pixels, frames = [], []
+            out.append(("corrupt", item.kind, item.detail))
+        else:
+            pixels.append(item.image)  # a C-contiguous view of the decoded packet: joined without a copy of its own
+            frames.append((item.seq, item.image.shape, item.missing))
+    if frames:
+        out.append(("frames", now, b"".join(pixels), frames))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    args = sys.argv[1:] if argv is None else argv
+    connection = Connection(int(args[0]))
+    parent = Parent(connection)
+    try:
+        settings = connection.recv()
+        reader = Reader(parent, settings["url"], settings["baudrate"], settings["read_timeout"],
+                        Backoff(*settings["backoff"]), settings["max_payload"])
+        reader.run()
+    except (ParentGone, EOFError):
+        return 0
+    except Exception:
+        try:
+            parent.send([("error", traceback.format_exc())])
+        except ParentGone:
+            traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
