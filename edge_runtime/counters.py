@@ -25,7 +25,7 @@ Static per layer (ints): ``neurons`` (output size, after pooling), ``inputs`` (i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -48,6 +48,17 @@ class LayerCounters:
     output_events: np.ndarray
     output_spikes: np.ndarray
     dense_synaptic_ops: np.ndarray
+
+    @classmethod
+    def _of(cls, static: dict[str, object], per_frame: Iterable[np.ndarray]) -> LayerCounters:
+        """``cls(**static, **dict(zip(PER_FRAME, per_frame)))``, without the frozen dataclass's
+        ``__init__``, which sets each field through ``object.__setattr__``: the simulator builds 4 of
+        these per frame at batch 1, and this saves ~3 us a frame."""
+        layer = object.__new__(cls)
+        values = static.copy()
+        values.update(zip(PER_FRAME, per_frame, strict=True))
+        object.__setattr__(layer, "__dict__", values)
+        return layer
 
     @property
     def frames(self) -> int:

@@ -44,13 +44,14 @@ float32 weights also evict the other layers' data from the 1 MB L2 cache), ~55 s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .akida_model import AkidaModel, Conv, Dense, InputConv, Layer, MaxPool, Padding
-from .counters import PER_FRAME, Counters, LayerCounters, concatenate
+from .counters import PER_FRAME, STATIC, Counters, LayerCounters, concatenate
 from .errors import DataError, ModelError
 
 FLOAT32_EXACT = 2**24  # integers below this are exact in float32, and so are sums that stay below it
@@ -111,7 +112,8 @@ class _Firing:
     because every partial sum stays below 2**24 with it), so the potentials are ``pot - threshold``.
     """
 
-    def __init__(self, layer: Layer, max_potential: np.ndarray, exact_float32: bool) -> None:
+    def __init__(self, layer: Layer, max_potential: np.ndarray, exact_float32: bool, shape: tuple[int, ...]) -> None:
+        """``shape``: the layer's potentials per frame."""
         self.threshold, self.act_step, self.act_bits = layer.threshold, layer.act_step, layer.act_bits
         self.filters = layer.threshold.size
         t16 = np.floor(layer.act_step.astype(np.float64) * 16)
@@ -123,9 +125,9 @@ class _Firing:
             and np.all((16 * margin - 1) << layer.act_bits < 2**32)
         )
         self.folded = False
-        # Operands tiled to the layer's (X, Y, F) output: NumPy's SIMD loops run 1.5-3x faster on
+        # Operands tiled to the potentials' shape: NumPy's SIMD loops run 1.5-3x faster on
         # same-shape arrays than when broadcasting a per-filter vector or a scalar.
-        shape, positions = layer.output_shape, layer.neurons // self.filters
+        positions = layer.neurons // self.filters
         self.float_threshold = np.tile(layer.threshold.astype(np.float32), positions).reshape(shape)
         step = (t16 / 2**layer.act_bits).astype(np.float32)  # exact: t16 < 2**21
         self.float_step = np.tile(step, positions).reshape(shape)
@@ -133,24 +135,22 @@ class _Firing:
         self.float_top = np.full(shape, 2**layer.act_bits - 1, dtype=np.float32)
 
     def __call__(self, potentials: np.ndarray, out: np.ndarray) -> None:
-        """(n, X, Y, F) potentials -> activations written to ``out`` (same shape, any strides).
+        """(n, *shape) potentials -> activations written to ``out`` (same shape, any strides).
 
         The fast path overwrites ``potentials`` (a work array): it works in place there, where the
         values are contiguous, and writes ``out`` (the next layer's padded input) only in its last
         step; ufuncs into the strided interior of a padded map were 2x slower (14 us vs 7 us).
+        (Potentials held in float64 are exact integers below 2**24 too: float64 steps only round less.)
         """
         if not self.fast:
             out[...] = fire(potentials, self.threshold, self.act_step, self.act_bits)
             return
-        work = potentials if potentials.dtype == np.float32 else np.empty(potentials.shape, dtype=np.float32)
-        if self.folded:
-            np.divide(potentials, self.float_step, out=work)
-        else:
-            np.subtract(potentials, self.float_threshold, out=work)
-            np.divide(work, self.float_step, out=work)
-        np.ceil(work, out=work)
-        np.maximum(work, self.float_zero, out=work)
-        np.minimum(work, self.float_top, out=out)
+        if not self.folded:
+            np.subtract(potentials, self.float_threshold, potentials)
+        np.divide(potentials, self.float_step, potentials)
+        np.ceil(potentials, potentials)
+        np.maximum(potentials, self.float_zero, out=potentials)
+        np.minimum(potentials, self.float_top, out=out)
 
 
 class _Views:
@@ -215,6 +215,7 @@ class _Inputs:
     def _make_views(self, n: int) -> _Views:
         (x, y, _), (bx, by) = self.shape, self.before
         views = _Views()
+        views.n = n
         views.pair = self._storage["pair"][:n]
         views.inputs = views.pair[:, 0]  # (n, P + 1): the padded map, then the bias input
         views.values = views.inputs[:, : self.size].reshape(n, *self.padded)
@@ -225,20 +226,17 @@ class _Inputs:
         assert np.shares_memory(views.values, views.pair) and np.shares_memory(views.indicator, views.pair)
         return views
 
-    def interior(self, n: int) -> np.ndarray:
-        """Where the previous layer writes its (n, X, Y, C) outputs."""
-        return self._work(n).interior
-
-    def _count(self, views: _Views) -> np.ndarray:
-        """(2n, columns) sums: row 2m is frame m's inputs times ``counting``, row 2m + 1 its indicator's."""
+    def _count(self, views: _Views) -> None:
+        """(2n, columns) sums into ``views.counts``: row 2m is frame m's inputs times ``counting``,
+        row 2m + 1 its indicator's."""
         np.minimum(views.values, self.ones, out=views.indicator)
-        return np.matmul(views.rows, self.counting)
+        np.matmul(views.rows, self.counting, out=views.counts)
 
-    def layout(self, n: int, gathered: bool = False) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-        """Where the counts are in :meth:`_count`'s result (flattened): size, input sum, events, synaptic ops."""
+    def layout(self, n: int, gathered: bool = False) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]:
+        """The counts' array (shape) and where in it (flat) are the input sums, events and synaptic ops."""
         columns = self.counting.shape[1]
         frame = 2 * columns * np.arange(n)
-        return 2 * n * columns, frame, frame + columns, frame + columns + 1
+        return (2 * n, columns), frame, frame + columns, frame + columns + 1
 
 
 class _Outputs(_Inputs):
@@ -248,8 +246,6 @@ class _Outputs(_Inputs):
         dtype = _exact_dtype(layer.neurons * (2**layer.act_bits - 1))
         self._set_inputs(layer.output_shape, (0, 0), (0, 0), [np.ones(layer.neurons)], 0, dtype)
 
-    def run(self, n: int) -> np.ndarray:
-        return self._count(self._work(n))
 
 
 class _Stage(_Inputs):
@@ -287,7 +283,8 @@ class _Stage(_Inputs):
         self.firing = None
         bias = np.zeros((1, matrix.shape[1]), dtype=np.int64)
         if layer.activation:
-            self.firing = _Firing(layer, max_potential, largest_sum < FLOAT32_EXACT)
+            shape = self.out_shape if isinstance(layer, InputConv | Conv) else (self.out_shape[2],)
+            self.firing = _Firing(layer, max_potential, largest_sum < FLOAT32_EXACT, shape)
             threshold = layer.threshold.astype(np.int64)
             largest_biased = int((np.abs(matrix).sum(axis=0) * input_max + np.abs(threshold)).max())
             if self.firing.fast and dtype == np.float32 and largest_biased < FLOAT32_EXACT:
@@ -298,9 +295,12 @@ class _Stage(_Inputs):
         self.static_values = (layer.neurons, self.inputs, int(layer.weights.size), int(np.count_nonzero(layer.weights)))
         self._set_inputs(layer.input_shape, before, after, [np.ones(self.inputs), fanout], pad_value, dtype)
 
-    def run(self, n: int, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Integrate and fire the n frames in the input buffer, writing the activations to ``out``
-        (the next layer's input interior). Returns the counts of :meth:`layout` and the potentials."""
+    def runner(self, n: int) -> Callable[[_Views, np.ndarray | None], np.ndarray]:
+        """``run(views, out)`` for n frames: integrate and fire the frames in the input buffer
+        (``views``: :meth:`_work`'s), writing the activations to ``out`` (the next layer's input
+        interior, shaped like the potentials) and the counts to ``views.counts`` (see
+        :meth:`layout`). Returns the potentials: (n, X, Y, F) for a Conv, (n, units) for a
+        FullyConnected (overwritten by the firing, unless the layer has no activation)."""
         raise NotImplementedError
 
 
@@ -382,9 +382,11 @@ class _ConvStage(_Stage):
             writeable=False,
         )
 
-    def run(self, n: int, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        views = self._work(n)
-        counts = self._count(views)
+    def runner(self, n: int) -> Callable[[_Views, np.ndarray | None], np.ndarray]:
+        return self._run
+
+    def _run(self, views: _Views, out: np.ndarray | None) -> np.ndarray:
+        self._count(views)
         if self.strided:
             np.copyto(views.fields_window, views.window)
         else:
@@ -395,7 +397,7 @@ class _ConvStage(_Stage):
             np.maximum.reduce(views.members, axis=1, out=views.pooled)
         if self.firing is not None:
             self.firing(views.potentials, out)
-        return counts, views.potentials
+        return views.potentials
 
 
 class _DenseStage(_Stage):
@@ -409,7 +411,9 @@ class _DenseStage(_Stage):
     rows, each extended by (fan-out, 1), after the bias row; that yields the potentials and the
     counts of :class:`_Inputs` together, and moves a fifth of the weights instead of all of them
     (the MNIST model's 3136 x 128 float32 weights are 1.6 MB): 17 us instead of 23 us plus 4 us of
-    counting. Batches use the dense product (the union of their events is most of the inputs).
+    counting. Batches use the dense product (the union of their events is most of the inputs). A
+    small layer (below ``_GATHER_MIN_WEIGHTS``) always multiplies the whole (input, indicator) rows
+    of its buffer with its weights extended by the counting columns: one product for both.
     """
 
     def __init__(self, layer: Dense) -> None:
@@ -417,6 +421,7 @@ class _DenseStage(_Stage):
         akida_row = np.arange(x * y * c).reshape(c, y, x).transpose(2, 1, 0).ravel()
         matrix = layer.weights[akida_row].astype(np.int64)
         self.out_shape = (1, 1, matrix.shape[1])
+        self.units = matrix.shape[1]
         fanout = np.count_nonzero(matrix, axis=1)
         self._finish(layer, matrix, fanout, int(matrix.size))
         self.gathers = matrix.size >= _GATHER_MIN_WEIGHTS
@@ -424,19 +429,19 @@ class _DenseStage(_Stage):
         if self.gathers:  # C order: each event's row is contiguous
             counted = np.column_stack([self.matrix[:-1], fanout, np.ones_like(fanout)])
             self.events_matrix = np.ascontiguousarray(counted, dtype=self.dtype)
+        else:  # the counting columns after the units (0 in the bias row, like the counting table)
+            self.matrix = np.concatenate([self.matrix, self.counting], axis=1)
         self.matrix = np.asfortranarray(self.matrix)  # BLAS reads it as rows of the transpose: 10 % faster at batch 1
 
     def _allocate(self, n: int) -> dict[str, np.ndarray]:
         storage = super()._allocate(n)
-        storage["potentials"] = np.empty((n, self.matrix.shape[1]), dtype=self.dtype)
+        storage["potentials"] = np.empty((n, self.units), dtype=self.dtype)
         return storage
 
     def _make_views(self, n: int) -> _Views:
         views = super()._make_views(n)
-        views.biased = views.inputs  # (n, inputs + 1), rows 2 * (inputs + 1) apart
         views.potentials = self._storage["potentials"][:n]
-        views.gathering = self.gathers and n == 1
-        if views.gathering:
+        if self.gathers and n == 1:
             views.events_values = views.inputs[0, : self.inputs]
             if not hasattr(self, "_gathered"):  # kept across reallocations: batch 1 always gathers
                 self._nonzero = np.empty(self.inputs, dtype=bool)
@@ -447,33 +452,53 @@ class _DenseStage(_Stage):
                 self._events[1, 0] = 0
         return views
 
-    def run(self, n: int, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        views = self._work(n)
-        if views.gathering:
-            nonzero = self._nonzero
-            np.not_equal(views.events_values, 0, out=nonzero)
-            index = nonzero.nonzero()[0]  # 7x faster on booleans than on floats
-            self.gathered = index.size <= self.inputs * _GATHER_MAX_DENSITY
-        if views.gathering and self.gathered:
-            end = index.size + 1
-            rows, events = self._gathered[1:end], self._events[:, :end]
-            np.take(self.events_matrix, index, axis=0, out=rows, mode="wrap")
-            np.take(views.events_values, index, out=events[0, 1:], mode="wrap")
-            counts = np.matmul(events, self._gathered[:end])  # (2, units + 2)
-            potentials = counts[:1, : self.out_shape[2]]
-        else:
-            counts = self._count(views)
-            potentials = np.matmul(views.biased, self.matrix, out=views.potentials)
-        potentials = potentials.reshape(n, *self.out_shape)
+    def runner(self, n: int) -> Callable[[_Views, np.ndarray | None], np.ndarray]:
+        if not self.gathers:
+            return self._run_counted
+        return self._run_events if n == 1 else self._run_dense
+
+    def _run_counted(self, views: _Views, out: np.ndarray | None) -> np.ndarray:
+        np.minimum(views.values, self.ones, out=views.indicator)
+        # (2n, units + 2): frame m's inputs, then its indicator, times (weights, 1, fan-out)
+        product = np.matmul(views.rows, self.matrix, out=views.counts)
+        potentials = product[::2, : self.units]
         if self.firing is not None:
             self.firing(potentials, out)
-        return counts, potentials
+        return potentials
 
-    def layout(self, n: int, gathered: bool = False) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-        if not gathered:
+    def _run_dense(self, views: _Views, out: np.ndarray | None) -> np.ndarray:
+        self._count(views)
+        potentials = np.matmul(views.inputs, self.matrix, out=views.potentials)
+        if self.firing is not None:
+            self.firing(potentials, out)
+        return potentials
+
+    def _run_events(self, views: _Views, out: np.ndarray | None) -> np.ndarray:
+        nonzero = self._nonzero
+        np.not_equal(views.events_values, 0, out=nonzero)
+        index = nonzero.nonzero()[0]  # 7x faster on booleans than on floats
+        self.gathered = index.size <= self.inputs * _GATHER_MAX_DENSITY
+        if not self.gathered:
+            return self._run_dense(views, out)
+        end = index.size + 1
+        self.events_matrix.take(index, axis=0, out=self._gathered[1:end], mode="wrap")
+        events = self._events[:, :end]
+        views.events_values.take(index, out=events[0, 1:], mode="wrap")
+        product = np.matmul(events, self._gathered[:end], out=views.gathered_counts)  # (2, units + 2)
+        potentials = product[:1, : self.units]
+        if self.firing is not None:
+            self.firing(potentials, out)
+        return potentials
+
+    def layout(self, n: int, gathered: bool = False) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]:
+        width = self.units + 2
+        if gathered:  # row 0: potentials, (inputs . fan-out), input sum; row 1: 1's products
+            return (2, width), np.array([width - 1]), np.array([2 * width - 1]), np.array([2 * width - 2])
+        if self.gathers:
             return super().layout(n)
-        width = self.out_shape[2] + 2  # row 0: potentials, (inputs . fan-out), input sum; row 1: 1's products
-        return 2 * width, np.array([width - 1]), np.array([2 * width - 1]), np.array([2 * width - 2])
+        # per frame, row 2m: potentials, input sum, (inputs . fan-out); row 2m + 1: indicator's products
+        frame = 2 * width * np.arange(n)
+        return (2 * n, width), frame + self.units, frame + width + self.units, frame + width + self.units + 1
 
 
 def _regular_pool(members: np.ndarray) -> int | None:
@@ -549,10 +574,18 @@ class Simulator:
             _DenseStage(layer) if isinstance(layer, Dense) else _ConvStage(layer) for layer in model.layers
         )
         self._outputs = _Outputs(model.layers[-1]) if model.layers[-1].activation else None
+        self._input_shape, self._output_shape = model.input_shape, model.output_shape
         # the counts' constants: 0 (output_spikes of a layer without activation), then dense_synaptic_ops
         self._constants = np.array([0] + [stage.dense_ops for stage in self._stages], dtype=np.int64)
+        dtypes = {stage.dtype for stage in self._stages} | {self._outputs.dtype if self._outputs else np.float32}
+        exact = dtypes == {np.float32} and max(self._constants) < FLOAT32_EXACT and model.layers[-1].neurons < FLOAT32_EXACT
+        self._counts_dtype = np.float32 if exact else np.float64
         self._gatherers = [stage for stage in self._stages if isinstance(stage, _DenseStage) and stage.gathers]
+        self._static = [dict(zip(("name", *STATIC), (stage.name, *stage.static_values), strict=True))
+                        for stage in self._stages]
         self._indices: dict[object, np.ndarray] = {}
+        self._plans: dict[int, tuple] = {}
+        self._capacity = 0
 
     def run(self, frames: np.ndarray) -> SimResult:
         self._check(frames)
@@ -565,66 +598,102 @@ class Simulator:
         )
 
     def _check(self, frames: np.ndarray) -> None:
-        expected = self.model.input_shape
+        expected = self._input_shape
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
             raise DataError(f"frames must be a uint8 array, got {getattr(frames, 'dtype', type(frames).__name__)}")
         if frames.ndim != 4 or frames.shape[1:] != expected or frames.shape[0] == 0:
             raise DataError(f"frames must have shape (N>0, {', '.join(map(str, expected))}), got {frames.shape}")
 
+    def _regions(self, n: int) -> tuple[list[dict[bool, int]], int, int, int]:
+        """Where each producer of counts writes in the counts buffer for n frames: per layer, its
+        counts' offset (and at batch 1, for a layer that gathers its events, its gathered product's);
+        the last layer's output counts'; the constants'; and the buffer's size."""
+        regions, size = [], 0
+        for stage in self._stages:
+            region = {}
+            for gathered in (False, True) if n == 1 and stage in self._gatherers else (False,):
+                region[gathered] = size
+                size += int(np.prod(stage.layout(n, gathered)[0]))
+            regions.append(region)
+        final = size
+        size += int(np.prod(self._outputs.layout(n)[0])) if self._outputs is not None else n
+        return regions, final, size, size + len(self._constants)
+
+    def _plan(self, n: int) -> tuple:
+        """For n frames: where the frames go, (run, views, out) per layer, the output views, the
+        counts buffer (every producer writes its counts there, through ``out=``) and the slot of
+        the last layer's output events when it has no activation."""
+        if n > self._capacity:  # the work arrays are about to grow: every cached view would be stale
+            self._plans, self._capacity = {}, n
+        views = [stage._work(n) for stage in self._stages]
+        final = self._outputs._work(n) if self._outputs is not None else None
+        regions, final_at, constants_at, size = self._regions(n)
+        counts = np.zeros(size, dtype=self._counts_dtype)
+        counts[constants_at:] = self._constants
+        steps = []
+        for stage, own, following, region in zip(self._stages, views, [*views[1:], final], regions, strict=True):
+            for gathered, at in region.items():
+                shape = stage.layout(n, gathered)[0]
+                setattr(own, "gathered_counts" if gathered else "counts", counts[at : at + shape[0] * shape[1]].reshape(shape))
+            out = None
+            if following is not None:  # the next layer's input interior, shaped like this layer's potentials
+                out = following.interior if isinstance(stage, _ConvStage) else following.interior.reshape(n, -1)
+                assert np.shares_memory(out, following.pair)
+            steps.append((stage.runner(n), own, out))
+        if final is not None:
+            final.counts = counts[final_at:constants_at].reshape(self._outputs.layout(n)[0])
+        plan = self._plans[n] = (views[0].interior, tuple(steps), final, counts, counts[final_at : final_at + n])
+        return plan
+
     def _run_batch(self, frames: np.ndarray) -> SimResult:
         n = frames.shape[0]
-        stages, outputs = self._stages, self._outputs
-        np.copyto(stages[0].interior(n), frames)
-        parts = []
-        for stage, following in zip(stages, (*stages[1:], outputs), strict=True):
-            counts, potentials = stage.run(n, following.interior(n) if following is not None else None)
-            parts.append(counts)
-        if outputs is not None:
-            parts.append(outputs.run(n))
-            result = outputs.interior(n).astype(np.uint8)
+        first, steps, final, counts, emitted = self._plans.get(n) or self._plan(n)
+        np.copyto(first, frames)
+        for run, views, out in steps:
+            potentials = run(views, out)
+        if final is not None:
+            self._outputs._count(final)
+            result = final.interior.astype(np.uint8)
         else:  # the last layer emits its potentials: return them as int32, count their non-zeros
-            result = potentials.astype(np.int32)
-            parts.append((np.count_nonzero(result),) if n == 1 else np.count_nonzero(result.reshape(n, -1), axis=1))
-        parts.append(self._constants)
+            result = potentials.astype(np.int32).reshape(n, *self._output_shape)
+            emitted[:] = np.count_nonzero(result) if n == 1 else np.count_nonzero(result.reshape(n, -1), axis=1)
         # the counts' layout depends on n and, at batch 1, on which layers gathered their events
         key = n if n > 1 or not self._gatherers else tuple([stage.gathered for stage in self._gatherers])
         index = self._indices.get(key)
         if index is None:
             index = self._indices[key] = self._count_index(n)
-        # every count is an exact integer in its float: one cast, one gather into (layers, PER_FRAME, n)
-        counts = np.concatenate(parts, axis=None, dtype=np.int64, casting="unsafe").take(index)
-        return SimResult(result, self._counters(counts))
+        # every count is an exact integer in its float: one gather into (layers, PER_FRAME, n), one cast
+        return SimResult(result, self._counters(counts.take(index).astype(np.int64)))
 
     def _count_index(self, n: int) -> np.ndarray:
-        """Where each counter of :meth:`_run_batch` is in its concatenated parts: (layers, PER_FRAME, n)."""
-        offset, sums, events, synaptic = 0, [], [], []
-        for stage in self._stages:
-            size, *where = stage.layout(n, n == 1 and getattr(stage, "gathered", False))
+        """Where each counter is in the counts buffer of :meth:`_plan`: (layers, PER_FRAME, n)."""
+        regions, final_at, constants_at, _ = self._regions(n)
+        sums, events, synaptic = [], [], []
+        for stage, region in zip(self._stages, regions, strict=True):
+            gathered = n == 1 and stage in self._gatherers and stage.gathered
+            _, *where = stage.layout(n, gathered)
             for found, at in zip((sums, events, synaptic), where, strict=True):
-                found.append(offset + at)
-            offset += size
+                found.append(region[gathered] + at)
         if self._outputs is None:
-            sums.append(np.full(n, offset + n))  # the constant 0
-            events.append(offset + np.arange(n))
-            offset += n
+            sums.append(np.full(n, constants_at))  # the constant 0
+            events.append(final_at + np.arange(n))
         else:
-            size, spikes, emitted, _ = self._outputs.layout(n)
-            sums.append(offset + spikes)
-            events.append(offset + emitted)
-            offset += size
+            _, spikes, emitted, _ = self._outputs.layout(n)
+            sums.append(final_at + spikes)
+            events.append(final_at + emitted)
         index = np.empty((len(self._stages), len(PER_FRAME), n), dtype=np.int64)
         for k in range(len(self._stages)):
             index[k, _INPUT_EVENTS] = events[k]
             index[k, _SYNAPTIC_OPS] = synaptic[k]
             index[k, _OUTPUT_EVENTS] = events[k + 1]  # a layer's output events are the next one's input events
             index[k, _OUTPUT_SPIKES] = sums[k + 1]  # ... and its spikes the next one's input sum
-            index[k, _DENSE_SYNAPTIC_OPS] = offset + 1 + k
+            index[k, _DENSE_SYNAPTIC_OPS] = constants_at + 1 + k
         return index
 
     def _counters(self, counts: np.ndarray) -> Counters:
-        return Counters(
-            tuple(
-                LayerCounters(stage.name, *stage.static_values, *rows)  # fields in STATIC, PER_FRAME order
-                for stage, rows in zip(self._stages, counts, strict=True)
-            )
-        )
+        per_frame = len(PER_FRAME)
+        rows = list(counts.reshape(-1, counts.shape[-1]))  # (layers * PER_FRAME) arrays of n counts
+        return Counters(tuple([
+            LayerCounters._of(static, rows[k * per_frame : (k + 1) * per_frame])
+            for k, static in enumerate(self._static)
+        ]))

@@ -6,13 +6,13 @@ socket pair, FD here, with multiprocessing's :class:`~multiprocessing.connection
 framing. The first message from the parent is the settings (a dict); after that, any message from
 the parent, or its end of the socket closing (the daemon died), means "stop".
 
-To the parent, after every read that brought something, goes one list of records, in order:
+To the parent goes a list of records, in order, for one or more reads (see ``Reader._pump``):
 
 * ``("up", bool, text)``: the port opened, could not be opened, or was lost (``text`` is for the log);
 * ``("bytes", n)``: raw bytes read;
 * ``("corrupt", kind, detail)``: a packet dropped (:class:`~edge_runtime.protocol.BadPacket`);
 * ``("frames", received_at, pixels, [(seq, shape, missing), ...])``: frames decoded from one read,
-  their pixels concatenated in one bytes object (one pickle and one copy per read, not per frame);
+  their pixels concatenated in one bytes object (one copy per read, not per frame);
   ``received_at`` is ``time.monotonic()``, which is one system-wide clock on Linux.
 
 The last message is ``[("end",)]`` once the parent asked to stop, or ``[("error", traceback)]`` on a bug.
@@ -36,6 +36,8 @@ from ..protocol import BadPacket, DecodedFrame, FrameDecoder
 from .serial_source import Backoff
 
 Record = tuple[Any, ...]
+# Frames decoded before they are sent even though more bytes are waiting (see Reader._pump).
+MAX_BATCH_FRAMES = 64
 
 
 class ParentGone(Exception):
@@ -104,31 +106,51 @@ class Reader:
         return True
 
     def _pump(self) -> bool:
-        """Read until the port fails or the parent asks to stop; return whether bytes came."""
+        """Read until the port fails or the parent asks to stop; return whether bytes came.
+
+        Reads are sent in batches: whenever the port has nothing more waiting (so a frame is never
+        held back while we wait for the next one) or :data:`MAX_BATCH_FRAMES` frames are pending.
+        A sensor at a steady rate therefore gets one message per packet, a burst one per batch,
+        and the daemon wakes up once per batch rather than once per read.
+        """
         port, parent = self._port, self._parent
         received = False
+        batch: list[Record] = []
+        pending = 0
         while not parent.wait_for_stop(0):
             try:
+                waiting = port.in_waiting
+                if batch and (not waiting or pending >= MAX_BATCH_FRAMES):
+                    parent.send(batch)
+                    batch, pending = [], 0
                 # What is there (4 KiB at most from a pty), or wait up to the timeout for 1 byte.
-                chunk = port.read(port.in_waiting or 1)
+                chunk = port.read(waiting or 1)
             except (serial.SerialException, OSError) as error:
-                parent.send([("up", False, f"lost sensor port {self._url}: {error}; reconnecting")])
+                batch.append(("up", False, f"lost sensor port {self._url}: {error}; reconnecting"))
+                parent.send(batch)
                 return received
             if chunk:
                 received = True
-                parent.send(records(len(chunk), self._decoder.feed(chunk), time.monotonic()))
+                pending += add_records(batch, len(chunk), self._decoder.feed(chunk), time.monotonic())
+        if batch:
+            parent.send(batch)
         return received
 
 
-def records(n_bytes: int, decoded: Sequence[DecodedFrame | BadPacket], now: float) -> list[Record]:
-    """The message for one read: its byte count, then bad packets and runs of frames in order."""
-    out: list[Record] = [("bytes", n_bytes)]
+def add_records(out: list[Record], n_bytes: int, decoded: Sequence[DecodedFrame | BadPacket], now: float) -> int:
+    """Append what one read brought: its byte count, then bad packets and runs of frames in order.
+
+    Returns the number of frames appended.
+    """
+    out.append(("bytes", n_bytes))
     pixels: list[Any] = []
     frames: list[tuple[int, tuple[int, ...], int]] = []
+    count = 0
     for item in decoded:
         if isinstance(item, BadPacket):
             if frames:
                 out.append(("frames", now, b"".join(pixels), frames))
+                count += len(frames)
                 pixels, frames = [], []
             out.append(("corrupt", item.kind, item.detail))
         else:
@@ -136,7 +158,8 @@ def records(n_bytes: int, decoded: Sequence[DecodedFrame | BadPacket], now: floa
             frames.append((item.seq, item.image.shape, item.missing))
     if frames:
         out.append(("frames", now, b"".join(pixels), frames))
-    return out
+        count += len(frames)
+    return count
 
 
 def main(argv: Sequence[str] | None = None) -> int:
