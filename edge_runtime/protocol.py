@@ -228,8 +228,15 @@ class FrameDecoder:
         results: list[DecodedFrame | BadPacket] = []
         start = 0
         while (end := chunk.find(DELIMITER, start)) != -1:
-            self._collect(chunk[start:end], results)
-            self._complete(results)
+            if self._buffer or self._discarding:
+                self._collect(chunk[start:end], results)
+                packet = bytes(self._buffer)
+            else:  # the whole packet is in this chunk (the usual case): parse it without buffering
+                packet = chunk[start:end]
+                if len(packet) > self._limit:
+                    self._report(BadPacket("oversize", f"no delimiter within {self._limit} bytes"), results)
+                    packet = b""
+            self._complete(packet, results)
             start = end + 1
         self._collect(chunk[start:], results)
         return results
@@ -244,9 +251,10 @@ class FrameDecoder:
             return
         self._buffer += data
 
-    def _complete(self, results: list[DecodedFrame | BadPacket]) -> None:
-        if self._buffer:
-            item = parse_packet(bytes(self._buffer), self._max_payload)
+    def _complete(self, packet: bytes, results: list[DecodedFrame | BadPacket]) -> None:
+        """A delimiter ended ``packet`` (empty: nothing, or only bytes already discarded)."""
+        if packet:
+            item = parse_packet(packet, self._max_payload)
             if isinstance(item, BadPacket):
                 self._report(item, results)
             else:
@@ -265,4 +273,4 @@ class FrameDecoder:
         missing = max(0, gap - self._bad_since_last)
         self._last_seq = frame.seq
         self._bad_since_last = 0
-        return DecodedFrame(frame.seq, frame.image, missing)
+        return DecodedFrame(frame.seq, frame.image, missing) if missing else frame

@@ -19,11 +19,13 @@ non-zero inputs:
   39 us per frame and 4.5 ms per 100 frames at every density.
 
 NumPy moves an element through fancy indexing 20-50x slower than BLAS does a multiply-add, so at
-10-30 % density touching only events does not pay (gathering only the event rows of a
-FullyConnected layer's weights was no faster either: 23-30 us vs 23 us). Zeros add nothing to a
-sum, so the dense product gives the same potentials; the event counts do not come from the product
-but from the event indicators times per-input fan-out tables built once per layer, so they are
-exact whatever the arithmetic does.
+10-30 % density touching only events does not pay for a convolution. Zeros add nothing to a sum,
+so the dense product gives the same potentials. The exception is a large FullyConnected layer at
+batch 1, where whole weight rows move per event: copying the event rows into a preallocated buffer
+(``take(out=...)``) and multiplying those is faster than reading the whole matrix (see
+:class:`_DenseStage`). The event counts do not come from the potentials' product but from event
+indicators times per-input fan-out tables built once per layer, so they are exact whatever the
+arithmetic does.
 
 Why float arithmetic is exact. Potentials are sums of integer products; a float32 product is exact
 while every partial sum stays below 2**24 in magnitude, which each layer checks once from its
@@ -31,15 +33,21 @@ weights and its input range (float64, exact to 2**53, otherwise). The firing rul
 path whose exactness conditions are checked the same way, and an integer path that reproduces the
 engine's 32-bit wrap-around for the (absurd) thresholds where that path could differ.
 
-Why buffers are reused. At batch 1 a run is ~80 small NumPy calls, so allocation counts; at
-larger batches fresh multi-megabyte temporaries cost page faults. Each layer therefore keeps its
-work arrays (grown to the largest batch seen), which makes a :class:`Simulator` unsafe to share
-between threads (use one per thread).
+Why buffers are reused and the layers chained through them. At batch 1 a run is ~35 NumPy calls
+of 0.5-1 us overhead each (the MNIST model's real work is ~60 us), so calls and allocations count.
+Each layer keeps its work arrays (grown to the largest batch seen) and an input buffer, padded
+for its kernel, into whose interior the previous layer fires directly; every count is written,
+through ``out=``, into one buffer from which one ``take`` gathers all counters. This makes a
+:class:`Simulator` unsafe to share between threads (use one per thread).
 
-Where the time goes (MNIST model of bench/simulator.py, one frame, one BLAS thread, ~130 us):
-the three big products (~25 us each for the Conv and the first FullyConnected, whose 1.6 MB of
-float32 weights also evict the other layers' data from the 1 MB L2 cache), ~55 small NumPy calls
-(firing, counting, buffers) and building the result. At batch 32 the same model takes ~70 us a frame.
+Where the time goes (MNIST model of bench/simulator.py, one BLAS thread, batch 1, ~97 us CPU a
+frame on a shared 2-core AMD EPYC VM where akida's engine takes ~315 us; it was ~135 us before the
+changes above): the input layer 22 us (a 6 us product, pooling, firing), the Conv layer 28 us (a
+17 us product, at the BLAS kernel's peak for its 0.9 M multiply-adds), the first FullyConnected
+22 us (8.5 us to copy its event rows, 5 us product), the last layer 2 us and building the result
+(counts and counters) 8 us; the rest is cache misses between layers. Measured in a full run,
+gathering the FullyConnected's event rows saves 7.6 us a frame and the strided im2col 4.5 us. At
+batch 32 the same model takes ~70-80 us a frame.
 """
 
 from __future__ import annotations
@@ -168,7 +176,7 @@ class _Inputs:
     fan-out) of every real input (0 on the padding and the bias), then gives every frame's input sum
     (the previous layer's output_spikes), input_events and synaptic_ops together (for the last
     layer's outputs ``counting`` is one column of ones: their sum and their non-zeros). The sums are
-    exact (float32 where they stay below 2**24). This replaced ~20 NumPy calls per frame with 8.
+    exact (float32 where they stay below 2**24). Two NumPy calls per layer instead of seven.
     """
 
     shape: tuple[int, int, int]  # (X, Y, C) without padding
@@ -215,7 +223,7 @@ class _Inputs:
     def _make_views(self, n: int) -> _Views:
         (x, y, _), (bx, by) = self.shape, self.before
         views = _Views()
-        views.n = n
+        views.dtype = self.dtype
         views.pair = self._storage["pair"][:n]
         views.inputs = views.pair[:, 0]  # (n, P + 1): the padded map, then the bias input
         views.values = views.inputs[:, : self.size].reshape(n, *self.padded)
@@ -223,14 +231,14 @@ class _Inputs:
         views.interior = views.values[:, bx : bx + x, by : by + y, :]
         views.rows = views.pair.reshape(2 * n, -1)  # frame m: row 2m its inputs, row 2m + 1 its indicator
         views.flat = views.pair.reshape(n, -1)  # per frame: inputs, bias, indicator, 0
-        assert np.shares_memory(views.values, views.pair) and np.shares_memory(views.indicator, views.pair)
+        assert np.may_share_memory(views.values, views.pair) and np.may_share_memory(views.indicator, views.pair)
         return views
 
     def _count(self, views: _Views) -> None:
         """(2n, columns) sums into ``views.counts``: row 2m is frame m's inputs times ``counting``,
         row 2m + 1 its indicator's."""
         np.minimum(views.values, self.ones, out=views.indicator)
-        np.matmul(views.rows, self.counting, out=views.counts)
+        views.dot(views.rows, self.counting, out=views.counts)
 
     def layout(self, n: int, gathered: bool = False) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]:
         """The counts' array (shape) and where in it (flat) are the input sums, events and synaptic ops."""
@@ -247,14 +255,13 @@ class _Outputs(_Inputs):
         self._set_inputs(layer.output_shape, (0, 0), (0, 0), [np.ones(layer.neurons)], 0, dtype)
 
 
-
 class _Stage(_Inputs):
     """What the simulator needs of every layer: its input buffer, potentials, firing, static counts.
 
     ``matrix`` has one row per fan-in input and a last row for the bias input (always 1): minus the
-    threshold where the fast firing rule applies and every partial sum, threshold included, stays
-    below 2**24 (exact in float32); else 0. Folding the threshold into the product saves a pass
-    over the potentials.
+    threshold where the fast firing rule applies and the product stays exact with it (float64, or
+    every partial sum, threshold included, below 2**24); else 0. Folding the threshold into the
+    product saves the firing a pass over the potentials.
     """
 
     name: str
@@ -287,7 +294,7 @@ class _Stage(_Inputs):
             self.firing = _Firing(layer, max_potential, largest_sum < FLOAT32_EXACT, shape)
             threshold = layer.threshold.astype(np.int64)
             largest_biased = int((np.abs(matrix).sum(axis=0) * input_max + np.abs(threshold)).max())
-            if self.firing.fast and dtype == np.float32 and largest_biased < FLOAT32_EXACT:
+            if self.firing.fast and (dtype == np.float64 or largest_biased < FLOAT32_EXACT):
                 self.firing.folded, bias[0] = True, -threshold
         self.matrix = np.concatenate([matrix, bias]).astype(dtype)
         self.dense_ops = dense_ops
@@ -311,7 +318,7 @@ class _ConvStage(_Stage):
     cross-correlate. The im2col rows are, for each pooling-window member and each pooled position,
     the receptive field of the pre-pooling neuron there (then the bias input), so pooling is one
     ``max`` over members. When the pooling windows tile the map regularly, the im2col is a strided
-    view of the padded input copied in one call (4x faster than a gather for the MNIST Conv); with
+    view of the padded input copied in one call (2.4 us vs 6.6 us with a gather for the MNIST Conv); with
     few channels the copy's contiguous runs get too short (12 us vs 3 us for the MNIST input
     layer), and clamped 'same' pooling windows (which repeat one of their own neurons; max ignores
     duplicates) are not strided at all: those use a gather by index.
@@ -362,7 +369,7 @@ class _ConvStage(_Stage):
         if self.strided:
             views.window = self._window(views.values)
             views.fields_window = views.fields[:, :, :-1].reshape(views.window.shape)  # all but the bias column
-            assert np.shares_memory(views.fields_window, views.fields)
+            assert np.may_share_memory(views.fields_window, views.fields)  # a view, not a copy
         return views
 
     def _window(self, values: np.ndarray) -> np.ndarray:
@@ -386,13 +393,14 @@ class _ConvStage(_Stage):
         return self._run
 
     def _run(self, views: _Views, out: np.ndarray | None) -> np.ndarray:
-        self._count(views)
+        np.minimum(views.values, self.ones, out=views.indicator)  # self._count(views), inlined
+        views.dot(views.rows, self.counting, out=views.counts)
         if self.strided:
             np.copyto(views.fields_window, views.window)
         else:
             # indices are in range by construction; mode="wrap" skips the bounds-error path (1.6x faster)
             views.flat.take(self.gather, axis=1, out=views.fields, mode="wrap")
-        np.matmul(views.fields_rows, self.matrix, out=views.products)
+        np.dot(views.fields_rows, self.matrix, out=views.products)
         if self.members > 1:
             np.maximum.reduce(views.members, axis=1, out=views.pooled)
         if self.firing is not None:
@@ -426,6 +434,7 @@ class _DenseStage(_Stage):
         self._finish(layer, matrix, fanout, int(matrix.size))
         self.gathers = matrix.size >= _GATHER_MIN_WEIGHTS
         self.gathered = False  # whether the last run at batch 1 gathered (its counts' layout)
+        self._gather_limit = int(self.inputs * _GATHER_MAX_DENSITY)
         if self.gathers:  # C order: each event's row is contiguous
             counted = np.column_stack([self.matrix[:-1], fanout, np.ones_like(fanout)])
             self.events_matrix = np.ascontiguousarray(counted, dtype=self.dtype)
@@ -450,6 +459,7 @@ class _DenseStage(_Stage):
                 # row 0: 1 (bias), then the event values; row 1: 0, then ones
                 self._events = np.ones((2, self.inputs + 1), dtype=self.dtype)
                 self._events[1, 0] = 0
+                self._gathered_rows, self._event_values = self._gathered[1:], self._events[0, 1:]
         return views
 
     def runner(self, n: int) -> Callable[[_Views, np.ndarray | None], np.ndarray]:
@@ -460,7 +470,7 @@ class _DenseStage(_Stage):
     def _run_counted(self, views: _Views, out: np.ndarray | None) -> np.ndarray:
         np.minimum(views.values, self.ones, out=views.indicator)
         # (2n, units + 2): frame m's inputs, then its indicator, times (weights, 1, fan-out)
-        product = np.matmul(views.rows, self.matrix, out=views.counts)
+        product = views.dot(views.rows, self.matrix, out=views.counts)
         potentials = product[::2, : self.units]
         if self.firing is not None:
             self.firing(potentials, out)
@@ -477,14 +487,14 @@ class _DenseStage(_Stage):
         nonzero = self._nonzero
         np.not_equal(views.events_values, 0, out=nonzero)
         index = nonzero.nonzero()[0]  # 7x faster on booleans than on floats
-        self.gathered = index.size <= self.inputs * _GATHER_MAX_DENSITY
+        events = index.size
+        self.gathered = events <= self._gather_limit
         if not self.gathered:
             return self._run_dense(views, out)
-        end = index.size + 1
-        self.events_matrix.take(index, axis=0, out=self._gathered[1:end], mode="wrap")
-        events = self._events[:, :end]
-        views.events_values.take(index, out=events[0, 1:], mode="wrap")
-        product = np.matmul(events, self._gathered[:end], out=views.gathered_counts)  # (2, units + 2)
+        self.events_matrix.take(index, axis=0, out=self._gathered_rows[:events], mode="wrap")
+        views.events_values.take(index, out=self._event_values[:events], mode="wrap")
+        # (bias, events) x (units, fan-out, 1) -> (2, units + 2)
+        product = views.dot(self._events[:, : events + 1], self._gathered[: events + 1], out=views.gathered_counts)
         potentials = product[:1, : self.units]
         if self.firing is not None:
             self.firing(potentials, out)
@@ -557,7 +567,7 @@ class Simulator:
     """Runs an :class:`AkidaModel` on uint8 frames ``(N, X, Y, C)``, ``max_batch`` frames at a time.
 
     Larger inputs are cut into batches of ``max_batch``: 32 keeps an MNIST model's work arrays
-    (about 0.1 MB per frame) in cache; measured 68 us per frame vs 83 us in batches of 100.
+    (about 0.1 MB per frame) in cache; measured 79 us per frame vs 84 us in batches of 100.
     Not thread-safe (work arrays are reused): use one Simulator per thread.
     """
 
@@ -577,9 +587,10 @@ class Simulator:
         self._input_shape, self._output_shape = model.input_shape, model.output_shape
         # the counts' constants: 0 (output_spikes of a layer without activation), then dense_synaptic_ops
         self._constants = np.array([0] + [stage.dense_ops for stage in self._stages], dtype=np.int64)
+        # the counts buffer: float32 if every product writing to it is, and every count fits exactly
         dtypes = {stage.dtype for stage in self._stages} | {self._outputs.dtype if self._outputs else np.float32}
-        exact = dtypes == {np.float32} and max(self._constants) < FLOAT32_EXACT and model.layers[-1].neurons < FLOAT32_EXACT
-        self._counts_dtype = np.float32 if exact else np.float64
+        largest = max(*self._constants, model.layers[-1].neurons)
+        self._counts_dtype = np.float32 if dtypes == {np.float32} and largest < FLOAT32_EXACT else np.float64
         self._gatherers = [stage for stage in self._stages if isinstance(stage, _DenseStage) and stage.gathers]
         self._static = [dict(zip(("name", *STATIC), (stage.name, *stage.static_values), strict=True))
                         for stage in self._stages]
@@ -633,21 +644,26 @@ class Simulator:
         steps = []
         for stage, own, following, region in zip(self._stages, views, [*views[1:], final], regions, strict=True):
             for gathered, at in region.items():
-                shape = stage.layout(n, gathered)[0]
-                setattr(own, "gathered_counts" if gathered else "counts", counts[at : at + shape[0] * shape[1]].reshape(shape))
+                rows, columns = stage.layout(n, gathered)[0]
+                region_counts = counts[at : at + rows * columns].reshape(rows, columns)
+                setattr(own, "gathered_counts" if gathered else "counts", region_counts)
             out = None
             if following is not None:  # the next layer's input interior, shaped like this layer's potentials
                 out = following.interior if isinstance(stage, _ConvStage) else following.interior.reshape(n, -1)
-                assert np.shares_memory(out, following.pair)
+                assert np.may_share_memory(out, following.pair)
+            # np.dot: 0.5 us less per call than np.matmul, but only writes an out= of its own dtype
+            own.dot = np.dot if own.dtype == counts.dtype else np.matmul
             steps.append((stage.runner(n), own, out))
         if final is not None:
             final.counts = counts[final_at:constants_at].reshape(self._outputs.layout(n)[0])
-        plan = self._plans[n] = (views[0].interior, tuple(steps), final, counts, counts[final_at : final_at + n])
+            final.dot = np.dot if final.dtype == counts.dtype else np.matmul
+        shape = (n, *self._output_shape)
+        plan = self._plans[n] = (views[0].interior, tuple(steps), final, counts, counts[final_at : final_at + n], shape)
         return plan
 
     def _run_batch(self, frames: np.ndarray) -> SimResult:
         n = frames.shape[0]
-        first, steps, final, counts, emitted = self._plans.get(n) or self._plan(n)
+        first, steps, final, counts, emitted, shape = self._plans.get(n) or self._plan(n)
         np.copyto(first, frames)
         for run, views, out in steps:
             potentials = run(views, out)
@@ -655,7 +671,7 @@ class Simulator:
             self._outputs._count(final)
             result = final.interior.astype(np.uint8)
         else:  # the last layer emits its potentials: return them as int32, count their non-zeros
-            result = potentials.astype(np.int32).reshape(n, *self._output_shape)
+            result = potentials.astype(np.int32).reshape(shape)
             emitted[:] = np.count_nonzero(result) if n == 1 else np.count_nonzero(result.reshape(n, -1), axis=1)
         # the counts' layout depends on n and, at batch 1, on which layers gathered their events
         key = n if n > 1 or not self._gatherers else tuple([stage.gathered for stage in self._gatherers])

@@ -11,8 +11,8 @@ To the parent goes a list of records, in order, for one or more reads (see ``Rea
 * ``("up", bool, text)``: the port opened, could not be opened, or was lost (``text`` is for the log);
 * ``("bytes", n)``: raw bytes read;
 * ``("corrupt", kind, detail)``: a packet dropped (:class:`~edge_runtime.protocol.BadPacket`);
-* ``("frames", received_at, pixels, [(seq, shape, missing), ...])``: frames decoded from one read,
-  their pixels concatenated in one bytes object (one copy per read, not per frame);
+* ``("frames", received_at, shape, pixels, [(seq, missing), ...])``: frames of one shape decoded from
+  one read, their pixels concatenated in one bytes object (one copy per read, not per frame);
   ``received_at`` is ``time.monotonic()``, which is one system-wide clock on Linux.
 
 The last message is ``[("end",)]`` once the parent asked to stop, or ``[("error", traceback)]`` on a bug.
@@ -111,18 +111,22 @@ class Reader:
         Reads are sent in batches: whenever the port has nothing more waiting (so a frame is never
         held back while we wait for the next one) or :data:`MAX_BATCH_FRAMES` frames are pending.
         A sensor at a steady rate therefore gets one message per packet, a burst one per batch,
-        and the daemon wakes up once per batch rather than once per read.
+        and the daemon wakes up once per batch rather than once per read. A stop request is looked
+        for at the same moments, so within a read timeout or a batch.
         """
         port, parent = self._port, self._parent
         received = False
         batch: list[Record] = []
         pending = 0
-        while not parent.wait_for_stop(0):
+        while True:
             try:
                 waiting = port.in_waiting
-                if batch and (not waiting or pending >= MAX_BATCH_FRAMES):
-                    parent.send(batch)
-                    batch, pending = [], 0
+                if not waiting or pending >= MAX_BATCH_FRAMES:
+                    if batch:
+                        parent.send(batch)
+                        batch, pending = [], 0
+                    if parent.wait_for_stop(0):
+                        return received
                 # What is there (4 KiB at most from a pty), or wait up to the timeout for 1 byte.
                 chunk = port.read(waiting or 1)
             except (serial.SerialException, OSError) as error:
@@ -132,32 +136,32 @@ class Reader:
             if chunk:
                 received = True
                 pending += add_records(batch, len(chunk), self._decoder.feed(chunk), time.monotonic())
-        if batch:
-            parent.send(batch)
-        return received
 
 
 def add_records(out: list[Record], n_bytes: int, decoded: Sequence[DecodedFrame | BadPacket], now: float) -> int:
-    """Append what one read brought: its byte count, then bad packets and runs of frames in order.
+    """Append what one read brought: its byte count, then bad packets and runs of frames, in order.
 
-    Returns the number of frames appended.
+    A run holds frames of one shape, so the daemon wraps all their pixels in one array. Returns the
+    number of frames appended.
     """
     out.append(("bytes", n_bytes))
     pixels: list[Any] = []
-    frames: list[tuple[int, tuple[int, ...], int]] = []
+    frames: list[tuple[int, int]] = []
+    shape: tuple[int, ...] = ()
     count = 0
     for item in decoded:
+        if frames and (isinstance(item, BadPacket) or item.image.shape != shape):
+            out.append(("frames", now, shape, b"".join(pixels), frames))
+            count += len(frames)
+            pixels, frames = [], []
         if isinstance(item, BadPacket):
-            if frames:
-                out.append(("frames", now, b"".join(pixels), frames))
-                count += len(frames)
-                pixels, frames = [], []
             out.append(("corrupt", item.kind, item.detail))
         else:
+            shape = item.image.shape
             pixels.append(item.image)  # a C-contiguous view of the decoded packet: joined without a copy of its own
-            frames.append((item.seq, item.image.shape, item.missing))
+            frames.append((item.seq, item.missing))
     if frames:
-        out.append(("frames", now, b"".join(pixels), frames))
+        out.append(("frames", now, shape, b"".join(pixels), frames))
         count += len(frames)
     return count
 

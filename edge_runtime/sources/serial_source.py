@@ -188,16 +188,13 @@ class SerialSource:
                 else:
                     raise RuntimeError(f"unknown message from the serial reader: {record!r}")
 
-    def _frames(self, received_at: float, pixels: bytes, frames: list[tuple[int, tuple[int, ...], int]],
-                ) -> Iterator[Frame]:
-        offset = 0
-        for seq, shape, missing in frames:
+    def _frames(self, received_at: float, shape: tuple[int, ...], pixels: bytes,
+                frames: list[tuple[int, int]]) -> Iterator[Frame]:
+        # Read-only views into the message: no copy per frame.
+        images = np.frombuffer(pixels, np.uint8).reshape(len(frames), *shape)
+        for (seq, missing), image in zip(frames, images, strict=True):
             if missing:
                 self._events.dropped("seq_gap", missing)
-            size = shape[0] * shape[1] * shape[2]
-            # A read-only view into the message: no copy per frame.
-            image = np.frombuffer(pixels, np.uint8, size, offset).reshape(shape)
-            offset += size
             yield Frame(seq, image, received_at)
 
     def _set_up(self, up: bool, message: str) -> None:
