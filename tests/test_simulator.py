@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from akida_random import Draw, mnist_like, random_frames, random_model, set_random_variables
 
-from edge_runtime import cli
+from edge_runtime import cli, simulator
 from edge_runtime.akida_model import Conv, Dense, InputConv, from_akida, load_model
 from edge_runtime.counters import PER_FRAME, STATIC
 from edge_runtime.errors import DataError, ModelError
@@ -543,3 +543,27 @@ def test_simulate_refuses_missing_and_corrupt_files_in_one_line(tmp_path, saved_
         code = cli.main(["simulate", model, frames, "--out", str(tmp_path / "o.npz")])
         error = capsys.readouterr().err
         assert code == 2 and message in error and error.count("\n") == 1, error
+
+
+@pytest.mark.parametrize("float32_exact", [simulator.FLOAT32_EXACT, 2**8])
+def test_batch1_gather_and_float64_paths_match_engine_and_default_counters(monkeypatch, float32_exact):
+    """The random models are too small for the batch-1 row gather and rarely need float64 sums; force both
+    paths (gather always, float32 considered exact only below 2**8) and compare outputs with akida's engine
+    and every counter with the default simulator's."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        model = random_model(rng)
+        frames = np.concatenate([random_frames(rng, 2, tuple(model.input_shape)),
+                                 mnist_like(rng, 2, tuple(model.input_shape))])
+        reference = Simulator(from_akida(model)).run(frames)
+        with monkeypatch.context() as patch:
+            patch.setattr(simulator, "_GATHER_MIN_WEIGHTS", 0)
+            patch.setattr(simulator, "_GATHER_MAX_DENSITY", 1.0)
+            patch.setattr(simulator, "FLOAT32_EXACT", float32_exact)
+            forced = Simulator(from_akida(model))
+            one_by_one = [forced.run(frames[i : i + 1]) for i in range(len(frames))]
+        np.testing.assert_array_equal(np.concatenate([r.outputs for r in one_by_one]), model.forward(frames))
+        for name in PER_FRAME:
+            for layer in reference.counters:
+                got = np.concatenate([getattr(r.counters[layer.name], name) for r in one_by_one])
+                np.testing.assert_array_equal(got, getattr(layer, name), err_msg=f"{layer.name}.{name}")
