@@ -72,6 +72,7 @@ class PenaltyConfig:
     form: str = "sigmoid"  # one of PENALTY_FORMS; "l1" is the control (sum of activation values)
     width: float = 0.5  # surrogate gradient half-width, in activation (or weight) quantisation steps
     energy_weighted: bool = True  # weight each layer's events by the energy one event costs there
+    through_weights: bool = False  # ...and let that cost's synaptic ops prune the next layer's weights
     start_epoch: int = 0  # first QAT epoch (0-based) with penalties; ramps linearly over ramp_epochs
     ramp_epochs: int = 1
 

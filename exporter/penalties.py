@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .config import ModelConfig
 from .qat import ZeroAwareNet
 
 
@@ -91,20 +92,27 @@ def valid_taps(size: int, kernel: int, stride: int, pad_before: int) -> int:
     return sum(0 <= stride * o + i - pad_before < size for o in range(out) for i in range(kernel))
 
 
-def mean_fanouts(model: ZeroAwareNet) -> list[float]:
+def dense_per_input(widths: ModelConfig) -> list[float]:
+    """Per activated layer, the synaptic operations one of its output events would cost in the next
+    layer if every weight there were non-zero (``edge_runtime.energy``'s dense ops / inputs).
+
+    For the stride-2 conv, 'Same' padding adds one row and column at the bottom/right, so 20 of the
+    21 (output, tap) pairs per axis are real.
+    """
+    conv_pairs = valid_taps(14, 3, 2, pad_before=0) ** 2
+    return [conv_pairs * widths.conv1 / (14 * 14), float(widths.fc), 10.0]
+
+
+def mean_fanouts(ratios: Sequence[Tensor], widths: ModelConfig, width: float) -> list[Tensor]:
     """Per activated layer, the mean number of non-zero weights one of its output events reaches.
 
-    An event in layer l is one input event of layer l+1 and costs one synaptic operation per non-zero
-    weight it reaches there. Like ``edge_runtime.energy.mean_fanout``: dense operations per input
-    times the non-zero fraction of the weights (for the stride-2 conv, 'Same' padding adds one row and
-    column at the bottom/right, so 20 of 21 taps per axis are real).
+    ``edge_runtime.energy.mean_fanout`` computed from the weights being trained: dense operations per
+    input times the non-zero fraction of the next layer's weights. The fraction is the exact count
+    forward and a sigmoid surrogate backward, so an event's energy can also be lowered by pruning
+    the weights it reaches.
     """
-    with torch.no_grad():
-        weights = [layer.weights for layer in model.quantised_layers()]
-    w = model.widths
-    conv_pairs = valid_taps(14, 3, 2, pad_before=0) ** 2
-    dense_per_input = (conv_pairs * w.conv1 / (14 * 14), float(w.fc), 10.0)
-    return [d * float((x != 0).sum()) / x.numel() for d, x in zip(dense_per_input, weights[1:], strict=True)]
+    return [d * nonzero_indicator(r.abs().flatten() - 0.5, width, "sigmoid").mean()
+            for d, r in zip(dense_per_input(widths), ratios[1:], strict=True)]
 
 
 def layer_neurons(model: ZeroAwareNet) -> list[int]:
@@ -112,9 +120,13 @@ def layer_neurons(model: ZeroAwareNet) -> list[int]:
     return [w.conv0 * 14 * 14, w.conv1 * 7 * 7, w.fc]
 
 
-def activation_penalty(counts: Sequence[Tensor], costs: Sequence[float], neurons: Sequence[int]) -> Tensor:
-    """Modelled event energy per image as a fraction of the energy if every neuron fired (in [0, 1])."""
-    total = sum(c * n for c, n in zip(costs, neurons, strict=True))
+def activation_penalty(counts: Sequence[Tensor], costs: Sequence[Tensor | float], neurons: Sequence[int]) -> Tensor:
+    """Modelled event energy per image as a fraction of the energy if every neuron fired (about [0, 1]).
+
+    ``costs`` may carry gradients (see ``mean_fanouts``); the normaliser does not, so it only sets
+    the scale.
+    """
+    total = sum(float(torch.as_tensor(c).detach()) * n for c, n in zip(costs, neurons, strict=True))
     return sum(c * count for c, count in zip(costs, counts, strict=True)) / total
 
 

@@ -130,13 +130,17 @@ def apply_pruning(model: ZeroAwareNet, fraction: float) -> None:
                 mask.mul_((weight.abs() > cutoff).to(mask.dtype))
 
 
-def event_costs(model: ZeroAwareNet, energy_model: Any | None) -> list[float]:
-    """Chip energy of one output event per activated layer, from the energy model's marginal cost of
-    an event reaching the next layer's mean non-zero fan-out; without a model, 1 + that fan-out."""
-    fanouts = penalties.mean_fanouts(model)
+def event_costs(fanouts: list[Tensor], energy_model: Any | None, through_weights: bool) -> list[Tensor | float]:
+    """Chip energy of one output event per activated layer: the energy model's cost of an event that
+    reaches ``fanout`` non-zero weights (linear in it); without a model, 1 + fanout. With
+    ``through_weights`` the fan-outs keep their gradient, so the penalty also prunes the weights the
+    events use most (a conv1 weight is used ~40x more per image than an fc2 weight)."""
     if energy_model is None:
-        return [1.0 + f for f in fanouts]
-    return [energy_model.event_cost(f).chip_j for f in fanouts]
+        per_event, per_synop = 1.0, 1.0
+    else:
+        per_event = energy_model.event_cost(0.0).chip_j
+        per_synop = energy_model.event_cost(1.0).chip_j - per_event
+    return [per_event + per_synop * (f if through_weights else float(f.detach())) for f in fanouts]
 
 
 @dataclass
@@ -156,7 +160,6 @@ def train_one_epoch(model: ZeroAwareNet, optimizer: torch.optim.Optimizer, data:
     batches = [order[i:i + t.batch_size] for i in range(0, len(order), t.batch_size)]
     neurons = penalties.layer_neurons(model)
     sizes = [w.numel() for w in (model.w0, model.w1, model.w2, model.w3)]
-    costs = event_costs(model, energy_model) if p.energy_weighted else [1.0, 1.0, 1.0]
     loss_sum = correct = seen = fired = 0.0
     bar = tqdm(batches, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for i, index in enumerate(bar):
@@ -173,6 +176,10 @@ def train_one_epoch(model: ZeroAwareNet, optimizer: torch.optim.Optimizer, data:
             strength = ramp(qat_progress, p.start_epoch, p.ramp_epochs)
             if strength > 0 and p.activations > 0:
                 counts = penalties.activation_counts(result.acts, result.pre, p.form, p.width)
+                costs = [1.0, 1.0, 1.0]
+                if p.energy_weighted:
+                    fanouts = penalties.mean_fanouts(result.weight_ratios, model.widths, p.width)
+                    costs = event_costs(fanouts, energy_model, p.through_weights)
                 loss = loss + strength * p.activations * penalties.activation_penalty(counts, costs, neurons)
             if strength > 0 and p.weights > 0:
                 wcounts = penalties.weight_counts(result.weight_ratios, p.form, p.width)
