@@ -201,12 +201,25 @@ class Bundle:
 # --------------------------------------------------------------------------- small pieces
 
 
-def sha256_file(path: Path) -> str:
+def _unreadable(path: Path, error: OSError) -> BundleError:
+    return BundleError(f"{path}: cannot be read ({error.strerror or error}); check its permissions, "
+                       "or re-copy the bundle")
+
+
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256; BundleError (naming the file) if it cannot be read."""
+    try:
+        return _sha256(path)
+    except OSError as error:
+        raise _unreadable(path, error) from None
 
 
 def file_entry(path: Path) -> FileEntry:
@@ -360,9 +373,16 @@ def parse_manifest(document: Any, origin: str) -> tuple[Manifest, str]:
         )
     try:
         body = {key: value for key, value in document.items() if key != DIGEST_KEY}
-        return _parse_dataclass(Manifest, body, ""), actual
+        manifest = _parse_dataclass(Manifest, body, "")
     except _SchemaError as error:
         raise BundleError(f"{origin}: {error}: re-export the bundle") from None
+    # Only the known payload files are ever opened: a name such as ../../etc/shadow or an absolute
+    # path would make the loader read (and hash) files outside the bundle.
+    foreign = sorted(set(manifest.files) - set(PAYLOAD_FILES))
+    if foreign:
+        raise BundleError(f"{origin}: files lists {', '.join(map(repr, foreign))}; a bundle holds only "
+                          f"{', '.join(PAYLOAD_FILES)}: re-export the bundle")
+    return manifest, actual
 
 
 # --------------------------------------------------------------------------- golden vectors
@@ -398,6 +418,8 @@ def read_manifest(path: Path) -> tuple[Manifest, str]:
         raise BundleError(f"{path}: {MANIFEST} is missing: not a bundle, or an incomplete copy; re-copy it")
     try:
         document = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise _unreadable(manifest_path, error) from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"{manifest_path}: damaged, not valid JSON ({error}): re-copy the bundle") from None
     return parse_manifest(document, str(manifest_path))
@@ -406,11 +428,19 @@ def read_manifest(path: Path) -> tuple[Manifest, str]:
 def file_problems(path: Path, manifest: Manifest) -> dict[str, str]:
     """Payload files that are unlisted, missing or altered (size or SHA-256), with what is wrong."""
     problems = {name: "not listed in the manifest" for name in PAYLOAD_FILES if name not in manifest.files}
-    for name, entry in manifest.files.items():
-        file = path / name
+    for name in PAYLOAD_FILES:  # never a name from the manifest itself (see parse_manifest)
+        entry, file = manifest.files.get(name), path / name
+        if entry is None:
+            continue
         if not file.is_file():
             problems[name] = "missing"
-        elif file.stat().st_size != entry.bytes or sha256_file(file) != entry.sha256:
+            continue
+        try:
+            altered = file.stat().st_size != entry.bytes or _sha256(file) != entry.sha256
+        except OSError as error:
+            problems[name] = f"unreadable ({error.strerror or error})"
+            continue
+        if altered:
             problems[name] = "altered (its SHA-256 differs from the manifest's)"
     return problems
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import counters, energy
+from . import counters, energy, files
 from .errors import ConfigError, DataError
 
 # Measured-file columns and the factor to SI units; model.statistics reports mJ/frame and fps.
@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    files.check_target(args.out)  # before the fit is printed, not after
     base = energy.EnergyModel.load(args.base) if args.base else energy.EnergyModel.load_default()
     if args.floor_power_w is not None:
         base = _with_floor_power(base, args.floor_power_w)
@@ -108,11 +109,8 @@ def _with_floor_power(model: energy.EnergyModel, watts: float) -> energy.EnergyM
 def load_counters(path: Path) -> counters.Counters:
     """Read counters saved from :meth:`counters.Counters.to_arrays`: ``<layer>/<counter>`` arrays, layers
     in model order (the order they first appear in the file). Arrays not named so are ignored."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files if "/" in key}
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot read counters: {error}") from error
+    what = "counters (an .npz of <layer>/<counter> arrays, as `simulate --out` writes)"
+    arrays = {key: value for key, value in files.load_arrays(path, what).items() if "/" in key}
     names = list(dict.fromkeys(key.rpartition("/")[0] for key in arrays))
     if not names:
         raise DataError(f"{path}: no <layer>/<counter> arrays in the counters file")
@@ -120,6 +118,8 @@ def load_counters(path: Path) -> counters.Counters:
     missing = [key for key in wanted if key not in arrays]
     if missing:
         raise DataError(f"{path}: counters file lacks {', '.join(missing)}")
+    for key in wanted:
+        _check_counter(path, key, arrays[key], static=key.rpartition("/")[2] in counters.STATIC)
     return counters.Counters(tuple(
         counters.LayerCounters(
             name=name,
@@ -130,15 +130,21 @@ def load_counters(path: Path) -> counters.Counters:
     ))
 
 
+def _check_counter(path: Path, key: str, array: np.ndarray, *, static: bool) -> None:
+    """Static counts are integer scalars, per-frame ones 1-D numbers."""
+    if static and (array.ndim != 0 or array.dtype.kind not in "iu"):
+        raise DataError(f"{path}: {key} must be one integer, got {array.dtype} {array.shape}")
+    if not static and (array.ndim != 1 or array.dtype.kind not in "iuf"):
+        raise DataError(f"{path}: {key} must be one number per frame (1-D), got {array.dtype} {array.shape}")
+
+
 def load_measurements(path: Path) -> energy.Measurements:
     """Read measured energy per frame (and frame time, if given) in SI units."""
     if path.suffix == ".npy":
-        try:
-            values = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise DataError(f"{path}: cannot read measurements: {error}") from error
-        if values.ndim != 1:
-            raise DataError(f"{path}: a .npy of measurements must be 1-D (J per frame), not {values.shape}")
+        values = files.load_array(path, "measured energy per frame (a 1-D .npy of joules)")
+        if values.ndim != 1 or values.dtype.kind not in "iuf":
+            raise DataError(f"{path}: a .npy of measurements must be 1-D numbers (J per frame), not "
+                            f"{values.dtype} {values.shape}")
         return energy.Measurements(values.astype(np.float64))
     if path.suffix == ".csv":
         return _measurements_from_csv(path)

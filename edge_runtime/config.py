@@ -9,19 +9,14 @@ for quick use; the result is validated exactly like a file. The shipped, comment
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from .errors import ConfigError
 from .sources import parse_source_spec
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
+from .tomlconfig import build_sections, read_toml
 
 BACKENDS = ("auto", "akida", "simulator", "onnx")
 # The Akida board's power sensor updates every 140.8 ms; averaging over fewer than three updates
@@ -50,6 +45,7 @@ class InferenceSection:
     power_window_s: float = 2.0  # board: energy per inference = mean power over >= this / inferences in it
     onnx_threads: int = 1  # onnxruntime intra-op threads
     blas_threads: int = 1  # NumPy's BLAS worker threads (the simulator); more only pays on many idle cores
+    energy_model: str = ""  # energy-model JSON (from `edge-runtime calibrate`); "" = the packaged default
 
 
 @dataclass(frozen=True)
@@ -81,28 +77,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"bad listen address {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
     return host, int(port)
-
-
-def _section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
-    """Build one section, appending a message per bad key instead of stopping at the first."""
-    if not isinstance(raw, Mapping):
-        errors.append(f"[{name}] must be a table")
-        return cls()
-    hints = get_type_hints(cls)
-    allowed = [f.name for f in fields(cls)]
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in allowed:
-            errors.append(f"unknown key {name}.{key} (allowed: {', '.join(allowed)})")
-            continue
-        expected = hints[key]
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            errors.append(f"{name}.{key} must be {expected.__name__}, got {type(value).__name__}")
-            continue
-        values[key] = value
-    return cls(**values)
 
 
 def _check(config: ServeConfig) -> list[str]:
@@ -141,28 +115,11 @@ def _check(config: ServeConfig) -> list[str]:
 def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> ServeConfig:
     """Validate a parsed TOML document; raises one ConfigError listing every problem."""
     errors: list[str] = []
-    hints = get_type_hints(ServeConfig)
-    built: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in hints:
-            errors.append(f"unknown section [{key}] (allowed: {', '.join(hints)})")
-            continue
-        built[key] = _section(key, hints[key], value, errors)
-    config = ServeConfig(**built)
+    config = build_sections(ServeConfig, raw, errors)
     errors.extend(_check(config) if not errors else [])
     if errors:
         raise ConfigError(f"{origin}: " + "; ".join(errors))
     return config
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML ({error})") from None
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> ServeConfig:

@@ -56,6 +56,12 @@ def backend_settings(config: ServeConfig) -> BackendSettings:
     return BackendSettings(inference.backend, inference.sample_every, inference.power_window_s, inference.onnx_threads)
 
 
+def load_energy_model(config: ServeConfig) -> EnergyModel:
+    """``inference.energy_model`` (e.g. from ``edge-runtime calibrate``), or the packaged estimate."""
+    path = config.inference.energy_model
+    return EnergyModel.load(Path(path)) if path else EnergyModel.load_default()
+
+
 def restart_only_changes(old: ServeConfig, new: ServeConfig) -> list[str]:
     """Keys a reload cannot apply (the port and the listener stay open across it)."""
     changed = []
@@ -108,7 +114,7 @@ class Daemon:
         self._notifier = notifier if notifier is not None else Notifier()
         self._board = board if board is not None else Board()
         self._mnist_cache_dir = mnist_cache_dir
-        self._energy = EnergyModel.load_default()
+        self._energy = load_energy_model(self.config)
         self._health = Health()
         self.mailbox = Mailbox()
         self._listener = SourceListener(self.metrics, self._health, self.mailbox)
@@ -136,12 +142,13 @@ class Daemon:
         limit_blas_threads(config.inference.blas_threads)
         try:
             bundle = verify(config.model.bundle)
-            backend = self._open_backend(bundle, config)
+            backend = self._open_backend(bundle, config, self._energy)
             self._announce(bundle, backend.name, config)
             host, port = parse_listen(config.metrics.listen)
             self._http = HttpServer(make_app(self.registry, self._health.readiness), host, port)
             spec = parse_source_spec(config.source.spec)
-            source = open_source(spec, self._listener, mnist_cache_dir=self._mnist_cache_dir)
+            source = open_source(spec, self._listener, mnist_cache_dir=self._mnist_cache_dir,
+                                 frame_shape=bundle.model.input_shape)
         except BaseException:
             if backend is not None:
                 backend.close()
@@ -153,7 +160,7 @@ class Daemon:
         self._pipeline = Pipeline(
             source,
             backend,
-            fallback=self._fallback_factory(bundle, config),
+            fallback=self._fallback_factory(bundle, config, self._energy),
             metrics=self.metrics,
             health=self._health,
             mailbox=self.mailbox,
@@ -173,13 +180,13 @@ class Daemon:
                  self.url, config.source.spec)
         self._notifier.status(f"waiting for the source {config.source.spec}")
 
-    def _open_backend(self, bundle: Bundle, config: ServeConfig) -> Backend:
+    def _open_backend(self, bundle: Bundle, config: ServeConfig, energy: EnergyModel) -> Backend:
         """The configured backend, checked against the bundle's golden vectors before it serves.
 
         The simulator was already checked by ``verify``; the board and onnxruntime are checked
         here, because a bundle is only trusted on an engine that reproduces its golden outputs.
         """
-        backend = open_backend(bundle, self._energy, backend_settings(config), self._board)
+        backend = open_backend(bundle, energy, backend_settings(config), self._board)
         if backend.name != "simulator":
             try:
                 shape = bundle.golden.outputs.shape
@@ -190,10 +197,10 @@ class Daemon:
                 raise
         return backend
 
-    def _fallback_factory(self, bundle: Bundle, config: ServeConfig) -> Callable[[], Backend]:
+    def _fallback_factory(self, bundle: Bundle, config: ServeConfig, energy: EnergyModel) -> Callable[[], Backend]:
         """The simulator for ``bundle``: what the pipeline switches to if its backend fails."""
         settings = replace(backend_settings(config), kind="simulator")
-        return lambda: open_backend(bundle, self._energy, settings, self._board)
+        return lambda: open_backend(bundle, energy, settings, self._board)
 
     def _announce(self, bundle: Bundle, backend: str, config: ServeConfig) -> None:
         """Publish what is being served: model info and expectations, active backend, series at 0."""
@@ -267,23 +274,27 @@ class Daemon:
                 log.warning("reload: changes to %s need a restart; keeping the running ones", ", ".join(kept))
                 new = replace(new, source=self.config.source, metrics=self.config.metrics)
             bundle = verify(new.model.bundle)
+            energy = load_energy_model(new)
             if new.predictions != self.config.predictions:
                 sinks = open_sinks(new, self.metrics)
             backend = self._pipeline.swap(
-                lambda: self._open_backend(bundle, new),
-                self._fallback_factory(bundle, new),
+                lambda: self._open_backend(bundle, new, energy),
+                self._fallback_factory(bundle, new, energy),
                 bundle.model.input_shape,
                 sinks,
                 SWAP_TIMEOUT_S,
             )
-        except EdgeError as error:
+        except (EdgeError, OSError, ValueError) as error:
+            # EdgeError is every mistake we name; OSError and ValueError (e.g. UnicodeDecodeError)
+            # are reading failures something below did not turn into one. Either way the reload is
+            # refused and the running bundle keeps serving: a SIGHUP must never end the process.
             for sink in sinks or []:
                 sink.close()
             self.metrics.reloads.labels("rejected").inc()
             log.error("reload rejected, still serving %s: %s", describe(old), error)
             self._reloaded()
             return
-        self.config, self.bundle = new, bundle
+        self.config, self.bundle, self._energy = new, bundle, energy
         limit_blas_threads(new.inference.blas_threads)
         self._announce(bundle, backend, new)
         self.metrics.reloads.labels("ok").inc()

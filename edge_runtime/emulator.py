@@ -21,11 +21,14 @@ from types import TracebackType
 import numpy as np
 import serial
 
-from .errors import ConfigError, SourceError
-from .protocol import DELIMITER, SEQ_MODULUS, encode_frame
+from .errors import ConfigError, DataError, SourceError
+from .files import as_hwc
+from .protocol import DELIMITER, MAX_PAYLOAD_BYTES, SEQ_MODULUS, encode_frame
 from .sources import DEFAULT_BAUD, MNIST_TEST, ReplaySource, load_frames
 
 log = logging.getLogger(__name__)
+
+PTY_DIR = "/dev/pts/"
 
 
 def is_every(index: int, n: int) -> bool:
@@ -66,6 +69,7 @@ class SensorEmulator:
     ) -> None:
         self._write = write
         self._source = ReplaySource(images, rate=rate, loop=loop)
+        check_frame_size(as_hwc(images))
         self._count = count
         self._start_seq = start_seq
         self._corrupt_every = corrupt_every
@@ -104,17 +108,23 @@ class PtyPort:
     not mangled by the terminal line discipline (echo, CR/LF mapping). We keep the slave open so
     the pty does not hang up between readers. ``link``, if given, is a symlink to the slave path,
     replaced atomically: like /dev/serial/by-id, a stable name across "replugs".
+
+    ``link`` must not exist, or be a symlink into /dev/pts (one an earlier emulator left behind). Any
+    other file or symlink is the user's, and replacing it (then removing it on exit) would lose it.
     """
 
     def __init__(self, link: Path | None = None) -> None:
         self.master, self._slave = pty.openpty()
-        tty.setraw(self._slave)
-        self.path = os.ttyname(self._slave)
-        self.link = link
-        if link is not None:
-            temporary = link.with_name(f".{link.name}.{os.getpid()}")
-            os.symlink(self.path, temporary)
-            os.replace(temporary, link)
+        try:
+            tty.setraw(self._slave)
+            self.path = os.ttyname(self._slave)
+            self.link = link
+            if link is not None:
+                _make_link(self.path, link)
+        except BaseException:
+            os.close(self.master)
+            os.close(self._slave)
+            raise
 
     def write(self, data: bytes) -> None:
         write_all(self.master, data)
@@ -133,6 +143,35 @@ class PtyPort:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _make_link(target: str, link: Path) -> None:
+    """Point the symlink ``link`` at ``target``, replacing only a stale link to another pty."""
+    if os.path.islink(link):
+        if not os.readlink(link).startswith(PTY_DIR):
+            raise ConfigError(f"--link {link}: a symlink to {os.readlink(link)}, not to a pty; refusing to replace "
+                              "it, choose another path")
+    elif os.path.lexists(link):
+        raise ConfigError(f"--link {link}: already exists and is not a symlink; refusing to replace it, choose "
+                          "another path")
+    temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    try:
+        os.symlink(target, temporary)
+        try:
+            os.replace(temporary, link)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    except OSError as error:
+        raise ConfigError(f"--link {link}: cannot create the symlink ({error.strerror or error})") from None
+
+
+def check_frame_size(images: np.ndarray) -> None:
+    """Refuse frames (N, H, W, C) that the serial protocol cannot carry, before any port is opened."""
+    size = int(np.prod(images.shape[1:]))
+    if size > MAX_PAYLOAD_BYTES or max(images.shape[1:]) > 0xFFFF:
+        raise DataError(f"frames of {'x'.join(map(str, images.shape[1:]))} ({size} bytes) do not fit the serial "
+                        f"protocol: at most {MAX_PAYLOAD_BYTES} bytes per frame and 65535 per axis")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -165,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     if args.link is not None and not args.pty:
         raise ConfigError("--link only makes sense with --pty")
     images, _ = load_frames(args.frames)
+    check_frame_size(images)
     if args.pty:
         return _run_on_pty(args, images)
     return _run_on_port(args, images)

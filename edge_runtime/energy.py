@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import files
 from .counters import LayerCounters
 from .errors import ConfigError, DataError
 
@@ -255,10 +254,8 @@ class EnergyModel:
     def save(self, path: Path) -> None:
         """Write atomically (temp file + ``os.replace``) so a reader never sees half a file."""
         path = Path(path)
-        text = json.dumps(self.to_document(), indent=2) + "\n"
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, delete=False) as tmp:
-            tmp.write(text)
-        os.replace(tmp.name, path)
+        data = (json.dumps(self.to_document(), indent=2) + "\n").encode()
+        files.atomic_write(path, lambda handle: handle.write(data))
 
     def estimate(self, counters: Iterable[LayerCounters]) -> EnergyEstimate:
         """Chip and board energy of each frame the counters cover (layers in model order), with the

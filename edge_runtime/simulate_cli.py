@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
-import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
+from . import files
 from .akida_model import load_model
 from .counters import Counters
 from .energy import EnergyModel
@@ -41,35 +37,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    for target in (args.out, args.stats):
+        if target is not None:
+            files.check_target(target)  # before the (possibly long) run, not after it
     model = load_model(args.model)
     frames = load_frames(args.frames, model.input_shape)
     result = Simulator(model).run(frames)
-    _write_atomically(args.out, lambda f: np.savez(f, outputs=result.outputs, **result.counters.to_arrays()))
+    files.atomic_write(args.out, lambda f: np.savez(f, outputs=result.outputs, **result.counters.to_arrays()))
     if args.stats is not None:
         document = {"model": str(args.model), "frames_file": str(args.frames), **stats(result.counters)}
-        _write_atomically(args.stats, lambda f: f.write((json.dumps(document, indent=2) + "\n").encode()))
+        files.atomic_write(args.stats, lambda f: f.write((json.dumps(document, indent=2) + "\n").encode()))
     print(f"simulated {len(frames)} frames: outputs {result.outputs.dtype}{list(result.outputs.shape)} -> {args.out}")
     return 0
 
 
 def load_frames(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
     """uint8 frames shaped (N, *input_shape); (N, X, Y) gains the channel axis of a one-channel model."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such frames file")
-    try:
-        frames = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise DataError(f"{path}: not a readable .npy array ({error})") from None
-    if not isinstance(frames, np.ndarray):
-        frames.close()
-        raise DataError(f"{path}: an .npz archive; expected one .npy array of frames")
-    if frames.dtype != np.uint8:
-        raise DataError(f"{path}: frames must be uint8, got {frames.dtype}")
-    if frames.ndim == 3 and input_shape[2] == 1:
-        frames = frames[..., None]
+    frames = files.load_frames(path)
     expected = "(N, " + ", ".join(map(str, input_shape)) + ")"
-    if frames.ndim != 4 or frames.shape[1:] != input_shape or len(frames) == 0:
-        raise DataError(f"{path}: frames have shape {frames.shape}; the model takes {expected} with N >= 1")
+    if frames.shape[1:] != input_shape:
+        raise DataError(f"{path}: frames have shape {frames.shape}; the model takes {expected}")
     return np.ascontiguousarray(frames)
 
 
@@ -80,18 +67,3 @@ def stats(counters: Counters) -> dict[str, object]:
         **counters.summary(),
         "energy_per_frame_j": {"chip": float(np.mean(estimate.chip_j)), "board": float(np.mean(estimate.board_j))},
     }
-
-
-def _write_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write via a temporary file in the same directory and ``os.replace``: no half-written outputs."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise DataError(f"{path}: directory {directory} does not exist")
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", delete=False) as handle:
-        try:
-            write(handle)
-        except BaseException:
-            os.unlink(handle.name)
-            raise
-    os.chmod(handle.name, 0o644)  # NamedTemporaryFile makes 0600; outputs are ordinary files
-    os.replace(handle.name, path)

@@ -84,6 +84,15 @@ def window_geometry(size: int, window: int, stride: int, padding: Padding) -> tu
     return out, total // 2, total - total // 2
 
 
+def engine_t16(act_step: np.ndarray) -> np.ndarray:
+    """The engine's activation step in 1/16 units, int64: ``floor(float64(act_step) * 16)``.
+
+    The one copy of this rounding: the simulator's firing rule and the exporter's ONNX thresholds
+    (exporter/onnx_build.py) must round the step exactly alike to stay bit-exact with akida.
+    """
+    return np.floor(act_step.astype(np.float64) * 16).astype(np.int64)
+
+
 def fire(potentials: np.ndarray, threshold: np.ndarray, act_step: np.ndarray, act_bits: int) -> np.ndarray:
     """Akida 1.0's activation exactly as akida's engine computes it; the last axis is the filter.
 
@@ -92,7 +101,7 @@ def fire(potentials: np.ndarray, threshold: np.ndarray, act_step: np.ndarray, ac
     step in wrapping 32-bit arithmetic. Without wrap-around this equals
     ``clip(ceil((pot - threshold) * 2**act_bits / t16), 0, 2**act_bits - 1)``.
     """
-    t16 = np.floor(act_step.astype(np.float64) * 16).astype(np.int64)
+    t16 = engine_t16(act_step)
     d = (potentials.astype(np.int64) - threshold.astype(np.int64)).astype(np.int32)
     numerator = (d.view(np.uint32) << np.uint32(4 + act_bits)) - np.uint32(1 << act_bits)
     quotient = numerator // (t16 << 4).astype(np.uint32) + np.uint32(1)
@@ -124,7 +133,7 @@ class _Firing:
         """``shape``: the layer's potentials per frame."""
         self.threshold, self.act_step, self.act_bits = layer.threshold, layer.act_step, layer.act_bits
         self.filters = layer.threshold.size
-        t16 = np.floor(layer.act_step.astype(np.float64) * 16)
+        t16 = engine_t16(layer.act_step)
         margin = max_potential.astype(np.int64) - layer.threshold.astype(np.int64)
         self.fast = bool(
             exact_float32

@@ -352,17 +352,42 @@ def _build_into(directory: Path, model: AkidaModel, name: str, eval_set: EvalSet
 
 
 def _replace_dir(new: Path, out: Path) -> None:
-    """Move ``new`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    """Move ``new`` to ``out``; an existing ``out`` is moved aside first, restored if the move fails,
+    and removed after it succeeds."""
     if not out.exists():
-        os.replace(new, out)
+        try:
+            os.replace(new, out)
+        except OSError as error:
+            raise BundleError(f"cannot move the new bundle to {out}: {error.strerror or error}") from None
         return
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    os.replace(new, out)
-    shutil.rmtree(old)
+    try:
+        os.replace(out, old)
+    except OSError as error:
+        raise BundleError(f"cannot move the old bundle at {out} aside: {error.strerror or error}") from None
+    try:
+        os.replace(new, out)
+    except BaseException as error:
+        try:
+            os.replace(old, out)  # roll back: the old bundle stays in place
+        except OSError as rollback:
+            raise BundleError(f"cannot move the new bundle to {out}, nor the old one back ({rollback.strerror}); "
+                              f"the old bundle is at {old}") from None
+        if isinstance(error, OSError):
+            raise BundleError(f"cannot move the new bundle to {out} ({error.strerror or error}); "
+                              "the old bundle is kept") from None
+        raise
+    try:
+        shutil.rmtree(old)
+    except OSError as error:
+        log.warning("new bundle in place at %s, but the old one at %s could not be removed: %s", out, old, error)
 
 
 def _check_out(out: Path, force: bool) -> None:
+    if out.is_symlink():
+        # Replacing the link with a directory would silently turn a deployment's "current" symlink
+        # into a copy; flipping a link is the user's step, and an atomic one.
+        raise BundleError(f"{out}: is a symlink; write to a new directory and flip the symlink: ln -sfn NEW {out}")
     if not out.exists():
         return
     if not force:

@@ -8,18 +8,13 @@ is collected and reported in one line together with the file path.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from edge_runtime.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
+from edge_runtime.tomlconfig import build_sections, parse_toml_value, read_toml
 
 PENALTY_FORMS = ("sigmoid", "linear", "hoyer", "l1")
 
@@ -99,29 +94,6 @@ class Config:
     prune: PruneConfig = field(default_factory=PruneConfig)
 
 
-def _section_errors(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
-    """Build one section, appending a readable message per bad key instead of stopping at the first."""
-    if not isinstance(raw, Mapping):
-        errors.append(f"[{name}] must be a table")
-        return cls()
-    hints = get_type_hints(cls)
-    allowed = [f.name for f in fields(cls)]
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in allowed:
-            errors.append(f"unknown key {name}.{key} (allowed: {', '.join(allowed)})")
-            continue
-        expected = hints[key]
-        ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            errors.append(f"{name}.{key} must be {expected.__name__}, got {type(value).__name__}")
-            continue
-        values[key] = value
-    return cls(**values)
-
-
 def _check_ranges(config: Config) -> list[str]:
     t, p, pr, m = config.train, config.penalty, config.prune, config.model
     checks = [
@@ -146,15 +118,7 @@ def _check_ranges(config: Config) -> list[str]:
 def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> Config:
     """Validate a parsed TOML document; raises one ConfigError listing every problem."""
     errors: list[str] = []
-    sections = {f.name: f.type for f in fields(Config)}
-    hints = get_type_hints(Config)
-    built: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in sections:
-            errors.append(f"unknown section [{key}] (allowed: {', '.join(sections)})")
-            continue
-        built[key] = _section_errors(key, hints[key], value, errors)
-    config = Config(**built)
+    config = build_sections(Config, raw, errors)
     errors.extend(_check_ranges(config) if not errors else [])
     if errors:
         raise ConfigError(f"{origin}: " + "; ".join(errors))
@@ -163,14 +127,7 @@ def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> Config
 
 def load_config(path: Path) -> Config:
     """Read and validate a TOML config file."""
-    try:
-        with open(path, "rb") as handle:
-            raw = tomllib.load(handle)
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML ({error})") from None
-    return config_from_dict(raw, str(path))
+    return config_from_dict(read_toml(path), str(path))
 
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
@@ -191,7 +148,4 @@ def with_overrides(config: Config, overrides: Sequence[tuple[str, Any]], origin:
 
 def parse_value(text: str) -> Any:
     """Parse one command-line value with TOML's rules (``3e-4``, ``true``, ``"l1"``; bare words are strings)."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+    return parse_toml_value(text)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime import mnist
+from edge_runtime import files, mnist
 from edge_runtime.bundle import Manifest, file_problems, read_manifest
 from edge_runtime.energy import EnergyModel
 from edge_runtime.errors import BundleError, DataError
@@ -76,13 +76,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _load_frames(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
-    try:
-        frames = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: not a readable .npy file ({error})") from None
-    if frames.ndim == 3 and shape[-1] == 1:
-        frames = frames[..., None]
-    if frames.dtype != np.uint8 or frames.shape[1:] != shape:
+    frames = files.load_frames(path)
+    if frames.shape[1:] != shape:
         raise DataError(f"{path}: frames are {frames.dtype} {frames.shape}, the bundle takes uint8 (N, "
                         f"{', '.join(map(str, shape))})")
     return frames

@@ -32,7 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edge_runtime import __version__
 from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer
 from edge_runtime.errors import ModelError
-from edge_runtime.simulator import window_geometry
+from edge_runtime.simulator import engine_t16, window_geometry
 
 OPSET = 17  # supported by onnxruntime >= 1.12; newer opsets add nothing this graph needs
 IR_VERSION = 8  # the IR version of opset 17, so older runtimes on edge hosts can load the file
@@ -63,18 +63,13 @@ def _fan_in_matrix(layer: Layer) -> np.ndarray:
     return layer.weights.reshape(-1, layer.weights.shape[-1]).astype(np.int64)
 
 
-def _t16(layer: Layer) -> np.ndarray:
-    """The engine's step in 1/16 units: floor(16 * act_step), computed as the engine does (float64)."""
-    return np.floor(layer.act_step.astype(np.float64) * 16).astype(np.int64)
-
-
 def fire_levels(threshold: np.ndarray, act_step: np.ndarray, act_bits: int) -> np.ndarray:
     """(F, 2**act_bits - 1) int64: the smallest integer potential that reaches each activation level.
 
     ``(pot - th) * 2**b > (k - 1) * t16`` <=> ``pot > th + (k - 1) * t16 / 2**b``
     <=> ``pot >= floor((th * 2**b + (k - 1) * t16) / 2**b) + 1``, all in integers.
     """
-    t16 = np.floor(act_step.astype(np.float64) * 16).astype(np.int64)
+    t16 = engine_t16(act_step)
     k = np.arange(2**act_bits - 1, dtype=np.int64)
     scaled = threshold.astype(np.int64)[:, None] * 2**act_bits + k[None, :] * t16[:, None]
     return np.floor_divide(scaled, 2**act_bits) + 1
@@ -114,7 +109,7 @@ def _check_no_wraparound(layer: Layer) -> None:
     matrix = _fan_in_matrix(layer)
     top = np.clip(matrix, 0, None).sum(axis=0) * _input_max(layer) - layer.threshold.astype(np.int64)
     bottom = np.clip(matrix, None, 0).sum(axis=0) * _input_max(layer) - layer.threshold.astype(np.int64)
-    t16 = _t16(layer)
+    t16 = engine_t16(layer.act_step)
     problems = []
     if np.any(t16 < 1):
         problems.append("act_step below 1/16")

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from edge_runtime import mnist
 from edge_runtime.akida_model import from_akida
+from edge_runtime.counters import LayerCounters
 from edge_runtime.simulator import Simulator
 
 from . import penalties
@@ -206,22 +207,7 @@ def torch_eval(model: ZeroAwareNet, images: Tensor) -> Tensor:
 # ---------------------------------------------------------------- measuring the exported model
 
 
-@dataclass(frozen=True)
-class EnergyLayer:
-    """One layer's counters plus its kind: the fields ``edge_runtime.energy.LayerCounters`` reads."""
-
-    name: str
-    kind: str
-    inputs: int
-    weights: int
-    nonzero_weights: int
-    input_events: np.ndarray
-    output_events: np.ndarray
-    synaptic_ops: np.ndarray
-    dense_synaptic_ops: np.ndarray
-
-
-def simulate(layers: list[IntegerLayer], images: np.ndarray) -> tuple[np.ndarray, list[EnergyLayer]]:
+def simulate(layers: list[IntegerLayer], images: np.ndarray) -> tuple[np.ndarray, tuple[LayerCounters, ...]]:
     """Run the EXPORTED model in the project's bit-exact simulator; return (N, 10) scores and counters.
 
     The model goes through akida's own object (``to_akida``) and the runtime's converter, the same
@@ -229,26 +215,21 @@ def simulate(layers: list[IntegerLayer], images: np.ndarray) -> tuple[np.ndarray
     """
     model = from_akida(to_akida(layers))
     result = Simulator(model).run(images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1))
-    energy_layers = [
-        EnergyLayer(c.name, layer.kind, c.inputs, c.weights, c.nonzero_weights, c.input_events, c.output_events,
-                    c.synaptic_ops, c.dense_synaptic_ops)
-        for c, layer in zip(result.counters, layers, strict=True)
-    ]
-    return result.outputs.reshape(len(images), -1), energy_layers
+    return result.outputs.reshape(len(images), -1), result.counters.layers
 
 
-def summarise(counters: list[EnergyLayer], scores: np.ndarray, labels: np.ndarray,
-              energy_model: Any | None) -> dict[str, Any]:
+def summarise(layers: list[IntegerLayer], counters: tuple[LayerCounters, ...], scores: np.ndarray,
+              labels: np.ndarray, energy_model: Any | None) -> dict[str, Any]:
     """The report: accuracy, events, weights, synops and (if a model is given) energy per image.
 
     Names follow NeuroBench: ``activations_nonzero`` are the events a layer emits (the input of the
     next layer); ``synops`` are effective synaptic operations (a non-zero input times a non-zero
     weight it reaches; the input layer's HRC is dense, so the energy model charges its dense MACs).
     """
-    layers = []
-    for c in counters:
-        layers.append({
-            "name": c.name, "kind": c.kind,
+    per_layer = []
+    for c, layer in zip(counters, layers, strict=True):
+        per_layer.append({
+            "name": c.name, "kind": layer.kind,
             "input_events_per_image": float(c.input_events.mean()),
             "activations_nonzero_per_image": float(c.output_events.mean()),
             "weights_nonzero": c.nonzero_weights, "weights_total": c.weights,
@@ -257,7 +238,7 @@ def summarise(counters: list[EnergyLayer], scores: np.ndarray, labels: np.ndarra
     report: dict[str, Any] = {
         "images": len(labels),
         "accuracy": float((scores.argmax(axis=1) == labels).mean()),
-        "layers": layers,
+        "layers": per_layer,
         # Events that travel between layers: the outputs of every layer but the last (whose potentials
         # are read by the host); the input layer's own input is dense pixels.
         "activations_nonzero_per_image": float(sum(c.output_events.mean() for c in counters[:-1])),
@@ -419,7 +400,7 @@ def train(config: Config, out: Path | None = None, data: Data | None = None, pro
     train_scores = torch_eval(model, data.test_x).numpy().astype(np.int32)
     test_images = data.test_x.numpy().reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
     exported_scores, counters = simulate(layers, test_images)
-    report = summarise(counters, exported_scores, data.test_y.numpy(), energy_model)
+    report = summarise(layers, counters, exported_scores, data.test_y.numpy(), energy_model)
     engine_scores = to_akida(layers).forward(test_images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1))
     report["exact_match_training_forward"] = bool(np.array_equal(train_scores, exported_scores))
     report["exact_match_akida_engine"] = bool(np.array_equal(engine_scores.reshape(exported_scores.shape),

@@ -31,11 +31,12 @@ from edge_runtime.bundle import (
     parse_manifest,
     read_golden,
     seal,
+    sha256_file,
     verify,
     write_golden,
 )
 from edge_runtime.errors import BackendError, BundleError
-from edge_runtime.onnx_backend import OnnxBackend
+from edge_runtime.onnx_session import OnnxSession
 
 FRAMES = 200
 
@@ -185,6 +186,45 @@ def test_malformed_manifest_is_refused(copy, change, fragment):
     refused(copy, MANIFEST, fragment)
 
 
+# Tests run as root, which chmod does not stop: a symlink to /proc/self/mem is a regular file of
+# size 0 whose first read fails (EIO) for anyone, like a file on a failing disk.
+UNREADABLE = Path("/proc/self/mem")
+needs_unreadable = pytest.mark.skipif(not UNREADABLE.is_file(), reason="needs Linux /proc/self/mem")
+
+
+def make_unreadable(file: Path) -> None:
+    file.unlink()
+    file.symlink_to(UNREADABLE)
+
+
+@needs_unreadable
+def test_unreadable_manifest_is_refused_in_one_line(copy):
+    make_unreadable(copy / MANIFEST)
+    refused(copy, f"{copy / MANIFEST}: cannot be read (Input/output error)", "re-copy")
+
+
+@needs_unreadable
+def test_unreadable_payload_file_is_refused_in_one_line(copy):
+    edit_manifest(copy, lambda d: d["files"][ONNX].update(bytes=0))  # the size matches: it must be read
+    make_unreadable(copy / ONNX)
+    refused(copy, f"{ONNX} is unreadable (Input/output error)", "re-copy")
+    with pytest.raises(BundleError, match=r"model\.onnx: cannot be read \(Input/output error\)"):
+        sha256_file(copy / ONNX)
+
+
+@pytest.mark.parametrize("name", ["../outside.bin", "/OUTSIDE", "notes.txt"])
+def test_files_outside_the_payload_are_refused_unread(copy, tmp_path, name):
+    """A manifest naming other files (even with their true hashes) must not make the loader read them."""
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"secret")
+    name = name.replace("/OUTSIDE", str(outside))
+    if name == "notes.txt":
+        shutil.copy(outside, copy / name)
+    entry = dataclasses.asdict(file_entry(outside))
+    edit_manifest(copy, lambda d: d["files"].update({name: entry}))
+    refused(copy, MANIFEST, f"files lists {name!r}", "a bundle holds only model.fbz, model.onnx, golden.npz")
+
+
 def test_consistent_but_wrong_golden_outputs_fail_verification(copy):
     """Files and manifest rehashed consistently: only running the golden vectors can catch it."""
     golden = read_golden(copy / GOLDEN)
@@ -200,32 +240,32 @@ def test_consistent_but_wrong_golden_outputs_fail_verification(copy):
 # --------------------------------------------------------------------------- backends against the golden vectors
 
 
-def test_onnx_backend_returns_what_akida_returns(exported):
+def test_onnx_session_returns_what_akida_returns(exported):
     bundle = load_bundle(exported)
-    backend = OnnxBackend(bundle.onnx_path)
+    session = OnnxSession(bundle.onnx_path)
     frames = bundle.golden.frames
     expected = akida.Model(str(bundle.fbz_path)).forward(frames)
-    outputs = backend.infer(frames)
+    outputs = session.infer(frames)
     assert outputs.dtype == expected.dtype and outputs.shape == expected.shape
     assert np.array_equal(outputs, expected)
-    assert backend.infer(frames[:1]).shape == (1, 1, 1, 10)  # dynamic batch axis
-    check_golden(bundle, backend.infer, "onnxruntime")
-    backend.close()
+    assert session.infer(frames[:1]).shape == (1, 1, 1, 10)  # dynamic batch axis
+    check_golden(bundle, session.infer, "onnxruntime")
+    session.close()
 
 
 @pytest.mark.parametrize(
     "frames",
     [np.zeros((2, 28, 28, 1), np.float32), np.zeros((2, 28, 28), np.uint8), np.zeros((2, 14, 28, 1), np.uint8)],
 )
-def test_onnx_backend_refuses_wrong_frames(exported, frames):
+def test_onnx_session_refuses_wrong_frames(exported, frames):
     with pytest.raises(BackendError, match=r"frames must be uint8 \(N, 28, 28, 1\)"):
-        OnnxBackend(exported / ONNX).infer(frames)
+        OnnxSession(exported / ONNX).infer(frames)
 
 
-def test_onnx_backend_refuses_unreadable_model(tmp_path):
+def test_onnx_session_refuses_unreadable_model(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not a graph")
     with pytest.raises(BackendError, match="onnxruntime cannot load"):
-        OnnxBackend(tmp_path / "bad.onnx")
+        OnnxSession(tmp_path / "bad.onnx")
 
 
 def test_check_golden_names_the_failing_backend(exported):

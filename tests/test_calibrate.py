@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -329,3 +331,71 @@ def test_counters_file_errors(tmp_path) -> None:
         calibrate_cli.load_counters(tmp_path / "d.npz")
     with pytest.raises(DataError, match="cannot read counters"):
         calibrate_cli.load_counters(tmp_path / "missing.npz")
+
+
+def _calibrate_inputs(tmp_path, counters_kind: str, measured_kind: str, out_kind: str) -> list[str]:
+    """Good files, except the one of each kind named otherwise."""
+    load = synthetic_load(300, seed=10, models=1)
+    write_counters(tmp_path / "counters.npz", load)
+    np.save(tmp_path / "measured.npy", board_measurements(TRUTH, load).energy_j)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    counters_path, measured_path = tmp_path / "counters.npz", tmp_path / "measured.npy"
+    if counters_kind == "npy":
+        counters_path = bad / "ok.npy"
+        np.save(counters_path, np.zeros(3))
+    elif counters_kind == "empty":
+        counters_path = bad / "empty.npy"
+        counters_path.write_bytes(b"")
+    elif counters_kind == "non-scalar":
+        with np.load(tmp_path / "counters.npz") as data:
+            arrays = {key: data[key] for key in data.files}
+        arrays["conv_0/neurons"] = np.array([1, 2, 3])
+        counters_path = bad / "vector.npz"
+        np.savez(counters_path, **arrays)
+    if measured_kind == "empty":
+        measured_path = bad / "empty.npy"
+        measured_path.write_bytes(b"")
+    elif measured_kind == "npz":
+        measured_path = bad / "archive.npy"
+        with measured_path.open("wb") as handle:
+            np.savez(handle, energy=np.ones(3))
+    elif measured_kind == "strings":
+        measured_path = bad / "strings.npy"
+        np.save(measured_path, np.array(["1.0", "abc"] * 150))
+    out = {"ok": tmp_path / "new.json", "missing-dir": tmp_path / "absent" / "new.json", "dir": bad}[out_kind]
+    return ["calibrate", "--counters", str(counters_path), "--measured", str(measured_path), "--out", str(out)]
+
+
+@pytest.mark.parametrize(
+    ("counters_kind", "measured_kind", "out_kind", "message"),
+    [
+        ("npy", "ok", "ok", "one .npy array; expected counters"),
+        ("empty", "ok", "ok", "empty or truncated file"),
+        ("non-scalar", "ok", "ok", "conv_0/neurons must be one integer"),
+        ("ok", "empty", "ok", "empty or truncated file"),
+        ("ok", "npz", "ok", "an .npz archive"),
+        ("ok", "strings", "ok", "must be 1-D numbers"),
+        ("ok", "ok", "missing-dir", "does not exist"),
+        ("ok", "ok", "dir", "is a directory"),
+    ],
+)
+def test_calibrate_user_errors_are_one_line(tmp_path, capsys, counters_kind, measured_kind, out_kind, message):
+    argv = _calibrate_inputs(tmp_path, counters_kind, measured_kind, out_kind)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    status = cli.main(argv)
+    captured = capsys.readouterr()
+    assert status == 2 and message in captured.err, captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    assert captured.out == ""  # refused before the fit is printed
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_saved_coefficients_are_world_readable(tmp_path) -> None:
+    old_umask = os.umask(0o077)
+    try:
+        DEFAULT.save(tmp_path / "model.json")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "model.json").stat().st_mode) == 0o644
+    assert EnergyModel.load(tmp_path / "model.json") == DEFAULT

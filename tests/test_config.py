@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime import cli
 from edge_runtime.config import (
     DEFAULT_LISTEN,
     ServeConfig,
     config_from_dict,
     load_config,
     parse_listen,
-    tomllib,
 )
 from edge_runtime.errors import ConfigError
+from edge_runtime.tomlconfig import tomllib
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "edge-runtime.toml"
 REQUIRED = {"model": {"bundle": "/b"}, "source": {"spec": "replay:mnist-test"}}
@@ -98,6 +99,21 @@ def test_unreadable_and_invalid_files_are_one_line_errors(tmp_path: Path) -> Non
     bad.write_text("[model\n")
     with pytest.raises(ConfigError, match=r"bad\.toml: invalid TOML"):
         load_config(bad)
+
+
+def test_a_binary_config_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "ls"  # e.g. `--config /bin/ls`: tomllib decodes UTF-8 and raised UnicodeDecodeError
+    path.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe binary, not TOML\n")
+    assert cli.main(["serve", "--config", str(path), "--metrics-addr", "127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edge-runtime: error: ") and "\n" not in err
+    assert f"{path}: not a TOML file (not UTF-8 text" in err
+
+
+def test_energy_model_defaults_to_the_packaged_one() -> None:
+    assert config_from_dict(REQUIRED).inference.energy_model == ""
+    config = config_from_dict({**REQUIRED, "inference": {"energy_model": "/etc/edge-runtime/energy.json"}})
+    assert config.inference.energy_model == "/etc/edge-runtime/energy.json"
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,9 @@ simulator predicts offline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import signal
 import threading
 import time
@@ -36,10 +38,15 @@ from daemon_support import (
     wait_for,
 )
 
+from edge_runtime import cli
+from edge_runtime import daemon as daemon_mod
 from edge_runtime.backends import Board
 from edge_runtime.daemon import Daemon
 from edge_runtime.emulator import PtyPort, SensorEmulator, corrupt_packet
+from edge_runtime.energy import EnergyModel
+from edge_runtime.errors import ConfigError
 from edge_runtime.sdnotify import Notifier
+from edge_runtime.simulator import Simulator
 
 FRAMES = 2000
 
@@ -56,9 +63,9 @@ def bundle(tmp_path_factory: pytest.TempPathFactory, mnist_frames) -> BundleUnde
 
 
 @contextmanager
-def running(overrides: dict[str, Any], **kwargs: Any) -> Iterator[Daemon]:
+def running(overrides: dict[str, Any], config: Path | None = None, **kwargs: Any) -> Iterator[Daemon]:
     """A started daemon whose main loop runs in a thread; stopped with SIGTERM (drain) on exit."""
-    daemon = Daemon(None, {"metrics.listen": "127.0.0.1:0", **overrides}, **kwargs)
+    daemon = Daemon(config, {"metrics.listen": "127.0.0.1:0", **overrides}, **kwargs)
     daemon.start()
     status: list[int] = []
     loop = threading.Thread(target=lambda: status.append(daemon.wait()), daemon=True)
@@ -313,3 +320,82 @@ def test_a_full_disk_under_the_prediction_log_is_counted_and_inference_goes_on(
                               "200 records counted as lost")
     assert inferred(samples) == 200
     assert len([r for r in caplog.records if "cannot write predictions to /dev/full" in r.getMessage()]) == 1
+
+
+def test_sighup_rejects_what_cannot_be_read_and_keeps_serving(
+        tmp_path: Path, mnist_frames, bundle: BundleUnderTest, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unreadable manifest, a binary config, or any read failure below them: a rejected reload, never an exit."""
+    np.save(tmp_path / "frames.npy", mnist_frames[0][:200])
+    unreadable = tmp_path / "unreadable"
+    shutil.copytree(bundle.path, unreadable)
+    # Tests run as root, which chmod does not stop: /proc/self/mem is a regular file whose first read fails (EIO).
+    (unreadable / "manifest.json").unlink()
+    (unreadable / "manifest.json").symlink_to("/proc/self/mem")
+    config = tmp_path / "edge-runtime.toml"
+    text = f'[model]\nbundle = "{bundle.path}"\n[source]\nspec = "replay:{tmp_path / "frames.npy"}?rate=500&loop=1"\n'
+    config.write_text(text)
+
+    def reload_rejected(daemon: Daemon, count: int) -> None:
+        daemon.post(signal.SIGHUP)
+        samples = scrape_when(daemon.url, lambda s: value(s, "edge_reloads_total", result="rejected") == count,
+                              f"rejected reload {count}")
+        assert value(samples, "edge_reloads_total", result="ok") == 0
+        info = ("edge_model_info", (("input_shape", "28x28x1"), ("name", "a"), ("sha256", bundle.bundle.sha256)))
+        assert samples[info] == 1  # still serving a
+        before = inferred(samples)
+        wait_for(lambda: inferred(scrape(daemon.url)) > before + 20, 30, "inference to go on after the rejection")
+
+    with running({}, config) as daemon:
+        wait_for(lambda: inferred(scrape(daemon.url)) >= 20, 30, "inferences on bundle a")
+        config.write_text(text.replace(str(bundle.path), str(unreadable)))
+        reload_rejected(daemon, 1)
+        config.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe\x00 a binary, not TOML\n")
+        reload_rejected(daemon, 2)
+        config.write_text(text)
+
+        def denied(path: str) -> None:
+            raise PermissionError(13, "Permission denied", path)
+
+        monkeypatch.setattr(daemon_mod, "verify", denied)  # a read failure no layer below turned into a user error
+        reload_rejected(daemon, 3)
+    rejected = [r.getMessage() for r in caplog.records if "reload rejected" in r.getMessage()]
+    assert len(rejected) == 3 and all("still serving a (" in line and "\n" not in line for line in rejected)
+    assert "manifest.json: cannot be read (Input/output error)" in rejected[0]
+    assert f"{config}: not a TOML file (not UTF-8 text" in rejected[1]
+    assert "Permission denied" in rejected[2]
+
+
+def test_a_replay_of_frames_the_model_cannot_take_is_refused_at_start(
+        tmp_path: Path, bundle: BundleUnderTest, capsys: pytest.CaptureFixture[str]) -> None:
+    """32x32 frames for a 28x28 model would all be dropped as bad_shape: a user error, not a silent daemon."""
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((5, 32, 32), np.uint8))
+    daemon = Daemon(None, {"model.bundle": str(bundle.path), "source.spec": f"replay:{wrong}",
+                           "metrics.listen": "127.0.0.1:0"})
+    with pytest.raises(ConfigError, match=r"frames are 32x32x1, the model takes 28x28x1"):
+        daemon.start()
+    assert cli.main(["serve", "--model", str(bundle.path), "--source", f"replay:{wrong}",
+                     "--metrics-addr", "127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edge-runtime: error: ") and "\n" not in err
+    assert f"replay:{wrong}: frames are 32x32x1, the model takes 28x28x1" in err
+
+
+def test_a_calibrated_energy_model_is_used_and_a_bad_path_refused(
+        tmp_path: Path, mnist_frames, bundle: BundleUnderTest) -> None:
+    default = EnergyModel.load_default()
+    c = default.coefficients
+    calibrated = dataclasses.replace(default, version="site-calibrated", coefficients=dataclasses.replace(
+        c, synaptic_op_pj=3 * c.synaptic_op_pj, floor_power_w=2 * c.floor_power_w))
+    calibrated.save(tmp_path / "energy.json")
+    images = mnist_frames[0][:60]
+    _, records = serve_replay(tmp_path, bundle, images, **{"inference.energy_model": str(tmp_path / "energy.json")})
+    records.sort(key=lambda r: r["seq"])
+    counters = Simulator(bundle.bundle.model).run(images).counters
+    got = np.array([r["energy_j"] for r in records])
+    np.testing.assert_allclose(got, calibrated.estimate(counters).board_j, rtol=1e-9)
+    assert not np.allclose(got, default.estimate(counters).board_j, rtol=1e-3)
+    with pytest.raises(ConfigError, match=r"nowhere\.json: cannot read energy model"):
+        Daemon(None, {"model.bundle": str(bundle.path), "source.spec": "replay:mnist-test",
+                      "inference.energy_model": str(tmp_path / "nowhere.json")})

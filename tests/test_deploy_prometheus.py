@@ -18,6 +18,8 @@ from deploy_support import (
     require_tool,
 )
 
+from edge_runtime.daemon import DROP_REASONS
+
 
 def promtool(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -74,3 +76,14 @@ def test_rules_and_their_tests_name_only_real_metrics(path: Path) -> None:
     assert named, f"{path.name} names no edge metric"
     assert named <= known, f"{path.name} names metrics the daemon does not export: {sorted(named - known)}"
 
+
+
+@pytest.mark.parametrize("path", RULE_FILES + RULE_TEST_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_rules_and_their_tests_name_only_real_drop_reasons(path: Path) -> None:
+    """``reason="..."`` matchers and series, and reasons listed in comments, are ones the daemon counts."""
+    text = path.read_text()
+    named = set(re.findall(r'reason="(\w+)"', text))
+    for listed in re.findall(r"by reason \(([^)]*)\)", text):
+        named |= {word for word in re.split(r",\s*", listed) if word and word != "..."}
+    assert named <= set(DROP_REASONS), f"{path.name} names drop reasons the daemon never counts: " \
+                                       f"{sorted(named - set(DROP_REASONS))}"

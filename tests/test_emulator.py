@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from edge_runtime import cli
-from edge_runtime.emulator import SensorEmulator, corrupt_packet, is_every
+from edge_runtime.emulator import PtyPort, SensorEmulator, corrupt_packet, is_every
+from edge_runtime.errors import DataError
 from edge_runtime.protocol import DELIMITER, SEQ_MODULUS, BadPacket, DecodedFrame, FrameDecoder, encode_frame
 from edge_runtime.sources import Backoff, SerialSource
 
@@ -120,7 +121,7 @@ def test_command_sends_to_a_pyserial_url(frames_file: Path) -> None:
     [
         (["--port", "loop://", "--link", "x"], "--link only makes sense with --pty"),
         (["--port", "nosuch://x"], "cannot open nosuch://x"),
-        (["--port", "loop://", "--frames", "absent.npy"], "cannot load frames from absent.npy"),
+        (["--port", "loop://", "--frames", "absent.npy"], "absent.npy: no such frames file"),
     ],
 )
 def test_command_errors_are_one_line(
@@ -154,3 +155,73 @@ def test_command_pty_mode_serves_a_reader_until_terminated(frames_file: Path, tm
     assert seqs == list(range(seqs[0], seqs[0] + 4))
     assert process.returncode == 130 and "interrupted" in stderr
     assert not os.path.lexists(link)
+
+
+@pytest.fixture
+def keep_sigterm():
+    """``emulate-sensor --pty`` maps SIGTERM to KeyboardInterrupt; keep that out of the test process."""
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _link_target(tmp_path: Path, kind: str) -> Path:
+    if kind == "file":
+        (tmp_path / "notes.txt").write_text("my notes")
+        return tmp_path / "notes.txt"
+    if kind == "dir":
+        (tmp_path / "somedir").mkdir()
+        (tmp_path / "somedir" / "keep").write_text("x")
+        return tmp_path / "somedir"
+    if kind == "user-symlink":
+        (tmp_path / "notes.txt").write_text("my notes")
+        os.symlink(tmp_path / "notes.txt", tmp_path / "link")
+        return tmp_path / "link"
+    return tmp_path / "nonexistent" / "dir" / "x"
+
+
+def _snapshot(tmp_path: Path) -> dict[str, object]:
+    return {
+        str(p): (os.readlink(p) if p.is_symlink() else p.read_bytes() if p.is_file() else "dir")
+        for p in sorted(tmp_path.rglob("*"))
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("file", "already exists and is not a symlink"),
+        ("dir", "already exists and is not a symlink"),
+        ("user-symlink", "not to a pty; refusing to replace it"),
+        ("missing-dir", "cannot create the symlink (No such file or directory)"),
+    ],
+)
+def test_pty_link_never_replaces_a_users_file(
+    kind: str, message: str, frames_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_sigterm: None
+) -> None:
+    link = _link_target(tmp_path, kind)
+    before = _snapshot(tmp_path)
+    fds = len(os.listdir("/proc/self/fd"))
+    assert cli.main(["emulate-sensor", "--pty", "--link", str(link), "--frames", str(frames_file)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1 and "Traceback" not in error, error
+    assert _snapshot(tmp_path) == before  # nothing replaced, removed, or left behind
+    assert len(os.listdir("/proc/self/fd")) == fds  # the pty was closed again
+
+
+def test_pty_link_replaces_a_stale_link_to_another_pty(tmp_path: Path) -> None:
+    link = tmp_path / "sensor"
+    os.symlink("/dev/pts/9999", link)
+    with PtyPort(link) as port:
+        assert os.readlink(link) == port.path
+    assert not os.path.lexists(link)
+
+
+def test_oversize_frames_are_refused_before_sending(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "big.npy", np.zeros((1, 2048, 2048, 3), np.uint8))
+    assert cli.main(["emulate-sensor", "--port", "loop://", "--frames", str(tmp_path / "big.npy")]) == 2
+    error = capsys.readouterr().err
+    assert "2048x2048x3 (12582912 bytes) do not fit the serial protocol" in error
+    assert error.count("\n") == 1 and "Traceback" not in error
+    with pytest.raises(DataError, match="do not fit"):
+        SensorEmulator(lambda data: None, np.zeros((1, 70000, 1, 1), np.uint8))

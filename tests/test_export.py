@@ -9,6 +9,7 @@ models and from a real (tiny) training run; tests use a few hundred MNIST frames
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from hypothesis import strategies as st
 from edge_runtime.akida_model import AkidaModel, Dense, from_akida, load_model
 from edge_runtime.bundle import FBZ, GOLDEN, MANIFEST, ONNX, load_bundle
 from edge_runtime.errors import BundleError, DataError, ModelError
-from edge_runtime.onnx_backend import OnnxBackend
+from edge_runtime.onnx_session import OnnxSession
 from edge_runtime.simulator import Simulator, fire
 from exporter import cli
 from exporter.akida_build import map_on_akd1000, to_akida
@@ -148,7 +149,7 @@ def test_onnx_equals_engine_and_simulator_on_random_models(tmp_path):
             continue
         x = random_frames(rng, 16, ours.input_shape)
         expected = original.forward(x)
-        got = OnnxBackend(path).infer(x)
+        got = OnnxSession(path).infer(x)
         assert got.dtype == expected.dtype and got.shape == expected.shape
         assert np.array_equal(got, expected)
         assert np.array_equal(Simulator(ours).run(x).outputs, expected)
@@ -370,6 +371,9 @@ def test_cli_verify(bundle_dir, frames, tmp_path, capsys):
     assert "16 golden vectors and 40 frames" in capsys.readouterr().out
     np.save(tmp_path / "bad.npy", frames[:4].astype(np.float32))
     assert cli.main(["verify", str(bundle_dir), "--frames", str(tmp_path / "bad.npy")]) == 2
+    assert "frames must be uint8, got float32" in capsys.readouterr().err
+    np.save(tmp_path / "rgb.npy", np.zeros((4, 28, 28, 3), np.uint8))
+    assert cli.main(["verify", str(bundle_dir), "--frames", str(tmp_path / "rgb.npy")]) == 2
     assert "the bundle takes uint8 (N, 28, 28, 1)" in capsys.readouterr().err
 
 
@@ -389,3 +393,54 @@ def test_cli_export(tmp_path, frames, capsys, monkeypatch):
     assert f"wrote {tmp_path / 'b'}" in out and "modelled energy (akd1000-estimate-v1)" in out
     assert cli.main(["export", str(run), "--out", str(tmp_path / "b")]) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("kind", "message"), [("empty", "empty or truncated file"), ("archive", "an .npz archive")])
+def test_cli_verify_refuses_unreadable_frames_in_one_line(bundle_dir, tmp_path, capsys, kind, message):
+    path = tmp_path / f"{kind}.npy"
+    if kind == "empty":
+        path.write_bytes(b"")
+    else:
+        with path.open("wb") as handle:
+            np.savez(handle, frames=np.zeros((2, 28, 28, 1), np.uint8))
+    assert cli.main(["verify", str(bundle_dir), "--frames", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(path) in err and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_cli_export_refuses_a_symlink_out_and_leaves_it_alone(tmp_path, frames, capsys, monkeypatch):
+    import exporter.export_cli as export_cli
+
+    run = write_run_dir(tmp_path / "run", np.random.default_rng(4), frames)
+    monkeypatch.setattr(export_cli, "mnist_eval_set", lambda cache_dir: eval_set(frames[:100], None))
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "v1")]) == 0
+    (tmp_path / "current").symlink_to("v1")
+    capsys.readouterr()
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "current"), "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "is a symlink" in err and "ln -sfn NEW" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert os.readlink(tmp_path / "current") == "v1" and load_bundle(tmp_path / "current")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "run", "v1"]  # no temporaries left
+
+
+def test_replace_dir_rolls_back_when_the_new_bundle_cannot_be_moved_in(tmp_path, monkeypatch):
+    import exporter.bundle_build as bundle_build
+
+    old, new = tmp_path / "bundle", tmp_path / ".bundle.tmp"
+    old.mkdir()
+    (old / "manifest.json").write_text("old")
+    new.mkdir()
+    (new / "manifest.json").write_text("new")
+    real_replace, calls = os.replace, []
+
+    def second_fails(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(bundle_build.os, "replace", second_fails)
+    with pytest.raises(BundleError, match=r"No space left on device.*the old bundle is kept"):
+        bundle_build._replace_dir(new, old)
+    assert (old / "manifest.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.tmp", "bundle"]  # the caller removes new

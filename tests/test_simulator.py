@@ -4,6 +4,7 @@ plain-loop reference. Each test named in docs/akida-semantics.md pins one rule o
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -567,3 +568,47 @@ def test_batch1_gather_and_float64_paths_match_engine_and_default_counters(monke
             for layer in reference.counters:
                 got = np.concatenate([getattr(r.counters[layer.name], name) for r in one_by_one])
                 np.testing.assert_array_equal(got, getattr(layer, name), err_msg=f"{layer.name}.{name}")
+
+
+def _bad_input(tmp_path, kind):
+    """An argument a user might get wrong: a bad frames file, or an output path that is a directory."""
+    path = tmp_path / "inputs" / kind
+    if kind == "empty.npy":
+        path.write_bytes(b"")
+    elif kind == "archive.npy":
+        with path.open("wb") as handle:
+            np.savez(handle, frames=np.zeros((1, 10, 10, 1), np.uint8))
+    elif kind == "objects.npy":
+        np.save(path, np.array([None, {}], dtype=object), allow_pickle=True)
+    elif kind == "dir":
+        path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("frames", "out", "stats", "message"),
+    [
+        ("empty.npy", None, None, "empty or truncated file"),
+        ("archive.npy", None, None, "an .npz archive"),
+        ("objects.npy", None, None, "not a readable .npy array"),
+        (None, "dir", None, "is a directory"),
+        (None, None, "dir", "is a directory"),
+        (None, "absent/o.npz", None, "does not exist"),
+    ],
+)
+def test_simulate_user_errors_are_one_line_and_leave_nothing_behind(
+    tmp_path, saved_model, capsys, frames, out, stats, message
+):
+    np.save(tmp_path / "frames.npy", np.zeros((2, 10, 10, 1), np.uint8))
+    (tmp_path / "inputs").mkdir()
+    argv = ["simulate", str(saved_model[0])]
+    argv.append(str(_bad_input(tmp_path, frames)) if frames else str(tmp_path / "frames.npy"))
+    argv += ["--out", str(_bad_input(tmp_path, out)) if out == "dir" else str(tmp_path / (out or "o.npz"))]
+    if stats:
+        argv += ["--stats", str(_bad_input(tmp_path, stats))]
+    before = sorted(os.listdir(tmp_path)) + sorted(os.listdir(tmp_path / "inputs"))
+    code = cli.main(argv)
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and error.count("\n") == 1 and "Traceback" not in error, error
+    after = sorted(os.listdir(tmp_path)) + sorted(os.listdir(tmp_path / "inputs"))
+    assert after == before  # no half-written output, no leaked temporary file

@@ -209,7 +209,7 @@ def test_replay_refuses_malformed_frames_files(tmp_path: Path, content: np.ndarr
 
 
 def test_replay_of_a_missing_file_is_a_data_error(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="cannot load"):
+    with pytest.raises(DataError, match="no such frames file"):
         open_source(f"replay:{tmp_path / 'absent.npy'}")
 
 

@@ -79,3 +79,12 @@ def test_offline_security_exposure_stays_low(tmp_path: Path) -> None:
     match = re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match[1]) <= 3.0  # systemd rates <= 3.9 "OK"; the devices we need cost a little
+
+
+def test_the_install_steps_create_every_group_the_unit_needs() -> None:
+    """A missing supplementary group fails the unit (216/GROUP): deploy/README.md creates each one on any host."""
+    readme = (UNIT.parent.parent / "deploy" / "README.md").read_text()
+    steps = readme.split("## 1. Install", 1)[1].split("\n## ", 1)[0]
+    groups = " ".join(directives(UNIT.read_text())["SupplementaryGroups"]).split()
+    for group in set(groups) - {"dialout"}:  # dialout is a base group of Debian and Ubuntu
+        assert re.search(rf"groupadd --system {group}\b", steps), f"install steps do not create group {group}"

@@ -219,6 +219,15 @@ def test_cli_reports_config_errors_as_one_line(tmp_path: Path, capsys):
     assert err.startswith("edge-export: error:") and "prune.sparsity must be in [0, 1)" in err and "\n" not in err
 
 
+def test_cli_reports_a_binary_config_as_one_line(tmp_path: Path, capsys):
+    path = tmp_path / "ls"
+    path.write_bytes(b"\x7fELF\x02\x01\x01\x00\xff\xfe binary, not TOML\n")
+    assert cli.main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edge-export: error:") and "\n" not in err
+    assert f"{path}: not a TOML file (not UTF-8 text" in err
+
+
 def test_default_network_maps_fully_on_akd1000(mnist_data):
     layers = export_integer_layers(quantised_model(mnist_data.train_images[:64], widths=ModelConfig()))
     model = to_akida(layers)

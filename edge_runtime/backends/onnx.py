@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError
-from ..onnx_backend import OnnxBackend as OnnxSession
+from ..onnx_session import OnnxSession
 from .base import BatchResult
 from .sampling import Sampler
 

@@ -14,20 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import files
 from ..errors import DataError
+from ..files import as_hwc
 from .base import Frame, NullEvents, SourceEvents
 from .spec import MNIST_TEST
-
-
-def as_hwc(images: np.ndarray, origin: str = "frames") -> np.ndarray:
-    """Check uint8 (N, H, W[, C]) with N >= 1 and return it as (N, H, W, C)."""
-    if images.dtype != np.uint8:
-        raise DataError(f"{origin}: frames must be uint8, got {images.dtype}")
-    if images.ndim == 3:
-        images = images[..., np.newaxis]
-    if images.ndim != 4 or 0 in images.shape:
-        raise DataError(f"{origin}: frames must be (N, H, W[, C]) with no empty axis, got {images.shape}")
-    return images
 
 
 def load_frames(path: str, mnist_cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -37,13 +28,7 @@ def load_frames(path: str, mnist_cache_dir: Path | None = None) -> tuple[np.ndar
 
         mnist = load_mnist(mnist_cache_dir)
         return as_hwc(mnist.test_images, MNIST_TEST), mnist.test_labels
-    try:
-        images = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
-        raise DataError(f"cannot load frames from {path}: {error}") from None
-    if not isinstance(images, np.ndarray):
-        raise DataError(f"{path}: expected one array (.npy), not an archive")
-    return as_hwc(images, path), None
+    return files.load_frames(path), None
 
 
 def next_due(due: float, period: float, now: float) -> float:

@@ -1,10 +1,10 @@
 """The serial reader process: owns the sensor's port, decodes packets, sends frames to the daemon.
 
-:class:`~.serial_source.SerialSource` runs this module as a child process (``python -m
-edge_runtime.sources.serial_reader FD``; why a process is explained there) and talks to it over a
-socket pair, FD here, with multiprocessing's :class:`~multiprocessing.connection.Connection`
-framing. The first message from the parent is the settings (a dict); after that, any message from
-the parent, or its end of the socket closing (the daemon died), means "stop".
+:class:`~.serial_source.SerialSource` runs :func:`main` in a child process (why a process is
+explained there) and talks to it over a socket pair, with multiprocessing's
+:class:`~multiprocessing.connection.Connection` framing (pickled messages). The first message from
+the parent is the settings (a dict); after that, any message from the parent, or its end of the
+socket closing (the daemon died), means "stop".
 
 To the parent goes a list of records, in order, for one or more reads (see ``Reader._pump``):
 
@@ -22,6 +22,7 @@ process group, and the daemon, not the signal, decides when reading stops (after
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import time
@@ -60,10 +61,8 @@ class Parent:
     def wait_for_stop(self, timeout: float) -> bool:
         """Wait up to ``timeout`` for a stop request; True once one came (or the parent is gone)."""
         if not self.stop_requested and self._connection.poll(timeout):
-            try:
+            with contextlib.suppress(EOFError, OSError):  # the parent is gone: stopping is all to do
                 self._connection.recv()
-            except (EOFError, OSError):
-                pass  # the parent is gone: stopping is all there is to do
             self.stop_requested = True
         return self.stop_requested
 
@@ -167,8 +166,11 @@ def add_records(out: list[Record], n_bytes: int, decoded: Sequence[DecodedFrame 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    """Serve the parent on the socket whose fd is the first argument; the exit status."""
+    stop_signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    for signum in stop_signals:
         signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)  # SerialSource blocked them for the start
     args = sys.argv[1:] if argv is None else argv
     connection = Connection(int(args[0]))
     parent = Parent(connection)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,9 +45,14 @@ from .spec import DEFAULT_BAUD
 
 log = logging.getLogger(__name__)
 
-READER_MODULE = f"{__package__}.serial_reader"
-# The package's root directory, put first on the reader's PYTHONPATH so it runs this very code.
+# The reader process runs this, with the directory edge_runtime was imported from (put on its path
+# if not there already, so it runs this very code even from a source tree) and its socket's fd.
+READER_BOOT = (
+    "import sys; root = sys.argv[1]; root in sys.path or sys.path.insert(0, root); "
+    "from edge_runtime.sources.serial_reader import main; sys.exit(main(sys.argv[2:]))"
+)
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+READER_IGNORES = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 # After close(), how long the reader may take to finish its read and say "end" before it is killed.
 STOP_GRACE_S = 5.0
 # How often the receiving loop looks at close() and the grace deadline when no message comes.
@@ -101,6 +106,7 @@ class SerialSource:
         self._closed = threading.Event()
         self._lock = threading.Lock()  # close() (any thread) and frames() both send to the reader
         self._connection: Connection | None = None
+        self._pid: int | None = None
         self._up: bool | None = None
 
     def frames(self) -> Iterator[Frame]:
@@ -111,6 +117,11 @@ class SerialSource:
             yield from self._receive(connection)
         finally:
             self._stop_reader(process, connection)
+
+    @property
+    def reader_pid(self) -> int | None:
+        """The reader process while :meth:`frames` runs (for diagnostics and tests), else None."""
+        return self._pid
 
     def close(self) -> None:
         with self._lock:
@@ -123,16 +134,23 @@ class SerialSource:
     def _start_reader(self) -> tuple[subprocess.Popen[bytes], Connection]:
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
-            process = subprocess.Popen(
-                [sys.executable, "-m", READER_MODULE, str(theirs.fileno())],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env,
-            )
+            # The reader ignores the stop signals (see serial_reader); blocked from before it
+            # exists, a Ctrl-C or SIGTERM to the process group cannot kill it while it starts up.
+            # The mask is this thread's only and is inherited across exec.
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, READER_IGNORES)
+            try:
+                process = subprocess.Popen(
+                    [sys.executable, "-c", READER_BOOT, str(PACKAGE_ROOT), str(theirs.fileno())],
+                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                )
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             connection = Connection(ours.detach())
-        connection.send(self._settings)
+        with contextlib.suppress(OSError):  # it died at once: frames() says so when it reads the end
+            connection.send(self._settings)
         with self._lock:
             self._connection = connection
+            self._pid = process.pid
             if self._closed.is_set():  # close() came while we were starting
                 self._ask_to_stop(connection)
         return process, connection
@@ -145,6 +163,7 @@ class SerialSource:
     def _stop_reader(self, process: subprocess.Popen[bytes], connection: Connection) -> None:
         with self._lock:
             self._connection = None
+            self._pid = None
             connection.close()  # the reader sees its parent gone (if it has not ended) and stops
         try:
             process.wait(STOP_GRACE_S)
