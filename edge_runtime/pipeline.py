@@ -2,7 +2,8 @@
 
 Threads and what they own:
 
-* **reader**: iterates the frame source and puts frames in the queue. A sensor does not wait for
+* **reader**: iterates the frame source and puts frames in the queue (a serial source reads and
+  decodes in a child process of its own, see sources/serial_source.py). A sensor does not wait for
   us, so when the queue is full the *oldest* frame is dropped (a leaky queue, like GStreamer's
   ``leaky=downstream``) and counted as ``queue_full``; fresh frames are worth more than old ones.
   A replay without a rate has nothing to lose by waiting, so it gets back-pressure instead.

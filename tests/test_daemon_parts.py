@@ -45,6 +45,18 @@ def test_get_batch_takes_at_most_max_items_and_does_not_wait_for_more() -> None:
     assert [f.seq for f in queue.get_batch(3, timeout=5)] == [3, 4]
 
 
+def test_put_wakes_a_waiting_get_batch_at_once() -> None:
+    queue = FrameQueue(4, block=False)
+    taken: list[list[Frame]] = []
+    thread = threading.Thread(target=lambda: taken.append(queue.get_batch(4, timeout=30)))
+    thread.start()
+    while not queue._getters:  # waiting (put only notifies then)
+        threading.Event().wait(0.001)
+    queue.put(frame(7))
+    thread.join(5)
+    assert not thread.is_alive() and [f.seq for f in taken[0]] == [7]
+
+
 def test_backpressure_waits_for_room_instead_of_dropping() -> None:
     queue = FrameQueue(1, block=True)
     queue.put(frame(0))

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import queue
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -16,7 +20,8 @@ import numpy as np
 import pytest
 
 from edge_runtime.emulator import PtyPort, SensorEmulator
-from edge_runtime.errors import ConfigError, DataError
+from edge_runtime.errors import ConfigError, DataError, SourceError
+from edge_runtime.protocol import BadPacket, DecodedFrame
 from edge_runtime.sources import (
     DEFAULT_BAUD,
     SOURCE_DROP_REASONS,
@@ -31,6 +36,8 @@ from edge_runtime.sources import (
     parse_source_spec,
 )
 from edge_runtime.sources.replay_source import next_due
+from edge_runtime.sources.serial_reader import add_records
+from edge_runtime.sources.serial_source import PACKAGE_ROOT, READER_BOOT
 
 TIMEOUT = 5.0  # generous upper bound for anything that should take milliseconds
 FAST = Backoff(initial=0.01, maximum=0.05)
@@ -293,3 +300,81 @@ def test_serial_source_over_a_pyserial_socket_url() -> None:
                 SensorEmulator(connection.sendall, sample_images(3)).run()
                 frames = take(received, 3)
     assert [f.seq for f in frames] == [0, 1, 2]
+
+
+# --- the serial reader process ---------------------------------------------------------------
+
+
+def test_a_read_becomes_byte_count_then_bad_packets_and_runs_of_one_shape_in_order() -> None:
+    small, large = np.zeros((2, 2, 1), np.uint8), np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
+    decoded = [DecodedFrame(1, small), DecodedFrame(2, small + 1, missing=3), BadPacket("crc", "CRC32 mismatch"),
+               DecodedFrame(5, small + 2), DecodedFrame(6, large)]
+    out: list = []
+    assert add_records(out, 99, decoded, 7.5) == 4
+    assert [record[0] for record in out] == ["bytes", "frames", "corrupt", "frames", "frames"]
+    assert out[0] == ("bytes", 99) and out[2] == ("corrupt", "crc", "CRC32 mismatch")
+    assert out[1] == ("frames", 7.5, (2, 2, 1), bytes(4) + bytes([1] * 4), [(1, 0), (2, 3)])
+    assert out[3][2:] == ((2, 2, 1), bytes([2] * 4), [(5, 0)])
+    assert out[4][2:] == ((3, 4, 1), large.tobytes(), [(6, 0)])
+
+
+def reading_until_error(source: SerialSource) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for _ in source.frames():
+                pass
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def test_stop_signals_do_not_reach_the_reader_process(tmp_path: Path) -> None:
+    """Ctrl-C or systemctl stop signal the whole process group: the daemon decides when reading ends."""
+    events = RecordingEvents()
+    with PtyPort(tmp_path / "sensor") as port:
+        source = serial_source(port.link, events)
+        with reading(source) as received:
+            events.wait_for(lambda e: e.ups == [True])
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                os.kill(source.reader_pid, signum)
+            SensorEmulator(port.write, sample_images(3)).run()
+            assert [f.seq for f in take(received, 3)] == [0, 1, 2]
+    assert source.reader_pid is None
+
+
+def test_frames_raises_when_the_reader_process_dies(tmp_path: Path) -> None:
+    events = RecordingEvents()
+    with PtyPort(tmp_path / "sensor") as port:
+        source = serial_source(port.link, events)
+        thread, errors = reading_until_error(source)
+        events.wait_for(lambda e: e.ups == [True])
+        os.kill(source.reader_pid, signal.SIGKILL)
+        thread.join(TIMEOUT)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], SourceError) and "exited unexpectedly" in str(errors[0])
+
+
+def test_the_reader_process_stops_when_the_daemon_is_gone(tmp_path: Path) -> None:
+    """Without close(), e.g. the daemon was killed: its end of the socket closes and the reader exits."""
+    from multiprocessing.connection import Connection
+
+    ours, theirs = socket.socketpair()
+    with theirs:
+        process = subprocess.Popen([sys.executable, "-c", READER_BOOT, str(PACKAGE_ROOT), str(theirs.fileno())],
+                                   pass_fds=[theirs.fileno()])
+    connection = Connection(ours.detach())
+    try:
+        connection.send({"url": str(tmp_path / "absent"), "baudrate": DEFAULT_BAUD, "read_timeout": 0.05,
+                         "backoff": (5.0, 5.0, 2.0), "max_payload": 1024})
+        assert connection.poll(TIMEOUT)
+        assert connection.recv()[0][:2] == ("up", False)  # now waiting 5 s before it retries
+        connection.close()
+        assert process.wait(TIMEOUT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
