@@ -1,22 +1,25 @@
 """Frames from a sensor on a serial port (or any pyserial URL), surviving unplug and replug.
 
 The port is read, and its packets decoded, by a child process (:mod:`.serial_reader`); this module
-is the daemon's side of it. Why a process and not the reader thread: decoding a packet (COBS and
-the protocol checks, edge_runtime.protocol) is Python code, ~20 µs per MNIST frame, and Python runs
-one thread at a time (the GIL). In a thread it therefore came off the inference thread's time even
-on an idle second core, and the constant hand-over of the GIL cost as much again: over a pty the
-daemon ran at 50-60 % of the simulator's own throughput, against 80-85 % from a replay with nothing
-to decode (bench/daemon.py). In its own process decoding runs beside inference; what is left here
-per frame is unpickling one message per read (a few frames) and wrapping the pixels without a copy.
+is the daemon's side of it. Why a process and not the pipeline's reader thread: decoding a packet
+(COBS and the protocol checks, edge_runtime.protocol) is Python code, 25-30 µs of CPU per MNIST
+frame, and a Python process runs one thread at a time (the GIL). In the reader thread it held the
+GIL for 30-45 µs a frame, time the inference thread could not use even with a second core idle.
+In its own process decoding runs beside inference, and the daemon's process spends 5-7 µs a frame
+on the source: unpickling one message per batch of reads (up to 64 frames) and wrapping the pixels
+without copying them (bench/daemon.py; 2-core host). The reader process costs as much CPU as the
+thread did, so this pays where a core is free, as on an edge host serving one sensor; on a host
+whose every core is busy, throughput follows the total CPU per frame either way.
 
 What stays the same: :meth:`SerialSource.frames` yields the frames and reports every fault
 through :class:`~.base.SourceEvents` from the thread iterating it, in the order they happened.
 pyserial does not reopen a port by itself, so the reader does: when the port cannot be opened or a
 read fails (USB unplug raises SerialException), the sensor is reported down and the port retried
 with capped exponential backoff, for ever, until :meth:`SerialSource.close`. ``close`` asks the
-reader to stop; it finishes the read under way (at most ``read_timeout``) and everything it decoded
-is still yielded, so every frame it received is accounted for. If the reader process dies (it
-ignores SIGINT/SIGTERM/SIGHUP, so only a bug or a kill does that), ``frames`` raises.
+reader to stop; it does within a read timeout or a batch, and everything it decoded is still
+yielded, so every frame it received is accounted for. The reader ignores SIGINT, SIGTERM and
+SIGHUP (the daemon decides when reading stops) and exits when the daemon's end of its socket
+closes, so it cannot outlive a killed daemon; if it dies, :meth:`SerialSource.frames` raises.
 """
 
 from __future__ import annotations
