@@ -61,7 +61,7 @@ from edge_runtime.bundle import (
 from edge_runtime.counters import Counters
 from edge_runtime.energy import EnergyModel
 from edge_runtime.errors import BundleError, DataError, ModelError
-from edge_runtime.onnx_backend import OnnxBackend
+from edge_runtime.onnx_session import OnnxSession
 from edge_runtime.simulator import Simulator, window_geometry
 
 from .akida_build import DeviceMapping, map_on_akd1000, to_akida
@@ -232,7 +232,7 @@ def three_way(fbz: Path, onnx_path: Path, model: AkidaModel, frames: np.ndarray)
     disagrees with the engine, how often, and the first frame.
     """
     engine = akida.Model(str(fbz))
-    runtime = OnnxBackend(onnx_path)
+    runtime = OnnxSession(onnx_path)
     simulated = Simulator(model).run(frames)
     reference = np.concatenate([engine.forward(frames[i:i + BATCH]) for i in range(0, len(frames), BATCH)])
     others = {
@@ -439,7 +439,7 @@ def verify_bundle(path: Path, frames: np.ndarray | None = None) -> VerifyReport:
     """Re-check a bundle: loader checks, golden vectors through all three backends, then agreement on ``frames``."""
     bundle = load_bundle(path)
     engine = akida.Model(str(bundle.fbz_path))
-    runtime = OnnxBackend(bundle.onnx_path)
+    runtime = OnnxSession(bundle.onnx_path)
     check_golden(bundle, engine.forward, "the Akida engine")
     check_golden(bundle, lambda f: Simulator(bundle.model).run(f).outputs, "the simulator")
     check_golden(bundle, runtime.infer, "onnxruntime")
