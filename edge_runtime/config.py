@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .sources import parse_source_spec
-from .tomlconfig import build_sections, read_toml
+from .tomlconfig import read_toml, validate
 
 BACKENDS = ("auto", "akida", "simulator", "onnx")
 # The Akida board's power sensor updates every 140.8 ms; averaging over fewer than three updates
@@ -114,12 +114,7 @@ def _check(config: ServeConfig) -> list[str]:
 
 def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> ServeConfig:
     """Validate a parsed TOML document; raises one ConfigError listing every problem."""
-    errors: list[str] = []
-    config = build_sections(ServeConfig, raw, errors)
-    errors.extend(_check(config) if not errors else [])
-    if errors:
-        raise ConfigError(f"{origin}: " + "; ".join(errors))
-    return config
+    return validate(ServeConfig, raw, origin, _check)
 
 
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> ServeConfig:

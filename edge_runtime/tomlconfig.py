@@ -10,7 +10,7 @@ It lives in the runtime because the exporter may import the runtime, never the r
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -83,3 +83,17 @@ def build_sections(cls: type, raw: Mapping[str, Any], errors: list[str]) -> Any:
             continue
         built[key] = build_section(key, hints[key], value, errors)
     return cls(**built)
+
+
+def validate(cls: type, raw: Mapping[str, Any], origin: str, check: Callable[[Any], list[str]]) -> Any:
+    """Build ``cls`` from a parsed document, then run ``check`` on it (cross-field and range rules).
+
+    Raises one ConfigError listing every problem, so a user fixes a file in one pass. ``check`` runs
+    only once every key was valid: its rules assume well-typed values.
+    """
+    errors: list[str] = []
+    config = build_sections(cls, raw, errors)
+    errors.extend(check(config) if not errors else [])
+    if errors:
+        raise ConfigError(f"{origin}: " + "; ".join(errors))
+    return config

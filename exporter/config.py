@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import ConfigError
-from edge_runtime.tomlconfig import build_sections, parse_toml_value, read_toml
+from edge_runtime.tomlconfig import parse_toml_value, read_toml, validate
 
 PENALTY_FORMS = ("sigmoid", "linear", "hoyer", "l1")
 
@@ -117,12 +117,7 @@ def _check_ranges(config: Config) -> list[str]:
 
 def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> Config:
     """Validate a parsed TOML document; raises one ConfigError listing every problem."""
-    errors: list[str] = []
-    config = build_sections(Config, raw, errors)
-    errors.extend(_check_ranges(config) if not errors else [])
-    if errors:
-        raise ConfigError(f"{origin}: " + "; ".join(errors))
-    return config
+    return validate(Config, raw, origin, _check_ranges)
 
 
 def load_config(path: Path) -> Config:
