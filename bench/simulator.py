@@ -160,11 +160,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--density", type=float, default=DENSITY, help="non-zero share to calibrate to")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a trained .fbz (e.g. models/mnist-zeroaware/model.fbz) instead of the calibrated "
+                        "random one")
     args = parser.parse_args()
 
     frames, origin = load_frames(args.frames)
-    model = mnist_architecture(np.random.default_rng(0))
-    calibrate(model, frames[:200], args.density)
+    if args.model is not None:
+        model = akida.Model(str(args.model))
+        print(f"model: {args.model}")
+    else:
+        model = mnist_architecture(np.random.default_rng(0))
+        calibrate(model, frames[:200], args.density)
     ours = from_akida(model)
     simulator = Simulator(ours)
     result = simulator.run(frames)
