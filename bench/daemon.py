@@ -79,6 +79,7 @@ def write_packets(fd: int, packets: list[bytes], rate: float | None, go: Any, re
     daemon's when the host is busy.
     """
     os.setsid()
+    os.set_blocking(fd, True)  # PtyPort leaves its master non-blocking; this writer wants whole blocking writes
     go.recv()
     sent = np.zeros(len(packets))
     os.write(fd, DELIMITER)

@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 import os
-import select
 import signal
 import tempfile
 import threading
@@ -212,32 +211,6 @@ class PredictionLog:
 # --- the sensor side --------------------------------------------------------------------------------
 
 
-class PtyFeed:
-    """Writes the emulator's packets to a pty master, and can always be stopped.
-
-    A pty buffers only a few KiB. If the daemon stops reading (it is shutting down, or its reader
-    failed), a blocking write would hang the emulator thread, and joining it would hang the exit.
-    Writing non-blocking and waiting for room in short steps lets :meth:`stop` end it promptly.
-    """
-
-    def __init__(self, master_fd: int) -> None:
-        os.set_blocking(master_fd, False)
-        self._fd = master_fd
-        self._stopping = threading.Event()
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view and not self._stopping.is_set():
-            try:
-                view = view[os.write(self._fd, view) :]
-            except BlockingIOError:
-                select.select([], [self._fd], [], 0.05)
-
-    def stop(self) -> None:
-        """Thread-safe; a write in progress returns within 50 ms, later ones at once."""
-        self._stopping.set()
-
-
 # --- output ---------------------------------------------------------------------------------------
 
 
@@ -333,8 +306,7 @@ def _run_started(args: argparse.Namespace, daemon: Daemon, port: PtyPort, images
     assert daemon.bundle is not None
     bundle = daemon.bundle
     neurons = {layer.name: layer.neurons for layer in bundle.model.layers if layer.activation}
-    feed = PtyFeed(port.master)
-    emulator = SensorEmulator(feed.write, images, rate=args.rate, loop=True)
+    emulator = SensorEmulator(port.write, images, rate=args.rate, loop=True)
     sender = threading.Thread(target=emulator.run, name="edge-demo-sensor", daemon=True)
     first = read_registry(daemon.registry, time.monotonic())
     print(f"serving {bundle.manifest.name} ({bundle.sha256[:12]}) on {first.backend}", flush=True)
@@ -354,7 +326,7 @@ def _run_started(args: argparse.Namespace, daemon: Daemon, port: PtyPort, images
         print("interrupted: stopping", flush=True)
     stopped_at = time.monotonic()
     emulator.stop()
-    feed.stop()
+    port.stop_writing()
     sender.join()
     daemon.post(signal.SIGTERM)
     status = daemon.wait()

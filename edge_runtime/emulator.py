@@ -11,7 +11,9 @@ import argparse
 import logging
 import os
 import pty
+import select
 import signal
+import threading
 import tty
 from collections.abc import Callable
 from itertools import islice
@@ -94,13 +96,6 @@ class SensorEmulator:
         self._source.close()
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """``os.write`` until every byte is out (a pty takes what fits in its buffer per call)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 class PtyPort:
     """A pseudo-terminal standing in for a USB serial adapter.
 
@@ -115,8 +110,10 @@ class PtyPort:
 
     def __init__(self, link: Path | None = None) -> None:
         self.master, self._slave = pty.openpty()
+        self._stopping = threading.Event()
         try:
             tty.setraw(self._slave)
+            os.set_blocking(self.master, False)  # see write()
             self.path = os.ttyname(self._slave)
             self.link = link
             if link is not None:
@@ -127,10 +124,26 @@ class PtyPort:
             raise
 
     def write(self, data: bytes) -> None:
-        write_all(self.master, data)
+        """Every byte, waiting for room as a serial line would, until :meth:`stop_writing` is called.
+
+        A pty buffers only a few KiB: a blocking write to a full one hangs for as long as nobody
+        reads, and a thread stuck in it could never be joined. So the master is non-blocking and each
+        wait for room is a short select; once stopped, a write returns within 50 ms, dropping the rest.
+        """
+        view = memoryview(data)
+        while view and not self._stopping.is_set():
+            try:
+                view = view[os.write(self.master, view) :]
+            except BlockingIOError:
+                select.select([], [self.master], [], 0.05)
+
+    def stop_writing(self) -> None:
+        """Thread-safe: make a write in progress return promptly, and later ones at once."""
+        self._stopping.set()
 
     def close(self) -> None:
         """Hang up (readers see the port vanish) and remove the link if it is still ours."""
+        self.stop_writing()
         if self.link is not None and os.path.islink(self.link) and os.readlink(self.link) == self.path:
             self.link.unlink()
         os.close(self.master)

@@ -7,7 +7,6 @@ what it last saw.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from bundle_fixtures import make_bundle
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_runtime.bundle import Bundle, load_bundle
+from edge_runtime.emulator import PtyPort
 from edge_runtime.protocol import DELIMITER, encode_frame
 from edge_runtime.simulator import Simulator
 
@@ -218,35 +218,27 @@ class WriterStopped(Exception):
 
 
 class PtyWriter:
-    """Stoppable writes to a pty master, usable as the sensor emulator's ``write``.
+    """Sends through a :class:`PtyPort` from a thread, counting bytes; :meth:`stop` ends the thread.
 
-    ``os.write`` on a full pty blocks for as long as nobody reads; here the fd is non-blocking and
-    each write waits for room with a short select, so :meth:`stop` always ends the sending thread.
+    Once stopped, a write raises :class:`WriterStopped`, so whatever is sending gives up at once.
     """
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
+    def __init__(self, port: PtyPort) -> None:
+        self._port = port
         self._stop = threading.Event()
         self.bytes = 0
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            if self._stop.is_set():
-                raise WriterStopped
-            _, ready, _ = select.select([], [self._fd], [], 0.05)
-            if ready:
-                try:
-                    view = view[os.write(self._fd, view):]
-                except BlockingIOError:
-                    continue
+        if not self._stop.is_set():
+            self._port.write(data)  # returns early once stopped
+        if self._stop.is_set():
+            raise WriterStopped
         self.bytes += len(data)
 
     def run(self, send: Callable[[], object]) -> PtyWriter:
         """Call ``send`` (which writes through :meth:`write`) in a thread."""
-        os.set_blocking(self._fd, False)
 
         def target() -> None:
             try:
@@ -278,6 +270,7 @@ class PtyWriter:
 
     def stop(self) -> None:
         self._stop.set()
+        self._port.stop_writing()
         if self._thread is not None:
             self._thread.join(10)
 

@@ -137,7 +137,7 @@ def test_2000_mnist_frames_over_a_real_pty(tmp_path: Path, mnist_frames, bundle:
     with PtyPort() as port, running({"model.bundle": str(bundle.path), "source.spec": f"serial:{port.path}",
                                      "source.queue_size": 4096, "predictions.path": str(log)}) as daemon:
         ready(daemon)
-        writer = PtyWriter(port.master)
+        writer = PtyWriter(port)
         writer.run(SensorEmulator(writer.write, images, count=FRAMES).run)
         samples = wait_accounted(daemon, log, FRAMES)
         writer.join(10)
@@ -166,7 +166,7 @@ def test_corrupt_bytes_cost_only_the_frames_they_hit(tmp_path: Path, mnist_frame
     with PtyPort() as port, running({"model.bundle": str(bundle.path), "source.spec": f"serial:{port.path}",
                                      "source.queue_size": 1024, "predictions.path": str(log)}) as daemon:
         ready(daemon)
-        writer = PtyWriter(port.master).send_chunks(chunks)
+        writer = PtyWriter(port).send_chunks(chunks)
         samples = wait_accounted(daemon, log, len(images))
         writer.join(10)
     records = read_log(log)
@@ -190,7 +190,7 @@ def test_the_sensor_vanishes_and_comes_back(tmp_path: Path, mnist_frames, bundle
     with running({"model.bundle": str(bundle.path), "source.spec": f"serial:{link}",
                   "source.queue_size": 1024, "predictions.path": str(log)}) as daemon:
         ready(daemon)
-        writer = PtyWriter(first.master)
+        writer = PtyWriter(first)
         writer.run(SensorEmulator(writer.write, images[:400]).run)
         wait_for(lambda: inferred(scrape(daemon.url)) >= 100, 30, "the first frames to be inferred")
         writer.stop()  # the sensor stops mid-stream (first, so no write can hit a reused fd number) ...
@@ -199,7 +199,7 @@ def test_the_sensor_vanishes_and_comes_back(tmp_path: Path, mnist_frames, bundle
         assert http_get(f"{daemon.url}/readyz") == (503, "source not open\n")
         with PtyPort(link) as second:
             ready(daemon)
-            writer = PtyWriter(second.master)
+            writer = PtyWriter(second)
             writer.run(SensorEmulator(writer.write, images[400:], start_seq=400).run)
             samples = wait_accounted(daemon, log, len(images))
             writer.join(10)

@@ -128,7 +128,7 @@ def test_stop_signal_under_load_drains_and_accounts_for_every_frame(tmp_path: Pa
             "--predictions-stdout"]) as daemon:
         url = daemon.url
         wait_for(lambda: daemon.notify.find("READY", "1"), 30, "READY=1")
-        writer = PtyWriter(port.master)
+        writer = PtyWriter(port)
         writer.run(SensorEmulator(writer.write, images, loop=True).run)
         try:
             wait_for(lambda: inferences(url) >= 500, 60, "500 inferences under load")

@@ -32,7 +32,6 @@ import pytest
 from bundle_fixtures import eval_set, random_default_model
 from deploy_support import PROMETHEUS_DIR, alert_names, recording_rule_names, require_tool
 
-from edge_runtime.demo import PtyFeed
 from edge_runtime.emulator import PtyPort, SensorEmulator
 from edge_runtime.energy import EnergyModel
 from edge_runtime.mnist import Mnist
@@ -125,13 +124,12 @@ def bundle(tmp_path: Path, mnist_data: Mnist) -> Path:
 def sensor(mnist_data: Mnist) -> Iterator[str]:
     """A pty fed with MNIST test frames by the emulator in a thread; yields the path the daemon opens."""
     with PtyPort() as port:
-        feed = PtyFeed(port.master)
-        emulator = SensorEmulator(feed.write, mnist_data.test_images, rate=RATE, loop=True)
+        emulator = SensorEmulator(port.write, mnist_data.test_images, rate=RATE, loop=True)
         thread = threading.Thread(target=emulator.run, name="e2e-sensor", daemon=True)
         thread.start()
         yield port.path
         emulator.stop()
-        feed.stop()
+        port.stop_writing()
         thread.join()
 
 
