@@ -30,7 +30,7 @@ from typing import IO, Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from . import mnist
+from . import cliutil, mnist
 from .bundle import Bundle
 from .config import BACKENDS
 from .daemon import Daemon
@@ -269,9 +269,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("--model", type=Path, metavar="BUNDLE_DIR",
                         help=f"bundle to serve (default: models/{BUNDLE_NAME} of this source tree)")
-    parser.add_argument("--seconds", type=_positive_float, default=DEFAULT_SECONDS,
+    parser.add_argument("--seconds", type=cliutil.positive_float, default=DEFAULT_SECONDS,
                         help="stop after this long (default %(default)s; Ctrl-C stops earlier)")
-    parser.add_argument("--rate", type=_positive_float, default=DEFAULT_RATE, metavar="HZ",
+    parser.add_argument("--rate", type=cliutil.positive_float, default=DEFAULT_RATE, metavar="HZ",
                         help="frames per second the emulated sensor sends (default %(default)s)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="auto (default) = the Akida board if present, else the simulator")
@@ -338,10 +338,3 @@ def _run_started(args: argparse.Namespace, daemon: Daemon, port: PtyPort, images
     for line in summary(total, end.backend, bundle, neurons, log, end.dropped):
         print(line)
     return status
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value

@@ -23,6 +23,7 @@ from types import TracebackType
 import numpy as np
 import serial
 
+from . import cliutil
 from .errors import ConfigError, DataError, SourceError
 from .files import as_hwc
 from .protocol import DELIMITER, MAX_PAYLOAD_BYTES, SEQ_MODULUS, encode_frame
@@ -204,7 +205,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--frames", default=MNIST_TEST, metavar="SOURCE", help=f"{MNIST_TEST} (default) or an .npy uint8 file"
     )
-    parser.add_argument("--rate", type=_positive_float, metavar="HZ", help="frames/s (default: as fast as possible)")
+    parser.add_argument("--rate", type=cliutil.positive_float, metavar="HZ",
+                        help="frames/s (default: as fast as possible)")
     parser.add_argument("--count", type=_positive_int, metavar="N", help="stop after N sequence numbers")
     parser.add_argument("--loop", action="store_true", help="repeat the frames")
     parser.add_argument("--start-seq", type=_seq, default=0, metavar="N", help="first sequence number")
@@ -270,13 +272,6 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
