@@ -12,6 +12,7 @@ The HTTP side is here too: ``/metrics`` plus ``/healthz`` and ``/readyz`` on the
 
 from __future__ import annotations
 
+import bisect
 import platform
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,6 +42,10 @@ SINK_NAMES = ("jsonl", "stdout")
 Readiness = Callable[[], tuple[bool, str]]
 
 
+# Batches up to this size are counted value by value in Python (see BatchHistogram._observe_few).
+SMALL_BATCH = 8
+
+
 class BatchHistogram:
     """A classic Prometheus histogram that takes a whole batch of observations in one call.
 
@@ -55,6 +60,7 @@ class BatchHistogram:
                  registry: CollectorRegistry) -> None:
         self._name, self._documentation, self._labelnames = name, documentation, tuple(labelnames)
         self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._bounds_list = self._bounds.tolist()
         self._les = [floatToGoString(b) for b in buckets] + ["+Inf"]
         self._series: dict[tuple[str, ...], tuple[np.ndarray, list[float]]] = {}
         self._lock = threading.Lock()  # observed by the inference thread, collected by HTTP threads
@@ -75,12 +81,26 @@ class BatchHistogram:
 
     def observe(self, values: Any, *labels: str) -> None:
         """Count every value of ``values`` (a number or an array) into the series ``labels``."""
-        data = np.atleast_1d(np.asarray(values, dtype=np.float64))
+        data = np.asarray(values, dtype=np.float64).ravel()
+        if data.size <= SMALL_BATCH:
+            self._observe_few(data.tolist(), labels)
+            return
         counts = np.bincount(np.searchsorted(self._bounds, data, side="left"), minlength=len(self._les))
         with self._lock:
             buckets, total = self._series_for(labels)
             buckets += counts
             total[0] += float(data.sum())
+
+    def _observe_few(self, values: list[float], labels: tuple[str, ...]) -> None:
+        """Why a second path: at the daemon's usual batch of 1, NumPy's call overhead (~10 us for
+        searchsorted + bincount + sum) is most of the cost; ``bisect`` per value takes ~0.3 us and
+        puts each value in the same bucket (first bound >= value; NaN, like searchsorted, in +Inf)."""
+        last = len(self._bounds_list)
+        with self._lock:
+            buckets, total = self._series_for(labels)
+            for value in values:
+                buckets[bisect.bisect_left(self._bounds_list, value) if value == value else last] += 1
+                total[0] += value
 
     def clear(self) -> None:
         with self._lock:

@@ -86,12 +86,27 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation from a trained run (Hinton et al. 2015), off unless ``teacher`` is set.
+
+    Why: the penalties silence neurons the network would use to separate hard digits; the teacher's
+    soft class scores tell the sparse student which errors are near misses, which recovers accuracy at
+    the same event count better than the hard labels alone.
+    """
+
+    teacher: str = ""  # run directory written by `edge-export train` (its model.pt); "" = off
+    weight: float = 1.0  # loss weight of T^2 x KL(teacher || student) at temperature T, added to the CE
+    temperature: float = 4.0
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     penalty: PenaltyConfig = field(default_factory=PenaltyConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def _check_ranges(config: Config) -> list[str]:
@@ -111,6 +126,8 @@ def _check_ranges(config: Config) -> list[str]:
         (0 <= pr.sparsity < 1, "prune.sparsity must be in [0, 1)"),
         (0 <= pr.start_epoch < pr.end_epoch, "prune.start_epoch must be < prune.end_epoch"),
         (config.data.train_limit >= 0 and config.data.test_limit >= 0, "data limits must be >= 0"),
+        (config.distill.weight >= 0 and config.distill.temperature > 0,
+         "distill.weight must be >= 0 and distill.temperature > 0"),
     ]
     return [message for ok, message in checks if not ok]
 

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import tempfile
 import time
 from collections.abc import Callable
@@ -30,10 +31,11 @@ from tqdm import tqdm
 from edge_runtime import mnist
 from edge_runtime.akida_model import from_akida
 from edge_runtime.counters import LayerCounters
+from edge_runtime.errors import ConfigError
 from edge_runtime.simulator import Simulator
 
 from . import penalties
-from .config import Config, config_to_dict
+from .config import Config, ModelConfig, config_to_dict
 from .qat import (
     ACT_BITS,
     IMAGE_SIZE,
@@ -144,6 +146,36 @@ def event_costs(fanouts: list[Tensor], energy_model: Any | None, through_weights
     return [per_event + per_synop * (f if through_weights else float(f.detach())) for f in fanouts]
 
 
+def load_teacher(run_dir: Path) -> ZeroAwareNet:
+    """The trained network of a run directory (its ``model.pt``), frozen, for distillation.
+
+    ``weights_only=True``: the file holds state dicts and plain config values only, so nothing in it
+    can execute code when loaded.
+    """
+    path = run_dir / "model.pt"
+    try:
+        saved = torch.load(path, weights_only=True)
+        teacher = ZeroAwareNet(ModelConfig(**saved["config"]["model"]))
+        teacher.load_state_dict(saved["model"])
+    except FileNotFoundError:
+        raise ConfigError(f"distill.teacher: {path} does not exist; train the teacher first "
+                          f"(edge-export train --out {run_dir})") from None
+    except (RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as error:
+        raise ConfigError(f"distill.teacher: {path} is not a model.pt written by edge-export train ({error})") from None
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Hinton et al.'s soft-target term, T^2 x KL(softmax(t/T) || softmax(s/T)), batch-mean.
+
+    The T^2 keeps its gradient scale independent of T, so ``distill.weight`` means the same at any T.
+    """
+    return F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature,
+                    dim=1), reduction="batchmean", log_target=True) * temperature**2
+
+
 @dataclass
 class EpochStats:
     loss: float
@@ -153,7 +185,8 @@ class EpochStats:
 
 def train_one_epoch(model: ZeroAwareNet, optimizer: torch.optim.Optimizer, data: Data, config: Config,
                     generator: torch.Generator, step0: int, total_steps: int, qat_epoch: int | None,
-                    energy_model: Any | None, progress: bool, desc: str) -> EpochStats:
+                    energy_model: Any | None, progress: bool, desc: str,
+                    teacher: ZeroAwareNet | None = None) -> EpochStats:
     """One pass over the training set; penalties and pruning only in QAT epochs (``qat_epoch`` set)."""
     t, p = config.train, config.penalty
     model.train()
@@ -173,6 +206,11 @@ def train_one_epoch(model: ZeroAwareNet, optimizer: torch.optim.Optimizer, data:
         x, y = random_shift(data.train_x[index].float(), t.shift, generator), data.train_y[index]
         result = model(x)
         loss = F.cross_entropy(result.logits, y)
+        if teacher is not None and config.distill.weight > 0:
+            with torch.no_grad():
+                teacher_logits = teacher(x).logits
+            loss = loss + config.distill.weight * distillation_loss(result.logits, teacher_logits,
+                                                                    config.distill.temperature)
         if qat_progress is not None:
             strength = ramp(qat_progress, p.start_epoch, p.ramp_epochs)
             if strength > 0 and p.activations > 0:
@@ -262,7 +300,6 @@ def summarise(layers: list[IntegerLayer], counters: tuple[LayerCounters, ...], s
 def load_energy_model() -> Any | None:
     """The project's default energy model, or None (logged) while its coefficient file is missing."""
     from edge_runtime.energy import EnergyModel
-    from edge_runtime.errors import ConfigError
 
     try:
         return EnergyModel.load_default()
@@ -367,6 +404,7 @@ def train(config: Config, out: Path | None = None, data: Data | None = None, pro
     data = data or load_data(config)
     model = ZeroAwareNet(config.model)
     energy_model = load_energy_model()
+    teacher = load_teacher(Path(config.distill.teacher)) if config.distill.teacher else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config_to_dict(config))  # recorded before any epoch runs
@@ -384,7 +422,7 @@ def train(config: Config, out: Path | None = None, data: Data | None = None, pro
         phase = "float" if qat_epoch is None else "qat"
         desc = f"{phase} {epoch + 1}/{t.float_epochs + t.qat_epochs}"
         stats = train_one_epoch(model, optimizer, data, config, generator, epoch * steps_per_epoch, total_steps,
-                                qat_epoch, energy_model, progress, desc)
+                                qat_epoch, energy_model, progress, desc, teacher)
         test_acc = float((torch_eval(model, data.test_x).argmax(1) == data.test_y).float().mean())
         entry = {"epoch": epoch + 1, "phase": phase, "loss": stats.loss, "train_accuracy": stats.accuracy,
                  "nonzero_fraction": stats.nonzero_fraction, "test_accuracy": test_acc,

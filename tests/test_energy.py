@@ -12,7 +12,7 @@ import pytest
 
 from edge_runtime import energy
 from edge_runtime.akida_model import from_akida
-from edge_runtime.counters import LayerCounters
+from edge_runtime.counters import PER_FRAME, LayerCounters
 from edge_runtime.energy import Coefficients, EnergyModel
 from edge_runtime.errors import ConfigError, DataError
 from edge_runtime.simulator import Simulator
@@ -259,3 +259,38 @@ def test_estimate_takes_the_simulators_counters() -> None:
     clocks = c.cycles_per_input_event * hrc.inputs + c.cycles_per_synaptic_op * hrc.dense_synaptic_ops
     np.testing.assert_allclose(terms["layer_time"], c.floor_power_w * clocks / c.clock_hz)
     assert len(default.marginal_costs(counters)) == len(model.layers)
+
+
+def test_board_energy_form_matches_hand_arithmetic() -> None:
+    """The daemon's precomputed linear form gives the hand-worked board energy of the frames above."""
+    form = hand_model().board_energy_of(hand_network())
+    board = [0.5 * 1.087e-3 + 259e-12, 0.5 * 1.102e-3 + 368e-12]
+    np.testing.assert_allclose(form.board_j(hand_network()), board, rtol=1e-12)
+    # The input layer's non-zero pixels (input_events) and every layer's spikes cost nothing.
+    assert {(index, name) for index, name, _ in form.terms}.isdisjoint({(0, "input_events"), (1, "output_spikes")})
+
+
+def test_board_energy_form_equals_estimate_on_simulator_counters() -> None:
+    """Built once from one batch, the form reproduces ``estimate`` on other frames of the same model."""
+    rng = np.random.default_rng(11)
+    default = EnergyModel.load_default()
+    for _ in range(5):
+        model = from_akida(akida_random.random_model(rng, akida_random.Draw(max_extra_layers=3)))
+        simulator = Simulator(model)
+        first = simulator.run(akida_random.mnist_like(rng, 1, model.input_shape)).counters
+        form = default.board_energy_of(first)
+        later = simulator.run(akida_random.mnist_like(rng, 7, model.input_shape)).counters
+        np.testing.assert_allclose(form.board_j(later.layers), default.estimate(later).board_j, rtol=1e-12)
+        # Batch 1 takes a scalar path: the same numbers as the array path, bit for bit.
+        batch = form.board_j(later.layers)
+        for k in range(len(batch)):
+            single = [dataclasses.replace(layer, **{name: getattr(layer, name)[k:k + 1] for name in PER_FRAME})
+                      for layer in later.layers]
+            assert form.board_j(single)[0] == batch[k]
+
+
+def test_board_energy_form_refuses_another_models_counters() -> None:
+    form = hand_model().board_energy_of(hand_network())
+    renamed = [dataclasses.replace(layer, name=f"other{i}") for i, layer in enumerate(hand_network())]
+    with pytest.raises(DataError, match="energy form"):
+        form.board_j(renamed)

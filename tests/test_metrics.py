@@ -137,8 +137,10 @@ def test_batch_histogram_exports_what_a_prometheus_histogram_would() -> None:
     reference = Histogram("x_joules", "doc", ["layer"], buckets=ENERGY_BUCKETS, registry=theirs)
     rng = np.random.default_rng(0)
     values = np.concatenate([10 ** rng.uniform(-7, 0, 500), np.array(ENERGY_BUCKETS), [0.0, 5.0]])
-    for chunk in np.array_split(values, 7):
-        batch.observe(chunk, "conv0")
+    # Chunks of 1 to 8 values take the per-value path, larger ones the NumPy path; a bare number too.
+    sizes = np.cumsum([1, 2, 3, 5, 8, 9, 100, 1, 7, 200])
+    for chunk in np.split(values, sizes):
+        batch.observe(chunk[0] if len(chunk) == 1 else chunk, "conv0")
         for value in chunk:
             reference.labels("conv0").observe(value)
 

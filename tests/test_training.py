@@ -24,7 +24,15 @@ from exporter.qat import (
     export_integer_layers,
     to_akida,
 )
-from exporter.train import data_from_arrays, layers_from_arrays, seed_everything, simulate, train
+from exporter.train import (
+    data_from_arrays,
+    distillation_loss,
+    layers_from_arrays,
+    load_teacher,
+    seed_everything,
+    simulate,
+    train,
+)
 
 akida = pytest.importorskip("akida")
 
@@ -151,6 +159,53 @@ def test_cli_writes_a_complete_run_directory(tmp_path: Path, mnist_data):
     assert checkpoint["epoch"] == 2 and checkpoint["config"]["penalty"]["activations"] == 1.0
     assert all(layer.weights.dtype == np.int8 for layer in layers)
     assert layers[0].threshold.dtype == np.int32 and layers[0].act_step.dtype == np.float32
+
+
+def test_distillation_loss_is_hintons_soft_target_term():
+    """T^2 x KL(teacher || student) at temperature T, against a plain NumPy evaluation."""
+    rng = np.random.default_rng(0)
+    student, teacher = rng.normal(0, 3, (5, 10)), rng.normal(0, 3, (5, 10))
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    for temperature in (1.0, 4.0):
+        p, q = softmax(teacher / temperature), softmax(student / temperature)
+        expected = temperature**2 * np.mean(np.sum(p * np.log(p / q), axis=1))
+        got = distillation_loss(torch.from_numpy(student), torch.from_numpy(teacher), temperature)
+        assert float(got) == pytest.approx(expected, rel=1e-9)
+    assert float(distillation_loss(torch.from_numpy(teacher), torch.from_numpy(teacher), 4.0)) == pytest.approx(0)
+
+
+def test_distillation_pulls_the_student_towards_the_teacher(tmp_path: Path, small_data):
+    """A student trained with a (tiny) teacher's soft targets ends closer to the teacher's outputs."""
+    teacher_dir = tmp_path / "teacher"
+    teacher_config = with_overrides(tiny_config(), [("train.qat_epochs", 2)])
+    train(teacher_config, out=teacher_dir, data=small_data, progress=False)
+    teacher = load_teacher(teacher_dir)
+    images = small_data.test_x.float()
+    with torch.no_grad():
+        target = torch.softmax(teacher(images).logits, dim=1)
+
+    def distance(weight: float) -> float:
+        config = with_overrides(tiny_config(), [("train.seed", 1), ("distill.teacher", str(teacher_dir)),
+                                                ("distill.weight", weight)])
+        student, _ = train(config, data=small_data, progress=False)
+        student.eval()
+        with torch.no_grad():
+            return float((torch.softmax(student(images).logits, dim=1) - target).abs().sum(dim=1).mean())
+
+    assert distance(4.0) < distance(0.0)
+
+
+def test_missing_or_bad_teacher_is_one_line(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does not exist; train the teacher first"):
+        load_teacher(tmp_path / "nothing")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="is not a model.pt written by edge-export train"):
+        load_teacher(tmp_path / "bad")
 
 
 def test_penalty_fanout_is_the_energy_models_fanout(mnist_data):

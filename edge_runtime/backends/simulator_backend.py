@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..energy import EnergyModel
+from ..energy import BoardEnergy, EnergyModel
 from ..errors import BackendError, DataError, ModelError
 from ..simulator import Simulator
 from .base import BatchResult, EnergyReport
@@ -22,12 +22,15 @@ class SimulatorBackend:
     def __init__(self, simulator: Simulator, energy_model: EnergyModel) -> None:
         self._simulator = simulator
         self._energy_model = energy_model
+        self._board_energy: BoardEnergy | None = None  # built from the first batch's static counts
 
     def infer(self, images: np.ndarray) -> BatchResult:
         try:
             result = self._simulator.run(images)
             # board energy: what the power meter would report, so both sources line up on one panel
-            energy = self._energy_model.estimate(result.counters).board_j
+            if self._board_energy is None:
+                self._board_energy = self._energy_model.board_energy_of(result.counters)
+            energy = self._board_energy.board_j(result.counters.layers)
         except (DataError, ModelError) as error:
             raise BackendError(f"simulator: {error}") from None
         n = len(images)
