@@ -38,6 +38,7 @@ from .pipeline import (
     Pipeline,
     SourceListener,
     limit_blas_threads,
+    prompt_thread_switches,
 )
 from .sdnotify import Notifier
 from .sinks import JsonLinesSink, Sink, StdoutSink, prediction_records
@@ -140,6 +141,7 @@ class Daemon:
         config = self.config
         backend: Backend | None = None
         limit_blas_threads(config.inference.blas_threads)
+        prompt_thread_switches()
         try:
             bundle = verify(config.model.bundle)
             backend = self._open_backend(bundle, config, self._energy)

@@ -204,7 +204,7 @@ def test_missing_or_bad_teacher_is_one_line(tmp_path: Path):
         load_teacher(tmp_path / "nothing")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "model.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="is not a model.pt written by edge-export train"):
+    with pytest.raises(ConfigError, match=r"is not a model\.pt written by edge-export train"):
         load_teacher(tmp_path / "bad")
 
 
