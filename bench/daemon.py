@@ -1,6 +1,7 @@
 """End-to-end throughput and latency of ``edge-runtime serve`` over a real pty, against the raw simulator.
 
-Run: ``python bench/daemon.py [--frames 3000] [--rounds 3] [--bundle DIR]``. In one run, on the same MNIST test frames:
+Run: ``python bench/daemon.py [--frames 3000] [--rounds 3] [--bundle DIR|random]``.
+In one run, on the same MNIST test frames:
 
 1. **raw simulator**: ``Simulator.run`` on frames already in memory, at batch 1 and at the daemon's
    ``max_batch``, with one BLAS thread as the daemon uses (the faster setting here); the better of
@@ -26,8 +27,9 @@ Steps 1-3 run ``--rounds`` times (default 3), interleaved, so that load from oth
 host hits every measurement alike; each round's pty throughput is divided by the same round's raw
 reference, and the target is judged on the median of those ratios.
 
-Without ``--bundle`` a random model of the default architecture (32/64/128 filters, layers firing on
-~25 % of neurons, as trained models do) is exported into a temporary bundle.
+By default it serves the bundle the project ships and the demo serves, ``models/mnist-zeroaware``;
+``--bundle random`` exports a random model of the default architecture (32/64/128 filters, layers
+firing on ~25 % of neurons, denser than the zero-aware model) into a temporary bundle.
 """
 
 from __future__ import annotations
@@ -304,14 +306,17 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds of every measurement; medians are compared (default 3)")
-    parser.add_argument("--bundle", type=Path, help="an exported bundle (default: a random default-architecture one)")
+    parser.add_argument("--bundle", default=str(REPO / "models" / "mnist-zeroaware"),
+                        help="an exported bundle, or 'random' for a random default-architecture model "
+                        "(default: the shipped models/mnist-zeroaware)")
     args = parser.parse_args()
 
     mnist = load_mnist()
     frames = mnist.test_images[: args.frames, :, :, None]
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        bundle_path = args.bundle or make_bundle(Path(tmp) / "bundle", frames, mnist.test_labels)
+        bundle_path = (make_bundle(Path(tmp) / "bundle", frames, mnist.test_labels) if args.bundle == "random"
+                       else Path(args.bundle))
         bundle = load_bundle(bundle_path)
         simulator = Simulator(bundle.model)
         limit_blas_threads(1)
