@@ -10,7 +10,7 @@ import argparse
 import csv
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +84,13 @@ def cost_of(r: dict[str, Any]) -> float:
     return r["chip_nj_per_image"] if r["chip_nj_per_image"] is not None else r["synops_per_image"]
 
 
-def mark_pareto(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Flag rows that no other row beats on both accuracy (higher) and cost (lower)."""
+def mark_pareto(rows: list[dict[str, Any]], cost: Callable[[dict[str, Any]], float] = cost_of,
+                flag: str = "pareto") -> list[dict[str, Any]]:
+    """Set ``row[flag]`` on rows that no other row beats on both accuracy (higher) and ``cost`` (lower)."""
     for r in rows:
-        r["pareto"] = not any(
-            o is not r and o["accuracy"] >= r["accuracy"] and cost_of(o) <= cost_of(r)
-            and (o["accuracy"] > r["accuracy"] or cost_of(o) < cost_of(r))
+        r[flag] = not any(
+            o is not r and o["accuracy"] >= r["accuracy"] and cost(o) <= cost(r)
+            and (o["accuracy"] > r["accuracy"] or cost(o) < cost(r))
             for o in rows
         )
     return rows
