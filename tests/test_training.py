@@ -250,7 +250,7 @@ def test_unknown_key_is_one_line_naming_allowed_keys(tmp_path: Path):
     message = str(error.value)
     assert "\n" not in message and str(path) in message
     assert "unknown key penalty.activation (allowed: activations, weights, form" in message
-    assert "unknown section [trian] (allowed: model, data, train, penalty, prune)" in message
+    assert "unknown section [trian] (allowed: model, data, train, penalty, prune, distill)" in message
 
 
 @pytest.mark.parametrize(("raw", "fragment"), [
@@ -259,6 +259,7 @@ def test_unknown_key_is_one_line_naming_allowed_keys(tmp_path: Path):
     ({"train": {"qat_epochs": 0}}, "qat_epochs >= 1"),
     ({"penalty": {"energy_weighted": 1}}, "penalty.energy_weighted must be bool"),
     ({"model": []}, "[model] must be a table"),
+    ({"distill": {"temperature": 0.0}}, "distill.temperature > 0"),
 ])
 def test_invalid_values_are_rejected(raw: dict, fragment: str):
     with pytest.raises(ConfigError, match=None) as error:
