@@ -209,7 +209,8 @@ def markdown(results: dict[str, dict[str, Any]], energy: EnergyModel, wall: dict
         "",
         "Where the other two targets stand: every full-budget run on one plot (accuracy against events, left, and "
         "against chip energy, right; the green boxes are the targets), from [mnist-tuning.md](mnist-tuning.md), "
-        "which also says what holds them back.",
+        "which also says what holds them back and how far one seed can be trusted (the same pair of configs "
+        "with seeds 1 and 2).",
         "",
         "![accuracy against events and chip energy, every full-budget run](tuning-pareto.png)",
         "",
