@@ -94,7 +94,7 @@ class DistillConfig:
     the same event count better than the hard labels alone.
     """
 
-    teacher: str = ""  # run directory written by `edge-export train` (its model.pt); "" = off
+    teacher: str = ""  # run directory of `edge-export train` (its model.pt), relative to the cwd; "" = off
     weight: float = 1.0  # loss weight of T^2 x KL(teacher || student) at temperature T, added to the CE
     temperature: float = 4.0
 

@@ -172,8 +172,9 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, temperatur
 
     The T^2 keeps its gradient scale independent of T, so ``distill.weight`` means the same at any T.
     """
-    return F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature,
-                    dim=1), reduction="batchmean", log_target=True) * temperature**2
+    student = F.log_softmax(student_logits / temperature, dim=1)
+    teacher = F.log_softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(student, teacher, reduction="batchmean", log_target=True) * temperature**2
 
 
 @dataclass
