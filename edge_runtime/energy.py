@@ -298,7 +298,8 @@ class EnergyModel:
         board = self.estimate(units).board_j
         terms = tuple((index, name, float(board[row] - board[0]))
                       for row, (index, name) in enumerate(basis, start=1) if board[row] != board[0])
-        return BoardEnergy(tuple(layer.name for layer in layers), float(board[0]), terms)
+        signature = tuple((layer.name, layer.inputs, layer.nonzero_weights) for layer in layers)
+        return BoardEnergy(signature, float(board[0]), terms)
 
     def event_cost(self, next_fanout: float | None) -> EventCost:
         """One more output event of a layer whose events each reach ``next_fanout`` non-zero weights
@@ -337,15 +338,17 @@ class EnergyModel:
 class BoardEnergy:
     """Board energy per frame as ``constant_j + sum(weight x counter)``: :meth:`EnergyModel.board_energy_of`."""
 
-    layer_names: tuple[str, ...]  # the model it was built for, in order
+    layers: tuple[tuple[str, int, int], ...]  # the model it was built for: (name, inputs, non-zero weights)
     constant_j: float
     terms: tuple[tuple[int, str, float], ...]  # (layer index, per-frame counter, joules per count)
 
     def board_j(self, counters: Sequence[LayerCounters]) -> np.ndarray:
-        """Joules per frame, shaped (N,); the counters must come from the model this form was built for."""
-        if tuple(layer.name for layer in counters) != self.layer_names:
-            raise DataError(f"counters of layers {[layer.name for layer in counters]} given to the energy form of "
-                            f"{list(self.layer_names)}")
+        """Joules per frame, shaped (N,); the counters must come from the model this form was built for
+        (checked by layer names and the static counts the form folded in, which two bundles can share
+        names but not usually counts)."""
+        if tuple((layer.name, layer.inputs, layer.nonzero_weights) for layer in counters) != self.layers:
+            raise DataError(f"counters of layers {[layer.name for layer in counters]} given to the energy form "
+                            f"of another model ({[name for name, _, _ in self.layers]})")
         if counters[0].frames == 1:
             # The daemon's usual batch: Python floats beat a dozen NumPy calls on 1-element arrays by
             # about 8x, and do the same float64 operations in the same order as the loop below.

@@ -292,5 +292,7 @@ def test_board_energy_form_equals_estimate_on_simulator_counters() -> None:
 def test_board_energy_form_refuses_another_models_counters() -> None:
     form = hand_model().board_energy_of(hand_network())
     renamed = [dataclasses.replace(layer, name=f"other{i}") for i, layer in enumerate(hand_network())]
-    with pytest.raises(DataError, match="energy form"):
-        form.board_j(renamed)
+    pruned = [*hand_network()[:1], dataclasses.replace(hand_network()[1], nonzero_weights=20)]  # same names
+    for other in (renamed, pruned):
+        with pytest.raises(DataError, match="energy form of another model"):
+            form.board_j(other)
