@@ -61,12 +61,13 @@ def plot(rows: list[dict[str, Any]], baseline: dict[str, Any], out: Path) -> Non
         front = "events_front" if key == "activations_nonzero_per_image" else "pareto"
         for r in rows:
             is_base = r is baseline
-            accuracy = max(100 * r["accuracy"], BOTTOM)  # runs below the axis sit on it, labelled
-            ax.scatter(r[key], accuracy, marker="*" if is_base else ("v" if accuracy > 100 * r["accuracy"] else "o"),
+            off_axis = 100 * r["accuracy"] < BOTTOM  # drawn on the axis floor as a triangle, labelled
+            accuracy = BOTTOM if off_axis else 100 * r["accuracy"]
+            ax.scatter(r[key], accuracy, marker="*" if is_base else ("v" if off_axis else "o"),
                        s=160 if is_base else 30,
                        color="tab:red" if is_base else ("tab:blue" if r[front] else "tab:gray"), zorder=3)
-            if r[front] or accuracy > 100 * r["accuracy"]:  # label the front (and off-axis runs) only: readable
-                text = r["name"] if accuracy == 100 * r["accuracy"] else f"{r['name']} ({100 * r['accuracy']:.2f}%)"
+            if r[front] or off_axis:  # label the front (and off-axis runs) only: readable
+                text = f"{r['name']} ({100 * r['accuracy']:.2f}%)" if off_axis else r["name"]
                 ax.annotate(text, (r[key], accuracy), fontsize=6, xytext=(4, -3), textcoords="offset points")
         ax.set_xscale("log")
         ax.set_xlim(left, 1.3 * baseline[key])

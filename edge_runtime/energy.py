@@ -287,19 +287,16 @@ class EnergyModel:
         """
         layers = tuple(counters)
         basis = [(index, name) for index in range(len(layers)) for name in PER_FRAME]
-        rows = len(basis) + 1  # row 0: every per-frame counter 0; row k + 1: counter k alone is 1
-        units = []
-        for index, layer in enumerate(layers):
-            arrays = {name: np.zeros(rows, np.int64) for name in PER_FRAME}
-            for row, (where, name) in enumerate(basis, start=1):
-                if where == index:
-                    arrays[name][row] = 1
-            units.append(dataclasses.replace(layer, **arrays))
+        # Row 0: every per-frame counter is 0; row k + 1: basis counter k alone is 1.
+        unit = {(index, name): np.zeros(len(basis) + 1, np.int64) for index, name in basis}
+        for row, key in enumerate(basis, start=1):
+            unit[key][row] = 1
+        units = [dataclasses.replace(layer, **{name: unit[index, name] for name in PER_FRAME})
+                 for index, layer in enumerate(layers)]
         board = self.estimate(units).board_j
         terms = tuple((index, name, float(board[row] - board[0]))
                       for row, (index, name) in enumerate(basis, start=1) if board[row] != board[0])
-        signature = tuple((layer.name, layer.inputs, layer.nonzero_weights) for layer in layers)
-        return BoardEnergy(signature, float(board[0]), terms)
+        return BoardEnergy(_static_signature(layers), float(board[0]), terms)
 
     def event_cost(self, next_fanout: float | None) -> EventCost:
         """One more output event of a layer whose events each reach ``next_fanout`` non-zero weights
@@ -334,6 +331,11 @@ class EnergyModel:
         return tuple(costs)
 
 
+def _static_signature(layers: Iterable[LayerCounters]) -> tuple[tuple[str, int, int], ...]:
+    """What tells one model's counters from another's: names and the static counts a form folds in."""
+    return tuple((layer.name, layer.inputs, layer.nonzero_weights) for layer in layers)
+
+
 @dataclass(frozen=True)
 class BoardEnergy:
     """Board energy per frame as ``constant_j + sum(weight x counter)``: :meth:`EnergyModel.board_energy_of`."""
@@ -346,7 +348,7 @@ class BoardEnergy:
         """Joules per frame, shaped (N,); the counters must come from the model this form was built for
         (checked by layer names and the static counts the form folded in, which two bundles can share
         names but not usually counts)."""
-        if tuple((layer.name, layer.inputs, layer.nonzero_weights) for layer in counters) != self.layers:
+        if _static_signature(counters) != self.layers:
             raise DataError(f"counters of layers {[layer.name for layer in counters]} given to the energy form "
                             f"of another model ({[name for name, _, _ in self.layers]})")
         if counters[0].frames == 1:
