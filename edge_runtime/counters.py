@@ -80,10 +80,18 @@ class LayerCounters:
         """The share of this layer's weights that are zero."""
         return 1.0 - self.nonzero_weights / self.weights
 
+    def means(self) -> dict[str, float]:
+        """Each per-frame counter's mean over the frames, keyed by its ``PER_FRAME`` name.
+
+        The one place these means are taken: the ``simulate`` stats, the training report and the
+        bundle manifest each publish them under their own names, and must agree on the same counters.
+        """
+        return {name: float(np.mean(getattr(self, name))) for name in PER_FRAME}
+
     def summary(self) -> dict[str, float | int]:
         """Static counts, per-frame means and both sparsities, as JSON-ready numbers."""
         out: dict[str, float | int] = {name: int(getattr(self, name)) for name in STATIC}
-        out.update({f"mean_{name}": float(np.mean(getattr(self, name))) for name in PER_FRAME})
+        out.update({f"mean_{name}": mean for name, mean in self.means().items()})
         out["mean_activation_sparsity"] = float(np.mean(self.activation_sparsity))
         out["connection_sparsity"] = float(self.connection_sparsity)
         return out

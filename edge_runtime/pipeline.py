@@ -123,8 +123,8 @@ class Mailbox:
 class FrameQueue:
     """Bounded FIFO between the reader and inference threads.
 
-    ``put`` drops and returns the oldest frame when full (``block=False``) or waits for room
-    (``block=True``). After :meth:`close`, ``put`` refuses and ``get_batch`` drains what is left.
+    ``put`` drops the oldest frames when full (``block=False``) or waits for room (``block=True``).
+    After :meth:`close`, ``put`` refuses and ``get_batch`` drains what is left.
     """
 
     def __init__(self, capacity: int, block: bool) -> None:
@@ -141,18 +141,35 @@ class FrameQueue:
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, frame: Frame) -> Frame | None:
-        """Enqueue; return the frame dropped to make room, if any (also ``frame`` itself once closed)."""
+    def put(self, frames: Sequence[Frame]) -> int:
+        """Enqueue ``frames`` in order; return how many frames were dropped to make room (or refused, once closed).
+
+        Without blocking, the newest ``capacity`` frames stay, whichever call brought them.
+        """
+        items = self._items
         with self._lock:
-            while self._block and len(self._items) >= self.capacity and not self._closed:
-                self._not_full.wait()
-            if self._closed:
-                return frame
-            dropped = self._items.popleft() if len(self._items) >= self.capacity else None
-            self._items.append(frame)
-            if self._getters:
-                self._not_empty.notify()
+            if not self._block:
+                if self._closed:
+                    return len(frames)
+                items.extend(frames)
+                dropped = max(0, len(items) - self.capacity)
+                for _ in range(dropped):
+                    items.popleft()
+            else:
+                dropped = 0
+                for index, frame in enumerate(frames):
+                    while len(items) >= self.capacity and not self._closed:
+                        self._wake_getter()  # one may be waiting for the frames already in
+                        self._not_full.wait()
+                    if self._closed:
+                        return len(frames) - index
+                    items.append(frame)
+            self._wake_getter()
             return dropped
+
+    def _wake_getter(self) -> None:
+        if self._getters:
+            self._not_empty.notify()
 
     def get_batch(self, max_items: int, timeout: float) -> list[Frame]:
         """Up to ``max_items`` frames: waits up to ``timeout`` for the first, never for more."""
@@ -340,12 +357,12 @@ class Pipeline:
 
     def _read_loop(self) -> None:
         try:
-            for frame in self._source.frames():
-                self._received += 1
-                self._metrics.frames_received.inc()
-                dropped = self._queue.put(frame)
-                if dropped is not None:
-                    self._drop("queue_full", 1)
+            for frames in self._source.batches():
+                self._received += len(frames)
+                self._metrics.frames_received.inc(len(frames))
+                dropped = self._queue.put(frames)
+                if dropped:
+                    self._drop("queue_full", dropped)
                 self._metrics.queue_depth.set(len(self._queue))
         except Exception:
             log.exception("frame source failed")

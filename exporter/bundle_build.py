@@ -271,15 +271,16 @@ def measure(model: AkidaModel, outputs: np.ndarray, counters: Counters, eval_set
     accuracy = None
     if eval_set.labels is not None:
         accuracy = float(np.mean(outputs.reshape(len(outputs), -1).argmax(axis=1) == eval_set.labels))
+    means = [c.means() for c in counters]
     layers = tuple(
         LayerMetrics(
             name=c.name,
-            input_events_per_frame=float(np.mean(c.input_events)),
-            nonzero_activations_per_frame=float(np.mean(c.output_events)),
-            activation_density=float(np.mean(c.output_events)) / c.neurons,
-            synaptic_ops_per_frame=float(np.mean(c.synaptic_ops)),
+            input_events_per_frame=m["input_events"],
+            nonzero_activations_per_frame=m["output_events"],
+            activation_density=m["output_events"] / c.neurons,
+            synaptic_ops_per_frame=m["synaptic_ops"],
         )
-        for c in counters
+        for c, m in zip(counters, means, strict=True)
     )
     energy = None
     if energy_model is not None:

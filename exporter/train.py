@@ -265,25 +265,27 @@ def summarise(layers: list[IntegerLayer], counters: tuple[LayerCounters, ...], s
     next layer); ``synops`` are effective synaptic operations (a non-zero input times a non-zero
     weight it reaches; the input layer's HRC is dense, so the energy model charges its dense MACs).
     """
-    per_layer = []
-    for c, layer in zip(counters, layers, strict=True):
-        per_layer.append({
+    means = [c.means() for c in counters]
+    per_layer = [
+        {
             "name": c.name, "kind": layer.kind,
-            "input_events_per_image": float(c.input_events.mean()),
-            "activations_nonzero_per_image": float(c.output_events.mean()),
+            "input_events_per_image": m["input_events"],
+            "activations_nonzero_per_image": m["output_events"],
             "weights_nonzero": c.nonzero_weights, "weights_total": c.weights,
-            "synops_per_image": float(c.synaptic_ops.mean()),
-        })
+            "synops_per_image": m["synaptic_ops"],
+        }
+        for c, layer, m in zip(counters, layers, means, strict=True)
+    ]
     report: dict[str, Any] = {
         "images": len(labels),
         "accuracy": float((scores.argmax(axis=1) == labels).mean()),
         "layers": per_layer,
         # Events that travel between layers: the outputs of every layer but the last (whose potentials
         # are read by the host); the input layer's own input is dense pixels.
-        "activations_nonzero_per_image": float(sum(c.output_events.mean() for c in counters[:-1])),
+        "activations_nonzero_per_image": float(sum(m["output_events"] for m in means[:-1])),
         "weights_nonzero": sum(c.nonzero_weights for c in counters),
         "weights_total": sum(c.weights for c in counters),
-        "synops_per_image": float(sum(c.synaptic_ops.mean() for c in counters)),
+        "synops_per_image": float(sum(m["synaptic_ops"] for m in means)),
         "scores_sha256": hashlib.sha256(scores.astype("<i4").tobytes()).hexdigest(),
     }
     if energy_model is not None:

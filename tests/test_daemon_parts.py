@@ -29,18 +29,19 @@ def frame(seq: int, label: int | None = None, received_at: float = 10.0) -> Fram
 # --- queue and mailbox -------------------------------------------------------------------------
 
 
-def test_a_full_queue_drops_the_oldest_frame() -> None:
-    queue = FrameQueue(2, block=False)
-    assert queue.put(frame(0)) is None
-    assert queue.put(frame(1)) is None
-    assert queue.put(frame(2)).seq == 0
-    assert [f.seq for f in queue.get_batch(8, timeout=0)] == [1, 2]
+def test_a_full_queue_drops_the_oldest_frames() -> None:
+    queue = FrameQueue(3, block=False)
+    assert queue.put([frame(0), frame(1)]) == 0
+    assert queue.put([frame(2)]) == 0
+    assert queue.put([frame(3), frame(4)]) == 2
+    assert [f.seq for f in queue.get_batch(8, timeout=0)] == [2, 3, 4]
+    assert queue.put([frame(seq) for seq in range(10, 15)]) == 2  # more than fits in one call: the newest stay
+    assert [f.seq for f in queue.get_batch(8, timeout=0)] == [12, 13, 14]
 
 
 def test_get_batch_takes_at_most_max_items_and_does_not_wait_for_more() -> None:
     queue = FrameQueue(10, block=False)
-    for seq in range(5):
-        queue.put(frame(seq))
+    queue.put([frame(seq) for seq in range(5)])
     assert [f.seq for f in queue.get_batch(3, timeout=5)] == [0, 1, 2]
     assert [f.seq for f in queue.get_batch(3, timeout=5)] == [3, 4]
 
@@ -52,37 +53,69 @@ def test_put_wakes_a_waiting_get_batch_at_once() -> None:
     thread.start()
     while not queue._getters:  # waiting (put only notifies then)
         threading.Event().wait(0.001)
-    queue.put(frame(7))
+    queue.put([frame(7)])
     thread.join(5)
     assert not thread.is_alive() and [f.seq for f in taken[0]] == [7]
 
 
 def test_backpressure_waits_for_room_instead_of_dropping() -> None:
-    queue = FrameQueue(1, block=True)
-    queue.put(frame(0))
+    queue = FrameQueue(2, block=True)
+    queue.put([frame(0)])
     done = threading.Event()
 
     def producer() -> None:
-        assert queue.put(frame(1)) is None
+        assert queue.put([frame(1), frame(2), frame(3)]) == 0
         done.set()
 
     thread = threading.Thread(target=producer)
     thread.start()
-    assert not done.wait(0.05)  # blocked: the queue is full
+    assert not done.wait(0.05)  # blocked: the queue is full after frame 1
     assert [f.seq for f in queue.get_batch(1, timeout=0)] == [0]
+    assert [f.seq for f in queue.get_batch(1, timeout=5)] == [1]
     assert done.wait(5)
     thread.join()
-    assert [f.seq for f in queue.get_batch(1, timeout=0)] == [1]
+    assert [f.seq for f in queue.get_batch(4, timeout=0)] == [2, 3]
+
+
+def test_a_waiting_getter_is_woken_by_frames_put_before_the_putter_blocks() -> None:
+    """A put larger than the queue must hand over what fits before it waits for room, or both wait."""
+    queue = FrameQueue(2, block=True)
+    taken: list[int] = []
+
+    def consumer() -> None:
+        while len(taken) < 5:
+            taken.extend(f.seq for f in queue.get_batch(2, timeout=30))
+
+    thread = threading.Thread(target=consumer)
+    thread.start()
+    while not queue._getters:
+        threading.Event().wait(0.001)
+    assert queue.put([frame(seq) for seq in range(5)]) == 0
+    thread.join(10)
+    assert not thread.is_alive() and taken == [0, 1, 2, 3, 4]
 
 
 def test_a_closed_queue_drains_then_reports_drained() -> None:
     queue = FrameQueue(4, block=True)
-    queue.put(frame(0))
+    queue.put([frame(0)])
     queue.close()
-    assert queue.put(frame(1)).seq == 1  # refused
+    assert queue.put([frame(1), frame(2)]) == 2  # refused
     assert not queue.drained
     assert [f.seq for f in queue.get_batch(4, timeout=5)] == [0]
     assert queue.drained and queue.get_batch(4, timeout=5) == []
+
+
+def test_a_queue_closed_while_a_put_waits_refuses_the_rest() -> None:
+    queue = FrameQueue(1, block=True)
+    refused: list[int] = []
+    thread = threading.Thread(target=lambda: refused.append(queue.put([frame(0), frame(1), frame(2)])))
+    thread.start()
+    while len(queue) < 1:
+        threading.Event().wait(0.001)
+    queue.close()
+    thread.join(5)
+    assert not thread.is_alive() and refused == [2]
+    assert [f.seq for f in queue.get_batch(4, timeout=0)] == [0]
 
 
 def test_mailbox_delivers_codes_in_order_and_times_out() -> None:

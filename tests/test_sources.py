@@ -82,14 +82,15 @@ class RecordingEvents:
 def reading(source: FrameSource) -> Iterator[queue.Queue[Frame]]:
     """Iterate ``source`` in a thread as the daemon will; close it and check the thread ends."""
     received: queue.Queue[Frame] = queue.Queue()
-    thread = threading.Thread(target=lambda: [received.put(f) for f in source.frames()], daemon=True)
+    thread = threading.Thread(target=lambda: [received.put(f) for batch in source.batches() for f in batch],
+                              daemon=True)
     thread.start()
     try:
         yield received
     finally:
         source.close()
         thread.join(TIMEOUT)
-    assert not thread.is_alive(), "frames() did not return after close()"
+    assert not thread.is_alive(), "batches() did not return after close()"
 
 
 def take(received: queue.Queue[Frame], n: int) -> list[Frame]:
@@ -165,6 +166,8 @@ def test_replay_npy_as_fast_as_possible(tmp_path: Path) -> None:
     assert all(f.label is None and f.image.shape == (4, 5, 1) for f in frames)
     assert np.array_equal(frames[2].image[..., 0], sample_images(4)[2])
     assert events.ups == [True]
+    # The daemon takes a replay as single-frame batches (a paced replay must not bunch frames).
+    assert [[f.seq for f in batch] for batch in open_source(f"replay:{path}").batches()] == [[0], [1], [2], [3]]
 
 
 def test_replay_paces_frames_at_the_rate() -> None:
@@ -323,7 +326,7 @@ def reading_until_error(source: SerialSource) -> tuple[threading.Thread, list[Ba
 
     def run() -> None:
         try:
-            for _ in source.frames():
+            for _ in source.batches():
                 pass
         except BaseException as error:
             errors.append(error)

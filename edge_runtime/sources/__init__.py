@@ -51,7 +51,7 @@ def open_source(
     mnist_cache_dir: Path | None = None,
     frame_shape: tuple[int, ...] | None = None,
 ) -> FrameSource:
-    """Build the source ``spec`` names. Loads replay data now; opens no port until ``frames()``.
+    """Build the source ``spec`` names. Loads replay data now; opens no port until ``batches()``.
 
     Raises ConfigError for a bad spec or port URL, DataError for a missing or malformed frames file.
     ``frame_shape`` (the model's input) is checked against replayed frames now, because every one

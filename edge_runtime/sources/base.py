@@ -27,8 +27,13 @@ class Frame:
 
 
 class FrameSource(Protocol):
-    def frames(self) -> Iterator[Frame]:
-        """Blocks; returns when the source is finished (finite replay) or :meth:`close` was called."""
+    def batches(self) -> Iterator[list[Frame]]:
+        """Frames in arrival order, grouped as they arrived (one serial read can complete several).
+
+        Blocks; returns when the source is finished (finite replay) or :meth:`close` was called.
+        Why groups and not single frames: the daemon counts and queues what arrives under a lock
+        and a metric update each, which it then pays once per read instead of once per frame.
+        """
         ...
 
     def close(self) -> None:
@@ -37,7 +42,7 @@ class FrameSource(Protocol):
 
 
 class SourceEvents(Protocol):
-    """Fault and health reports, called from the thread iterating ``frames()``."""
+    """Fault and health reports, called from the thread iterating ``batches()``."""
 
     def dropped(self, reason: str, n: int = 1) -> None:
         """``n`` frames lost for ``reason`` (one of :data:`SOURCE_DROP_REASONS`)."""

@@ -78,6 +78,11 @@ class ReplaySource:
             label = None if self._labels is None else int(self._labels[index])
             yield Frame(seq, self._images[index], time.monotonic(), label)
 
+    def batches(self) -> Iterator[list[Frame]]:
+        """:meth:`frames` one at a time: a replay has no reads to group, and a paced one must not bunch."""
+        for frame in self.frames():
+            yield [frame]
+
     def close(self) -> None:
         self._closed.set()
 

@@ -11,7 +11,7 @@ without copying them (bench/daemon.py; 2-core host). The reader process costs as
 thread did, so this pays where a core is free, as on an edge host serving one sensor; on a host
 whose every core is busy, throughput follows the total CPU per frame either way.
 
-What stays the same: :meth:`SerialSource.frames` yields the frames and reports every fault
+What stays the same: :meth:`SerialSource.batches` yields the frames and reports every fault
 through :class:`~.base.SourceEvents` from the thread iterating it, in the order they happened.
 pyserial does not reopen a port by itself, so the reader does: when the port cannot be opened or a
 read fails (USB unplug raises SerialException), the sensor is reported down and the port retried
@@ -19,7 +19,7 @@ with capped exponential backoff, for ever, until :meth:`SerialSource.close`. ``c
 reader to stop; it does within a read timeout or a batch, and everything it decoded is still
 yielded, so every frame it received is accounted for. The reader ignores SIGINT, SIGTERM and
 SIGHUP (the daemon decides when reading stops) and exits when the daemon's end of its socket
-closes, so it cannot outlive a killed daemon; if it dies, :meth:`SerialSource.frames` raises.
+closes, so it cannot outlive a killed daemon; if it dies, :meth:`SerialSource.batches` raises.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class SerialSource:
     """Reads protocol packets (edge_runtime.protocol) from ``url`` and yields decoded frames.
 
     ``read_timeout`` bounds how long :meth:`close` takes to be noticed by the reader process,
-    which alone touches the port. :meth:`frames` starts that process and stops it when it returns.
+    which alone touches the port. :meth:`batches` starts that process and stops it when it returns.
     """
 
     def __init__(
@@ -107,12 +107,13 @@ class SerialSource:
                           "backoff": astuple(backoff), "max_payload": max_payload}
         self._events = events or NullEvents()
         self._closed = threading.Event()
-        self._lock = threading.Lock()  # close() (any thread) and frames() both send to the reader
+        self._lock = threading.Lock()  # close() (any thread) and batches() both send to the reader
         self._connection: Connection | None = None
         self._pid: int | None = None
         self._up: bool | None = None
 
-    def frames(self) -> Iterator[Frame]:
+    def batches(self) -> Iterator[list[Frame]]:
+        """The frames of each of the reader's decoded reads, in order."""
         if self._closed.is_set():
             return
         process, connection = self._start_reader()
@@ -123,7 +124,7 @@ class SerialSource:
 
     @property
     def reader_pid(self) -> int | None:
-        """The reader process while :meth:`frames` runs (for diagnostics and tests), else None."""
+        """The reader process while :meth:`batches` runs (for diagnostics and tests), else None."""
         return self._pid
 
     def close(self) -> None:
@@ -149,7 +150,7 @@ class SerialSource:
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             connection = Connection(ours.detach())
-        with contextlib.suppress(OSError):  # it died at once: frames() says so when it reads the end
+        with contextlib.suppress(OSError):  # it died at once: batches() says so when it reads the end
             connection.send(self._settings)
         with self._lock:
             self._connection = connection
@@ -175,7 +176,7 @@ class SerialSource:
             process.kill()
             process.wait()
 
-    def _receive(self, connection: Connection) -> Iterator[Frame]:
+    def _receive(self, connection: Connection) -> Iterator[list[Frame]]:
         """Yield frames and report events from the reader's messages until it says "end"."""
         deadline: float | None = None
         while True:
@@ -195,7 +196,7 @@ class SerialSource:
             for record in message:
                 kind = record[0]
                 if kind == "frames":
-                    yield from self._frames(*record[1:])
+                    yield self._frames(*record[1:])
                 elif kind == "bytes":
                     self._events.bytes_received(record[1])
                 elif kind == "corrupt":
@@ -211,13 +212,14 @@ class SerialSource:
                     raise RuntimeError(f"unknown message from the serial reader: {record!r}")
 
     def _frames(self, received_at: float, shape: tuple[int, ...], pixels: bytes,
-                frames: list[tuple[int, int]]) -> Iterator[Frame]:
+                frames: list[tuple[int, int]]) -> list[Frame]:
+        """One run of frames; a gap before any of them is reported before the run is yielded."""
         # Read-only views into the message: no copy per frame.
         images = np.frombuffer(pixels, np.uint8).reshape(len(frames), *shape)
-        for (seq, missing), image in zip(frames, images, strict=True):
-            if missing:
-                self._events.dropped("seq_gap", missing)
-            yield Frame(seq, image, received_at)
+        missing = sum(gap for _, gap in frames)
+        if missing:
+            self._events.dropped("seq_gap", missing)
+        return [Frame(seq, image, received_at) for (seq, _), image in zip(frames, images, strict=True)]
 
     def _set_up(self, up: bool, message: str) -> None:
         """Report and log link changes only, so a sensor unplugged for hours is one log line."""
