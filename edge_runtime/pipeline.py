@@ -146,8 +146,8 @@ class FrameQueue:
 
         Without blocking, the newest ``capacity`` frames stay, whichever call brought them.
         """
-        items = self._items
         with self._lock:
+            items = self._items
             if not self._block:
                 if self._closed:
                     return len(frames)
@@ -155,7 +155,7 @@ class FrameQueue:
                 dropped = max(0, len(items) - self.capacity)
                 for _ in range(dropped):
                     items.popleft()
-            else:
+            else:  # a replay without a rate, in single-frame lists today; any length works
                 dropped = 0
                 for index, frame in enumerate(frames):
                     while len(items) >= self.capacity and not self._closed:

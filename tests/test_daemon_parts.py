@@ -95,8 +95,9 @@ def test_a_waiting_getter_is_woken_by_frames_put_before_the_putter_blocks() -> N
     assert not thread.is_alive() and taken == [0, 1, 2, 3, 4]
 
 
-def test_a_closed_queue_drains_then_reports_drained() -> None:
-    queue = FrameQueue(4, block=True)
+@pytest.mark.parametrize("block", [True, False])
+def test_a_closed_queue_drains_then_reports_drained(block: bool) -> None:
+    queue = FrameQueue(4, block=block)
     queue.put([frame(0)])
     queue.close()
     assert queue.put([frame(1), frame(2)]) == 2  # refused
@@ -116,6 +117,72 @@ def test_a_queue_closed_while_a_put_waits_refuses_the_rest() -> None:
     thread.join(5)
     assert not thread.is_alive() and refused == [2]
     assert [f.seq for f in queue.get_batch(4, timeout=0)] == [0]
+
+
+class BatchSource:
+    """Yields ``batches`` of frames (seq numbers), then waits until closed, like a sensor gone quiet."""
+
+    def __init__(self, batches: list[list[int]]) -> None:
+        self._batches = batches
+        self._closed = threading.Event()
+
+    def batches(self):
+        for seqs in self._batches:
+            yield [frame(seq) for seq in seqs]
+        self._closed.wait(30)
+
+    def close(self) -> None:
+        self._closed.set()
+
+
+class GatedBackend:
+    """Infers zeros, but only after ``gate`` is set: frames pile up in the queue meanwhile."""
+
+    name = "simulator"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.seen: list[int] = []
+
+    def infer(self, images: np.ndarray) -> BatchResult:
+        assert self.gate.wait(30)
+        self.seen.append(len(images))
+        return BatchResult(scores=np.zeros((len(images), 10), np.int32))
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_pipeline_accounts_for_every_frame_of_multi_frame_batches_into_a_small_queue() -> None:
+    """Batches of 5 into a queue of 3: what does not fit is dropped oldest-first and counted per frame."""
+    from prometheus_client import CollectorRegistry
+
+    from edge_runtime.daemon import DROP_REASONS
+    from edge_runtime.metrics import Metrics
+    from edge_runtime.pipeline import Health, Pipeline
+    from edge_runtime.sdnotify import Notifier
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, DROP_REASONS)
+    backend, mailbox = GatedBackend(), Mailbox()
+    source = BatchSource([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]])
+    pipeline = Pipeline(source, backend, fallback=lambda: backend, metrics=metrics, health=Health(),
+                        mailbox=mailbox, notifier=Notifier({}), sinks=[], make_records=prediction_records,
+                        input_shape=(2, 2, 1), queue_size=3, max_batch=2, backpressure=False)
+    pipeline.start()
+    try:
+        while registry.get_sample_value("edge_frames_received_total") < 12:
+            threading.Event().wait(0.001)
+        backend.gate.set()  # the inference thread holds at most one batch (2 frames) it took before the gate
+    finally:
+        totals = pipeline.stop(timeout=30)
+        mailbox.close()
+    get = registry.get_sample_value
+    assert totals.received == 12 == get("edge_frames_received_total")
+    assert totals.inferred == sum(backend.seen) == get("edge_inferences_total", {"backend": "simulator"})
+    assert totals.dropped == {"queue_full": 12 - totals.inferred}
+    assert get("edge_frames_dropped_total", {"reason": "queue_full"}) == 12 - totals.inferred
+    assert 3 <= totals.inferred <= 5  # the 3 newest frames, plus what was taken before the gate
 
 
 def test_mailbox_delivers_codes_in_order_and_times_out() -> None:

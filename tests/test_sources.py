@@ -321,6 +321,16 @@ def test_a_read_becomes_byte_count_then_bad_packets_and_runs_of_one_shape_in_ord
     assert out[4][2:] == ((3, 4, 1), large.tobytes(), [(6, 0)])
 
 
+def test_gaps_within_one_run_of_frames_are_reported_together_before_the_run() -> None:
+    events = RecordingEvents()
+    source = SerialSource("/dev/null", events=events)
+    pixels = bytes(range(12))
+    frames = source._frames(2.5, (2, 2, 1), pixels, [(5, 0), (8, 2), (10, 1)])
+    assert events.drops == {"seq_gap": 3}
+    assert [f.seq for f in frames] == [5, 8, 10] and all(f.received_at == 2.5 for f in frames)
+    assert [f.image.ravel().tolist() for f in frames] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+
+
 def reading_until_error(source: SerialSource) -> tuple[threading.Thread, list[BaseException]]:
     errors: list[BaseException] = []
 

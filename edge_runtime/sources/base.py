@@ -32,7 +32,7 @@ class FrameSource(Protocol):
 
         Blocks; returns when the source is finished (finite replay) or :meth:`close` was called.
         Why groups and not single frames: the daemon counts and queues what arrives under a lock
-        and a metric update each, which it then pays once per read instead of once per frame.
+        and a metric update each, which it then pays once per group instead of once per frame.
         """
         ...
 

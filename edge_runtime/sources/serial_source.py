@@ -12,7 +12,8 @@ thread did, so this pays where a core is free, as on an edge host serving one se
 whose every core is busy, throughput follows the total CPU per frame either way.
 
 What stays the same: :meth:`SerialSource.batches` yields the frames and reports every fault
-through :class:`~.base.SourceEvents` from the thread iterating it, in the order they happened.
+through :class:`~.base.SourceEvents` from the thread iterating it, in order (the sequence gaps
+within a run of frames are reported together, before the run).
 pyserial does not reopen a port by itself, so the reader does: when the port cannot be opened or a
 read fails (USB unplug raises SerialException), the sensor is reported down and the port retried
 with capped exponential backoff, for ever, until :meth:`SerialSource.close`. ``close`` asks the
@@ -113,7 +114,7 @@ class SerialSource:
         self._up: bool | None = None
 
     def batches(self) -> Iterator[list[Frame]]:
-        """The frames of each of the reader's decoded reads, in order."""
+        """The frames the reader decoded, one list per run (a read's frames, split at bad packets)."""
         if self._closed.is_set():
             return
         process, connection = self._start_reader()
