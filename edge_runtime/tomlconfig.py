@@ -22,8 +22,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-TOMLDecodeError = tomllib.TOMLDecodeError
-
 
 def read_toml(path: Path) -> dict[str, Any]:
     """The parsed document at ``path``; ConfigError (one line with the path) if it cannot be read or parsed."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import ConfigError
-from edge_runtime.tomlconfig import parse_toml_value, read_toml, validate
+from edge_runtime.tomlconfig import read_toml, validate
 
 PENALTY_FORMS = ("sigmoid", "linear", "hoyer", "l1")
 
@@ -157,7 +157,3 @@ def with_overrides(config: Config, overrides: Sequence[tuple[str, Any]], origin:
         raw.setdefault(section, {})[key] = value
     return config_from_dict(raw, origin)
 
-
-def parse_value(text: str) -> Any:
-    """Parse one command-line value with TOML's rules (``3e-4``, ``true``, ``"l1"``; bare words are strings)."""
-    return parse_toml_value(text)

@@ -19,8 +19,9 @@ from typing import Any
 from tqdm import tqdm
 
 from edge_runtime.errors import ConfigError
+from edge_runtime.tomlconfig import parse_toml_value
 
-from .config import Config, load_config, parse_value, with_overrides
+from .config import Config, load_config, with_overrides
 from .train_cli import parse_overrides
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def parse_grid(axes: Sequence[str]) -> list[tuple[str, list[Any]]]:
         key, sep, values = axis.partition("=")
         if not sep or not values:
             raise ConfigError(f"--grid {axis!r}: expected SECTION.KEY=V1,V2,...")
-        grid.append((key.strip(), [parse_value(v.strip()) for v in values.split(",")]))
+        grid.append((key.strip(), [parse_toml_value(v.strip()) for v in values.split(",")]))
     return grid
 
 

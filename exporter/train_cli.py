@@ -7,8 +7,9 @@ import logging
 from pathlib import Path
 
 from edge_runtime.errors import ConfigError
+from edge_runtime.tomlconfig import parse_toml_value
 
-from .config import load_config, parse_value, with_overrides
+from .config import load_config, with_overrides
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str, object]]:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE")
-        pairs.append((key.strip(), parse_value(value.strip())))
+        pairs.append((key.strip(), parse_toml_value(value.strip())))
     return pairs
 
 

@@ -16,7 +16,6 @@ import numpy as np
 
 from .. import files
 from ..errors import DataError
-from ..files import as_hwc
 from .base import Frame, NullEvents, SourceEvents
 from .spec import MNIST_TEST
 
@@ -27,7 +26,7 @@ def load_frames(path: str, mnist_cache_dir: Path | None = None) -> tuple[np.ndar
         from ..mnist import load_mnist  # lazy: only replay of MNIST needs it (and maybe a download)
 
         mnist = load_mnist(mnist_cache_dir)
-        return as_hwc(mnist.test_images, MNIST_TEST), mnist.test_labels
+        return files.as_hwc(mnist.test_images, MNIST_TEST), mnist.test_labels
     return files.load_frames(path), None
 
 
@@ -54,7 +53,7 @@ class ReplaySource:
         loop: bool = False,
         events: SourceEvents | None = None,
     ) -> None:
-        self._images = as_hwc(images)
+        self._images = files.as_hwc(images)
         if labels is not None and len(labels) != len(self._images):
             raise DataError(f"{len(labels)} labels for {len(self._images)} frames")
         if rate is not None and not rate > 0:

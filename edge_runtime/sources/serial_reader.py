@@ -34,7 +34,7 @@ from typing import Any
 import serial
 
 from ..protocol import BadPacket, DecodedFrame, FrameDecoder
-from .serial_source import Backoff
+from .serial_source import READER_IGNORES, Backoff
 
 Record = tuple[Any, ...]
 # Frames decoded before they are sent even though more bytes are waiting (see Reader._pump).
@@ -167,10 +167,9 @@ def add_records(out: list[Record], n_bytes: int, decoded: Sequence[DecodedFrame 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve the parent on the socket whose fd is the first argument; the exit status."""
-    stop_signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    for signum in stop_signals:
+    for signum in READER_IGNORES:
         signal.signal(signum, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)  # SerialSource blocked them for the start
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, READER_IGNORES)  # SerialSource blocked them for the start
     args = sys.argv[1:] if argv is None else argv
     connection = Connection(int(args[0]))
     parent = Parent(connection)
