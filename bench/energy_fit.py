@@ -47,7 +47,6 @@ from edge_runtime.energy import (  # noqa: E402
     CLOCK_COEFFICIENTS,
     ENERGY_COEFFICIENTS,
     HOST_COEFFICIENTS,
-    SCHEMA,
     UNITS,
     Activity,
     Coefficients,
@@ -81,8 +80,8 @@ def build_all(doc: dict[str, Any]) -> dict[str, Built]:
     for name, arch in doc["architectures"].items():
         layers = architectures.expand(arch)
         model = architectures.build(layers)
-        out[name] = Built(layers, [math.prod(l.input_dims) for l in model.layers],
-                          [math.prod(l.output_dims) for l in model.layers])
+        out[name] = Built(layers, [math.prod(layer.input_dims) for layer in model.layers],
+                          [math.prod(layer.output_dims) for layer in model.layers])
     return out
 
 
@@ -97,7 +96,7 @@ def mapping_of(built: Built, arch: str, device: str, mode: str) -> ModelMapping:
         model = architectures.build(built.layers)
         model.map(getattr(akida, device.upper())(), hw_only=False, mode=getattr(akida.MapMode, mode))
         passes = sum(len(s.passes) for s in model.sequences if s.backend == akida.BackendType.Hardware)
-        _MAPPINGS[key] = ModelMapping(device, mode, tuple(placement(l) for l in model.layers), max(passes, 1),
+        _MAPPINGS[key] = ModelMapping(device, mode, tuple(placement(layer) for layer in model.layers), max(passes, 1),
                                       len(model.sequences), built.input_sizes[0], weight_count(model))
     return _MAPPINGS[key]
 
@@ -387,7 +386,8 @@ def fit_akd1000(doc, built, akd1500: DeviceProfile) -> tuple[DeviceProfile, str]
         host_rows.append(Row(label, host_features(mapping, point["frames_per_call"]), 1 / point["fps"] - chip))
         if "avg_mw" in point:
             predicted = float(akd1500.estimate(mapping, acts).dynamic_j[0])
-            dyn_rows.append(Row(label, {"scale": predicted}, (point["avg_mw"] - point["floor_mw"]) / 1e3 / point["fps"]))
+            measured = (point["avg_mw"] - point["floor_mw"]) / 1e3 / point["fps"]
+            dyn_rows.append(Row(label, {"scale": predicted}, measured))
     host = energy_fit.fit(host_rows, ["host_s_per_frame", "host_s_per_input_byte", "host_s_per_call"],
                           {"host_s_per_extra_pass": 0.0, "host_s_per_reloaded_weight": 0.0})
     scale = energy_fit.fit([r for r in dyn_rows if "akidanet" in r.label], ["scale"], {})
@@ -425,7 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 1. AKD1500 clocks
     fit_rows, multi_pass, end_to_end = clock_rows(doc, built)
     clocks = fit_clocks(fit_rows)
-    text, e2, _ = residual_table("AKD1500 per-layer clocks, fitted (single-pass models + single-layer harness)",
+    text, _, _ = residual_table("AKD1500 per-layer clocks, fitted (single-pass models + single-layer harness)",
                                  fit_rows, clocks.predicted, None, "clk", fmt="{:,.3g}")
     report.append(text)
     text, _, _ = residual_table("AKD1500 per-layer clocks of multi-pass models (not fitted)", multi_pass,
@@ -463,15 +463,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     akd1500, akd1000 = with_sources(akd1500, akd1000, clocks, host, dynamic)
     report.insert(4, summary(fit_rows, clocks, multi_pass, e2e_rows, e2e, e1e))
     report.append(table("Fitted profiles", ["coefficient", "unit", "akd1500", "akd1000"],
-                        [(n, UNITS[n], f"{getattr(akd1500.coefficients, n):.4g}", f"{getattr(akd1000.coefficients, n):.4g}")
-                         for n in UNITS]))
+                        [(n, UNITS[n], f"{getattr(akd1500.coefficients, n):.4g}",
+                          f"{getattr(akd1000.coefficients, n):.4g}") for n in UNITS]))
     text = "\n".join(report)
     print(text)
     if args.write:
         for profile in (akd1500, akd1000):
             profile.save(ROOT / "edge_runtime" / "data" / "devices" / f"{profile.device}.json")
         (ROOT / "docs" / "results" / "energy-fit.md").write_text(text)
-        print(f"wrote edge_runtime/data/devices/{{akd1000,akd1500}}.json and docs/results/energy-fit.md")
+        print("wrote edge_runtime/data/devices/{akd1000,akd1500}.json and docs/results/energy-fit.md")
     return 0
 
 

@@ -33,11 +33,12 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import numpy as np
 
 from .akida_model import AkidaModel, Dense, Layer, load_model
-from .errors import BundleError, EdgeError
+from .energy import ModelMapping
+from .errors import BundleError, DataError, EdgeError
 from .simulator import Simulator
 
 FORMAT = "akida-edge-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-device mappings and energy/latency model v2 figures
 MANIFEST = "manifest.json"
 FBZ, ONNX, GOLDEN = "model.fbz", "model.onnx", "golden.npz"
 PAYLOAD_FILES = (FBZ, ONNX, GOLDEN)
@@ -118,10 +119,18 @@ class LayerMetrics:
 
 @dataclass(frozen=True)
 class EnergyMetrics:
-    model_version: str  # the energy model's version string (edge_runtime.energy)
-    chip_j_per_frame: float
-    board_j_per_frame: float
-    frame_time_s: float
+    """Modelled per frame on one device (edge_runtime.energy, model v2), means over the metrics frames.
+
+    ``total_j`` as akida's ``model.statistics`` prints it (floor power x host-inclusive frame time +
+    dynamic, a long ``forward`` call); ``dynamic_j`` floor subtracted (the devhub's convention);
+    ``chip_s`` on-chip latency of one frame; ``frame_s`` host-inclusive time per frame in a long call.
+    """
+
+    profile: str  # the device profile's version, e.g. "akd1000-v2"
+    chip_s: float
+    frame_s: float
+    dynamic_j: float
+    total_j: float
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,7 @@ class Metrics:
     nonzero_weights: int
     weights: int
     layers: tuple[LayerMetrics, ...]
-    energy: EnergyMetrics | None
+    energy: dict[str, EnergyMetrics]  # by device (edge_runtime.energy.DEVICES); empty if not modelled
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,7 @@ class Manifest:
     format_version: int
     name: str
     target: Target
+    mappings: dict[str, ModelMapping]  # by device: where akida's mapper puts each layer (energy model input)
     input: InputSpec
     output: OutputSpec
     layers: tuple[LayerSpec, ...]
@@ -374,7 +384,7 @@ def parse_manifest(document: Any, origin: str) -> tuple[Manifest, str]:
     try:
         body = {key: value for key, value in document.items() if key != DIGEST_KEY}
         manifest = _parse_dataclass(Manifest, body, "")
-    except _SchemaError as error:
+    except (_SchemaError, DataError) as error:  # DataError: a mapping that fails its own checks
         raise BundleError(f"{origin}: {error}: re-export the bundle") from None
     # Only the known payload files are ever opened: a name such as ../../etc/shadow or an absolute
     # path would make the loader read (and hash) files outside the bundle.

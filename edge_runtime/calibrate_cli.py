@@ -1,109 +1,166 @@
-"""``edge-runtime calibrate``: fit the energy model to a board's own measurements.
+"""``edge-runtime calibrate``: fit a device profile to a board's own measurements.
 
-Reads per-frame counters (from the simulator, on the frames the board ran) and the board's measured
-energy per frame (``model.statistics``), fits the coefficients by non-negative least squares and
-writes a new coefficient file, printing how well it fits. The maths is in :mod:`edge_runtime.energy`.
+Two steps, as BrainChip's devhub measures (docs/energy-model.md, "Calibrating on your board"):
+
+1. ``edge-runtime calibrate --measure MODEL.fbz --frames F.npy --out-dir DIR`` on the host with the
+   board: runs sub-models and threshold shifts of MODEL on it, reading ``inference_clk``, host wall
+   time, ``model.statistics`` energy and the power meter's floor, and writes ``DIR/samples.csv`` with
+   each sample's ``.fbz`` and simulator counters;
+2. ``edge-runtime calibrate --samples DIR/samples.csv --out NEW.json``: fits the profile's clock, host
+   and energy coefficients to those samples (non-negative least squares, edge_runtime.energy_fit) and
+   writes a new profile, printing how well each stage fits. Serve it with ``inference.device_profile``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
 
-from . import counters, energy, files
+from . import counters, files
+from .energy import DEFAULT_DEVICE, DEVICES, UNITS, Activity, DeviceProfile
+from .energy_fit import Calibration, Sample, calibrate
 from .errors import ConfigError, DataError
+from .mapping import DEFAULT_MAP_MODE, MAP_MODES, map_model
 
-# Measured-file columns and the factor to SI units; model.statistics reports mJ/frame and fps.
-ENERGY_COLUMNS = {"energy_j": 1.0, "energy_mj": 1e-3}
-TIME_COLUMNS = ("frame_time_s", "fps")
+NUMBER_COLUMNS = ("frames_per_call", "clocks", "frame_time_s", "energy_j", "floor_w")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "calibrate",
-        help="fit the energy model's coefficients to board measurements",
-        description="Fit the energy model to measured board energy per frame (non-negative least squares) "
-        "and write a new coefficient file. With frame times the floor power and time coefficients are "
-        "fitted too; with energy only they are taken from the base file. See docs/energy-model.md.",
+        help="measure a model on an attached board, or fit a device profile to such measurements",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--counters", type=Path, required=True, action="append",
-                        help="per-frame layer counters of the frames the board ran (.npz of "
-                        "Counters.to_arrays(), as the simulator writes them); repeat with --measured "
-                        "for several networks")
-    parser.add_argument("--measured", type=Path, required=True, action="append",
-                        help="measured energy per frame for the --counters at the same position: .npy of "
-                        "joules, or .csv with a header naming energy_j or energy_mj, optionally "
-                        "frame_time_s or fps")
-    parser.add_argument("--out", type=Path, required=True, help="coefficient file to write (JSON)")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--samples", type=Path, metavar="SAMPLES.csv",
+                        help="measurements to fit (as --measure writes them): columns label, model, counters, "
+                        "map_mode, frames_per_call, clocks, frame_time_s, energy_j, floor_w; empty cells allowed; "
+                        "paths relative to the file")
+    action.add_argument("--measure", type=Path, metavar="MODEL.fbz",
+                        help="measure this model on the attached Akida board (needs --frames and --out-dir)")
+    parser.add_argument("--frames", type=Path, metavar="FRAMES.npy", help="--measure: uint8 frames to run")
+    parser.add_argument("--out-dir", type=Path, metavar="DIR", help="--measure: where samples.csv and its files go")
+    parser.add_argument("--shifts", default="-2,2,4", metavar="N[,N...]",
+                        help="--measure: threshold shifts of the whole model, for density sweeps (default -2,2,4)")
+    parser.add_argument("--map-mode", choices=MAP_MODES, default=DEFAULT_MAP_MODE,
+                        help=f"--measure: akida MapMode on the board (default {DEFAULT_MAP_MODE})")
+    parser.add_argument("--out", type=Path, help="--samples: device profile to write (JSON)")
+    parser.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
+                        help=f"--samples: the device measured (default {DEFAULT_DEVICE}); its packaged profile is "
+                        "the base")
     parser.add_argument("--base", type=Path, default=None,
-                        help="coefficients to start from and to keep where the data cannot set them "
-                        "(default: the packaged estimate)")
+                        help="--samples: profile to start from and to keep where the data cannot set it")
     parser.add_argument("--fix", default="", metavar="NAME[,NAME...]",
-                        help="coefficients to hold at their base value, comma-separated")
-    parser.add_argument("--floor-power-w", type=float, default=None,
-                        help="this board's floor power in W (device.soc.power_meter.floor / 1000); "
-                        "replaces the base value, and is kept unless frame times let the fit set it")
+                        help="--samples: coefficients to hold at their base value, comma-separated")
     parser.add_argument("--version", default=None,
-                        help="version label of the new file (default: BASE+calibrated)")
+                        help="--samples: version of the new profile (default BASE+calibrated)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.measure is not None:
+        return _measure(args)
+    if args.out is None:
+        raise ConfigError("--samples needs --out NEW.json")
     files.check_target(args.out)  # before the fit is printed, not after
-    base = energy.EnergyModel.load(args.base) if args.base else energy.EnergyModel.load_default()
-    if args.floor_power_w is not None:
-        base = _with_floor_power(base, args.floor_power_w)
-    if len(args.counters) != len(args.measured):
-        raise ConfigError(
-            f"give one --measured per --counters (got {len(args.measured)} and {len(args.counters)})"
-        )
-    load = _concatenate([energy.total_load(load_counters(path)) for path in args.counters])
-    measured = _join([load_measurements(path) for path in args.measured])
+    base = DeviceProfile.load(args.base) if args.base else DeviceProfile.packaged(args.device)
+    if base.device != args.device:
+        raise ConfigError(f"{args.base}: a profile for {base.device}; pass --device {base.device}")
     fix = [name.strip() for name in args.fix.split(",") if name.strip()]
     version = args.version or f"{base.version}+calibrated"
-    result = energy.calibrate(base, load, measured, version=version, fix=fix)
-    for report in result.fits:
-        print(format_report(report, result.model))
-    result.model.save(args.out)
-    print(f"wrote {args.out} (version {version})")
+    result = calibrate(base, load_samples(args.samples, base.device), version=version, fix=fix)
+    print(format_calibration(result))
+    result.profile.save(args.out)
+    print(f"wrote {args.out} (version {version}); serve it with inference.device_profile = \"{args.out}\"")
     return 0
 
 
-def format_report(report: energy.FitReport, model: energy.EnergyModel) -> str:
+def _measure(args: argparse.Namespace) -> int:
+    from .backends.akida_board import find_device
+    from .board_measure import measure
+
+    if args.frames is None or args.out_dir is None:
+        raise ConfigError("--measure needs --frames FRAMES.npy and --out-dir DIR")
+    try:
+        shifts = [int(s) for s in args.shifts.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--shifts {args.shifts!r}: expected integers such as -2,2,4") from None
+    frames = files.load_frames(args.frames)
+    samples = measure(args.measure, frames, args.out_dir, device=find_device(None), mode=args.map_mode,
+                      shifts=shifts)
+    print(f"wrote {samples}; fit it with: edge-runtime calibrate --samples {samples} --out profile.json")
+    return 0
+
+
+def format_calibration(result: Calibration) -> str:
     """A few lines a person can check: what was fitted to what, and how well."""
-    lines = [f"{report.target}: R^2 {report.r2:.6f}, max relative error {report.max_relative_error:.3%}"]
-    for name in report.fitted:
-        lines.append(f"  {name} = {getattr(model.coefficients, name):.6g} {energy.UNITS[name]}")
-    if report.fixed:
-        lines.append(f"  held at base value: {', '.join(report.fixed)}")
-    if report.at_zero:
-        lines.append(f"  warning: non-negativity held {', '.join(report.at_zero)} at 0 (model may not fit)")
+    lines = []
+    values = result.profile.coefficients
+    for stage, fit in result.fits.items():
+        errors = np.abs(fit.relative_errors)
+        lines.append(f"{stage}: {len(fit.rows)} measurements, largest relative error {float(np.max(errors)):.3%}, "
+                     f"median {float(np.median(errors)):.3%}")
+        for name in fit.fitted:
+            lines.append(f"  {name} = {getattr(values, name):.6g} {UNITS[name]}")
+        if fit.at_zero:
+            lines.append(f"  warning: non-negativity held {', '.join(fit.at_zero)} at 0 (the model may not fit)")
+    if not result.fits:
+        lines.append("no measurement could set any coefficient: the profile equals its base")
     return "\n".join(lines)
 
 
-def _concatenate(loads: list[energy.Load]) -> energy.Load:
-    """Rows of several networks in one problem: only across networks do input-layer costs vary."""
-    fields = [f.name for f in dataclasses.fields(energy.Load)]
-    return energy.Load(*(np.concatenate([getattr(load, name) for load in loads]) for name in fields))
+def load_samples(path: Path, device: str) -> list[Sample]:
+    """Read samples.csv: each row's model is mapped with akida's mapper on ``device`` and its counters'
+    mean activity taken; dynamic energy = energy - floor x frame time where both are known."""
+    import akida  # lazy: only mapping needs the engine
+
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: cannot read samples: {error}") from error
+    if not rows or not {"model", "counters"} <= set(rows[0]):
+        raise DataError(f"{path}: need a header with model, counters and measurement columns, and at least one row")
+    samples, mappings = [], {}
+    for number, row in enumerate(rows, start=2):
+        where = f"{path}:{number}"
+        values = {name: _number(where, name, row.get(name)) for name in NUMBER_COLUMNS}
+        model_path = path.parent / row["model"]
+        mode = row.get("map_mode") or DEFAULT_MAP_MODE
+        if (model_path, mode) not in mappings:
+            if not model_path.is_file():
+                raise DataError(f"{where}: no such model file {model_path}")
+            mappings[model_path, mode] = map_model(akida.Model(str(model_path)), device, mode)
+        mapping = mappings[model_path, mode]
+        layers = load_counters(path.parent / row["counters"]).layers
+        if [layer.name for layer in layers] != [p.name for p in mapping.layers]:
+            raise DataError(f"{where}: the counters' layers do not match {row['model']}'s")
+        activity = tuple(Activity(np.array([np.mean(layer.input_events)], np.float64),
+                                  np.array([np.mean(layer.synaptic_ops)], np.float64)) for layer in layers)
+        energy, floor, frame = values["energy_j"], values["floor_w"], values["frame_time_s"]
+        dynamic = energy - floor * frame if None not in (energy, floor, frame) else None
+        if dynamic is not None and dynamic <= 0:
+            raise DataError(f"{where}: energy_j {energy} is not above floor_w x frame_time_s: check the units")
+        samples.append(Sample(row.get("label") or where, mapping, activity, values["frames_per_call"] or 1.0,
+                              values["clocks"], frame, dynamic, floor))
+    return samples
 
 
-def _join(parts: list[energy.Measurements]) -> energy.Measurements:
-    if len({part.frame_time_s is None for part in parts}) != 1:
-        raise ConfigError("give frame times in every --measured file or in none")
-    times = None if parts[0].frame_time_s is None else np.concatenate([p.frame_time_s for p in parts])
-    return energy.Measurements(np.concatenate([p.energy_j for p in parts]), times)
-
-
-def _with_floor_power(model: energy.EnergyModel, watts: float) -> energy.EnergyModel:
-    if not watts > 0:
-        raise ConfigError(f"--floor-power-w must be positive, got {watts}")
-    coefficients = dataclasses.replace(model.coefficients, floor_power_w=watts)
-    sources = {**model.sources, "floor_power_w": "given on the calibrate command line (--floor-power-w)"}
-    return dataclasses.replace(model, coefficients=coefficients, sources=sources)
+def _number(where: str, name: str, text: str | None) -> float | None:
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{where}: {name} must be a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise DataError(f"{where}: {name} must be a positive number, got {text!r}")
+    return value
 
 
 def load_counters(path: Path) -> counters.Counters:
@@ -138,45 +195,9 @@ def _check_counter(path: Path, key: str, array: np.ndarray, *, static: bool) -> 
         raise DataError(f"{path}: {key} must be one number per frame (1-D), got {array.dtype} {array.shape}")
 
 
-def load_measurements(path: Path) -> energy.Measurements:
-    """Read measured energy per frame (and frame time, if given) in SI units."""
-    if path.suffix == ".npy":
-        values = files.load_array(path, "measured energy per frame (a 1-D .npy of joules)")
-        if values.ndim != 1 or values.dtype.kind not in "iuf":
-            raise DataError(f"{path}: a .npy of measurements must be 1-D numbers (J per frame), not "
-                            f"{values.dtype} {values.shape}")
-        return energy.Measurements(values.astype(np.float64))
-    if path.suffix == ".csv":
-        return _measurements_from_csv(path)
-    raise DataError(f"{path}: measurements must be .npy or .csv")
-
-
-def _measurements_from_csv(path: Path) -> energy.Measurements:
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-            header = rows[0].keys() if rows else []
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{path}: cannot read measurements: {error}") from error
-    allowed = (*ENERGY_COLUMNS, *TIME_COLUMNS)
-    unknown = [name for name in header if name not in allowed]
-    energy_names = [name for name in header if name in ENERGY_COLUMNS]
-    time_names = [name for name in header if name in TIME_COLUMNS]
-    if not rows or unknown or len(energy_names) != 1 or len(time_names) > 1:
-        raise DataError(f"{path}: need a header with one of {', '.join(ENERGY_COLUMNS)}, optionally one of "
-                        f"{', '.join(TIME_COLUMNS)}, and at least one row")
-    energy_j = _column(path, rows, energy_names[0]) * ENERGY_COLUMNS[energy_names[0]]
-    if not time_names:
-        return energy.Measurements(energy_j)
-    times = _column(path, rows, time_names[0])
-    if time_names[0] == "fps":
-        with np.errstate(divide="ignore"):
-            times = 1.0 / times
-    return energy.Measurements(energy_j, times)
-
-
-def _column(path: Path, rows: list[dict[str, str]], name: str) -> np.ndarray:
-    try:
-        return np.array([float(row[name]) for row in rows])
-    except (TypeError, ValueError) as error:
-        raise DataError(f"{path}: column {name} must hold numbers: {error}") from error
+def _check_counter(path: Path, key: str, array: np.ndarray, *, static: bool) -> None:
+    """Static counts are integer scalars, per-frame ones 1-D numbers."""
+    if static and (array.ndim != 0 or array.dtype.kind not in "iu"):
+        raise DataError(f"{path}: {key} must be one integer, got {array.dtype} {array.shape}")
+    if not static and (array.ndim != 1 or array.dtype.kind not in "iuf"):
+        raise DataError(f"{path}: {key} must be one number per frame (1-D), got {array.dtype} {array.shape}")

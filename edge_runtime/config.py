@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .energy import DEVICES
 from .errors import ConfigError
 from .sources import parse_source_spec
 from .tomlconfig import read_toml, validate
@@ -45,7 +46,8 @@ class InferenceSection:
     power_window_s: float = 2.0  # board: energy per inference = mean power over >= this / inferences in it
     onnx_threads: int = 1  # onnxruntime intra-op threads
     blas_threads: int = 1  # NumPy's BLAS worker threads (the simulator); more only pays on many idle cores
-    energy_model: str = ""  # energy-model JSON (from `edge-runtime calibrate`); "" = the packaged default
+    device: str = "akd1000"  # the energy model's device profile: akd1000 (PCIe board) or akd1500
+    device_profile: str = ""  # profile JSON (from `edge-runtime calibrate`) replacing the packaged one; "" = packaged
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ def _check(config: ServeConfig) -> list[str]:
             ),
             (inf.onnx_threads >= 1, "inference.onnx_threads must be >= 1"),
             (inf.blas_threads >= 1, "inference.blas_threads must be >= 1"),
+            (inf.device in DEVICES, f"inference.device must be one of {', '.join(DEVICES)}"),
             (pred.max_bytes >= 4096, "predictions.max_bytes must be >= 4096"),
             (pred.keep >= 1, "predictions.keep must be >= 1"),
         ]

@@ -27,8 +27,8 @@ from prometheus_client import CollectorRegistry
 from .backends import Backend, BackendSettings, Board, open_backend, sources_reported
 from .bundle import Bundle, check_golden, verify
 from .config import ServeConfig, load_config, parse_listen
-from .energy import EnergyModel
-from .errors import EdgeError
+from .energy import DeviceProfile
+from .errors import ConfigError, EdgeError
 from .metrics import Metrics, make_app
 from .pipeline import (
     PIPELINE_DROP_REASONS,
@@ -57,10 +57,17 @@ def backend_settings(config: ServeConfig) -> BackendSettings:
     return BackendSettings(inference.backend, inference.sample_every, inference.power_window_s, inference.onnx_threads)
 
 
-def load_energy_model(config: ServeConfig) -> EnergyModel:
-    """``inference.energy_model`` (e.g. from ``edge-runtime calibrate``), or the packaged estimate."""
-    path = config.inference.energy_model
-    return EnergyModel.load(Path(path)) if path else EnergyModel.load_default()
+def load_energy_model(config: ServeConfig) -> DeviceProfile:
+    """``inference.device_profile`` (e.g. from ``edge-runtime calibrate``), else the packaged profile of
+    ``inference.device``; a file for another device than the configured one is refused."""
+    inference = config.inference
+    if not inference.device_profile:
+        return DeviceProfile.packaged(inference.device)
+    profile = DeviceProfile.load(Path(inference.device_profile))
+    if profile.device != inference.device:
+        raise ConfigError(f"{inference.device_profile}: a profile for {profile.device}, but inference.device is "
+                          f"{inference.device!r}: make them agree")
+    return profile
 
 
 def restart_only_changes(old: ServeConfig, new: ServeConfig) -> list[str]:
@@ -182,7 +189,7 @@ class Daemon:
                  self.url, config.source.spec)
         self._notifier.status(f"waiting for the source {config.source.spec}")
 
-    def _open_backend(self, bundle: Bundle, config: ServeConfig, energy: EnergyModel) -> Backend:
+    def _open_backend(self, bundle: Bundle, config: ServeConfig, energy: DeviceProfile) -> Backend:
         """The configured backend, checked against the bundle's golden vectors before it serves.
 
         The simulator was already checked by ``verify``; the board and onnxruntime are checked
@@ -199,7 +206,7 @@ class Daemon:
                 raise
         return backend
 
-    def _fallback_factory(self, bundle: Bundle, config: ServeConfig, energy: EnergyModel) -> Callable[[], Backend]:
+    def _fallback_factory(self, bundle: Bundle, config: ServeConfig, energy: DeviceProfile) -> Callable[[], Backend]:
         """The simulator for ``bundle``: what the pipeline switches to if its backend fails."""
         settings = replace(backend_settings(config), kind="simulator")
         return lambda: open_backend(bundle, energy, settings, self._board)
@@ -207,7 +214,7 @@ class Daemon:
     def _announce(self, bundle: Bundle, backend: str, config: ServeConfig) -> None:
         """Publish what is being served: model info and expectations, active backend, series at 0."""
         manifest = bundle.manifest
-        energy = manifest.metrics.energy
+        energy = manifest.metrics.energy.get(self._energy.device)
         sample_every = config.inference.sample_every
         energy_sources, layer_sources = sources_reported(backend, sample_every)
         # The fallback (simulator) may take over at any time: its series exist from the start too.
@@ -218,7 +225,7 @@ class Daemon:
             sha256=bundle.sha256,
             input_shape=bundle.model.input_shape,
             classes=[str(i) for i in range(len(manifest.output.labels))],
-            expected_energy=None if energy is None else energy.board_j_per_frame,
+            expected_energy=None if energy is None else energy.total_j,
             expected_sparsity={m.name: 1.0 - m.activation_density for m in manifest.metrics.layers},
             energy_sources=[(backend, s) for s in energy_sources] + [("simulator", s) for s in fallback_energy],
             layers=[(name, s) for name in layer_names for s in {*layer_sources, *fallback_layers}],

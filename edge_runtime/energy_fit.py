@@ -173,6 +173,23 @@ def energy_features(mapping: ModelMapping, activity: Sequence[Activity]) -> dict
 # --------------------------------------------------------------------------- calibration on a board
 
 
+def _identifiable(names: Sequence[str], rows: Sequence[Row]) -> list[str]:
+    """The coefficients the rows can tell apart: exercised by some row, and not a second one whose
+    feature is constant across rows (it would be indistinguishable from the first)."""
+    out: list[str] = []
+    constant_seen = False
+    for name in names:
+        column = np.array([row.features.get(name, 0.0) for row in rows])
+        if not np.any(column):
+            continue
+        if np.ptp(column) <= 1e-12 * np.max(np.abs(column)):
+            if constant_seen:
+                continue
+            constant_seen = True
+        out.append(name)
+    return out
+
+
 @dataclass(frozen=True)
 class Sample:
     """One board measurement of one mapped model on some frames: the model's mean activity per layer,
@@ -198,10 +215,12 @@ def calibrate(base: DeviceProfile, samples: Sequence[Sample], *, version: str,
               fix: Collection[str] = ()) -> Calibration:
     """Fit a profile to a board's measurements, stage by stage, as the devhub measures.
 
-    1. clocks (``inference_clk``) -> the clock coefficients; 2. frame time - measured chip time ->
-    the host coefficients; 3. dynamic energy -> the energy coefficients; floor power = the mean
-    measured floor. A stage without measurements, and coefficients named in ``fix`` or exercised by no
-    sample, keep ``base``'s values.
+    1. clocks (``inference_clk``) of single-frame calls -> the clock coefficients (a long call overlaps
+    frames across layers, so its clocks per frame are not the layers' sum); 2. frame time - measured
+    chip time per frame -> the host coefficients; 3. dynamic energy -> the energy coefficients; floor
+    power = the mean measured floor. A stage without measurements, coefficients named in ``fix``,
+    exercised by no sample, or whose feature is the same constant as an earlier one's in every sample
+    (e.g. bytes per frame when every sample has the same input), keep ``base``'s values.
     """
     unknown = sorted(set(fix) - set(UNITS))
     if unknown:
@@ -211,7 +230,7 @@ def calibrate(base: DeviceProfile, samples: Sequence[Sample], *, version: str,
     fits: dict[str, Fit] = {}
     stages = (
         ("clocks", CLOCK_COEFFICIENTS, [Row(s.label, clock_features(s.mapping, s.activity), s.clocks)
-                                        for s in samples if s.clocks is not None]),
+                                        for s in samples if s.clocks is not None and s.frames_per_call == 1]),
         ("host", HOST_COEFFICIENTS, [Row(s.label, host_features(s.mapping, s.frames_per_call),
                                          s.frame_s - s.clocks / c.clock_hz)
                                      for s in samples if s.frame_s is not None and s.clocks is not None]),
@@ -221,8 +240,7 @@ def calibrate(base: DeviceProfile, samples: Sequence[Sample], *, version: str,
     for stage, names, rows in stages:
         if not rows:
             continue
-        exercised = {name for row in rows for name, x in row.features.items() if x != 0}
-        free = [n for n in names if n not in fix and n in exercised]
+        free = _identifiable([n for n in names if n not in fix], rows)
         held = {n: values[n] for n in names if n not in free}
         if not free:
             continue

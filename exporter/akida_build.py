@@ -82,15 +82,16 @@ def _set_variables(made: Any, layer: Layer) -> None:
     made.variables["act_step"] = np.ascontiguousarray(layer.act_step, dtype=np.float32)
 
 
-def map_on_akd1000(model: akida.Model) -> DeviceMapping:
-    """Map ``model`` (in place) on a virtual AKD1000 with hardware only; ModelError if it does not fit.
+def map_on_akd1000(model: akida.Model, mode: str = "AllNps") -> DeviceMapping:
+    """Map ``model`` (in place) on a virtual AKD1000 with hardware only, in akida's ``mode``
+    (``MapMode`` name); ModelError if it does not fit.
 
     ``hw_only=True`` makes akida refuse any layer it would have to run in software, so success means
     the real chip runs the whole model. Map a copy (e.g. ``akida.Model(path)``), not a model you go on
     to save or run in software.
     """
     try:
-        model.map(akida.AKD1000(), hw_only=True)
+        model.map(akida.AKD1000(), hw_only=True, mode=getattr(akida.MapMode, mode))
     except RuntimeError as error:
         raise ModelError(f"the model does not map fully on AKD1000 ({error})") from None
     software = [seq.name for seq in model.sequences if seq.backend != akida.BackendType.Hardware]

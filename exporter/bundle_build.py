@@ -3,7 +3,8 @@
 The export refuses to write anything an edge host could not trust (docs/bundle.md):
 
 1. the ONNX graph must be provably exact (every value an integer below 2**24, no engine wrap-around);
-2. the model must map entirely on AKD1000 hardware (``hw_only=True``), and the NPs it takes are recorded;
+2. the model must map entirely on AKD1000 hardware (``hw_only=True``); its mapping on every device the
+   energy model knows (AKD1000, AKD1500) is recorded, with the modelled time and energy per frame;
 3. the Akida engine (on the saved ``.fbz``), our simulator and onnxruntime (on the saved ``.onnx``)
    must give identical outputs on every evaluation frame, and so must the run's own recorded scores;
 4. the finished directory must pass the runtime's own :func:`edge_runtime.bundle.load_bundle`.
@@ -59,8 +60,9 @@ from edge_runtime.bundle import (
     write_manifest,
 )
 from edge_runtime.counters import Counters
-from edge_runtime.energy import EnergyModel
+from edge_runtime.energy import DEVICES, DeviceProfile, ModelMapping
 from edge_runtime.errors import BundleError, DataError, ModelError
+from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
 from edge_runtime.onnx_session import OnnxSession
 from edge_runtime.simulator import Simulator, window_geometry
 
@@ -265,8 +267,19 @@ def _check_recorded_scores(scores: np.ndarray, outputs: np.ndarray) -> None:
 # --------------------------------------------------------------------------- measuring
 
 
+def modelled_energy(profiles: Mapping[str, DeviceProfile], mappings: Mapping[str, ModelMapping],
+                    counters: Counters) -> dict[str, EnergyMetrics]:
+    """Per device: the v2 model's time and energy per frame (means over the counters' frames)."""
+    out = {}
+    for device, profile in profiles.items():
+        estimate = profile.bind(mappings[device]).evaluate_counters(counters.layers)
+        out[device] = EnergyMetrics(profile.version, float(np.mean(estimate.chip_s)), float(np.mean(estimate.frame_s)),
+                                    float(np.mean(estimate.dynamic_j)), float(np.mean(estimate.total_j)))
+    return out
+
+
 def measure(model: AkidaModel, outputs: np.ndarray, counters: Counters, eval_set: EvalSet,
-            energy_model: EnergyModel | None) -> Metrics:
+            energy: dict[str, EnergyMetrics]) -> Metrics:
     """Accuracy, events, weights and modelled energy per frame, from the simulator's exact counters."""
     accuracy = None
     if eval_set.labels is not None:
@@ -282,11 +295,6 @@ def measure(model: AkidaModel, outputs: np.ndarray, counters: Counters, eval_set
         )
         for c, m in zip(counters, means, strict=True)
     )
-    energy = None
-    if energy_model is not None:
-        estimate = energy_model.estimate(counters)
-        energy = EnergyMetrics(energy_model.version, float(np.mean(estimate.chip_j)),
-                               float(np.mean(estimate.board_j)), float(np.mean(estimate.frame_time_s)))
     return Metrics(
         eval_set=eval_set.name,
         frames=len(outputs),
@@ -316,13 +324,15 @@ def toolchain() -> dict[str, str]:
 
 
 def _build_into(directory: Path, model: AkidaModel, name: str, eval_set: EvalSet, training: Training,
-                energy_model: EnergyModel | None, recorded_scores: np.ndarray | None) -> Manifest:
+                profiles: Mapping[str, DeviceProfile], map_mode: str,
+                recorded_scores: np.ndarray | None) -> Manifest:
     bounds = check_exact(model)  # fail fast, before akida or the evaluation run
     to_akida(model).save(str(directory / FBZ))
     shipped = load_model(directory / FBZ)  # everything below uses what was saved
     onnx.save(to_onnx(shipped, name), directory / ONNX)
-    mapping: DeviceMapping = map_on_akd1000(akida.Model(str(directory / FBZ)))
-    log.info("mapped on %s: %s", mapping.device, mapping.nps)
+    mapping: DeviceMapping = map_on_akd1000(akida.Model(str(directory / FBZ)), map_mode)
+    log.info("mapped on %s (%s): %s", mapping.device, map_mode, mapping.nps)
+    mappings = {device: map_model(akida.Model(str(directory / FBZ)), device, map_mode) for device in DEVICES}
     outputs, counters = three_way(directory / FBZ, directory / ONNX, shipped, eval_set.frames)
     log.info("akida, simulator and onnxruntime agree on %d frames", len(outputs))
     if recorded_scores is not None:
@@ -336,6 +346,7 @@ def _build_into(directory: Path, model: AkidaModel, name: str, eval_set: EvalSet
         format_version=FORMAT_VERSION,
         name=name,
         target=Target(mapping.device, "v1", mapping.nps, mapping.sequences, mapping.passes),
+        mappings=mappings,
         input=InputSpec("input", shipped.input_shape, "uint8", (0, 255), eval_set.preprocessing),
         output=OutputSpec("output", shipped.output_shape, shipped.output_dtype.name,
                           "potentials" if potentials else "activations", eval_set.class_names,
@@ -345,7 +356,7 @@ def _build_into(directory: Path, model: AkidaModel, name: str, eval_set: EvalSet
         golden_frames=golden_n,
         training=training,
         toolchain=toolchain(),
-        metrics=measure(shipped, outputs, counters, eval_set, energy_model),
+        metrics=measure(shipped, outputs, counters, eval_set, modelled_energy(profiles, mappings, counters)),
         verification=Verification(BACKENDS, outputs_digest(outputs), max(b.max_abs_value for b in bounds), True),
     )
     write_manifest(directory, manifest)
@@ -398,10 +409,13 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def export_model(model: AkidaModel, out: Path, eval_set: EvalSet, *, name: str | None = None,
-                 training: Training | None = None, energy_model: EnergyModel | None = None,
-                 force: bool = False, recorded_scores: np.ndarray | None = None) -> Manifest:
+                 training: Training | None = None, profiles: Mapping[str, DeviceProfile] | None = None,
+                 map_mode: str = DEFAULT_MAP_MODE, force: bool = False,
+                 recorded_scores: np.ndarray | None = None) -> Manifest:
     """Build, verify and atomically write a bundle for ``model`` at ``out``; nothing is written on failure.
 
+    ``profiles``: the device profile per device (default: the packaged one of each); ``map_mode``:
+    akida's MapMode for every mapping (default akida's own default).
     ``recorded_scores``: outputs the training run recorded for the first frames of ``eval_set``; the
     engine must reproduce them exactly.
     """
@@ -413,8 +427,9 @@ def export_model(model: AkidaModel, out: Path, eval_set: EvalSet, *, name: str |
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
+        chosen = {device: DeviceProfile.packaged(device) for device in DEVICES} if profiles is None else profiles
         manifest = _build_into(work, model, name or out.name, eval_set, training or Training("", None, {}),
-                               energy_model, recorded_scores)
+                               chosen, map_mode, recorded_scores)
         load_bundle(work)  # read back with the runtime's own checks before anyone can see it
         os.chmod(work, 0o755)  # mkdtemp makes it private; the daemon runs as its own user
         for file in work.iterdir():
@@ -427,13 +442,14 @@ def export_model(model: AkidaModel, out: Path, eval_set: EvalSet, *, name: str |
 
 
 def export_run(run_dir: Path, out: Path, eval_set: EvalSet, *, name: str | None = None,
-               energy_model: EnergyModel | None = None, force: bool = False) -> Manifest:
+               profiles: Mapping[str, DeviceProfile] | None = None, map_mode: str = DEFAULT_MAP_MODE,
+               force: bool = False) -> Manifest:
     """``edge-export export``: a run directory to a verified bundle."""
     run = load_run(Path(run_dir))
     # The run records its scores on the MNIST test split only (its first N frames, in order).
     scores = run.eval_scores if eval_set.name == MNIST_TEST else None
-    return export_model(run.model, out, eval_set, name=name, training=run.training, energy_model=energy_model,
-                        force=force, recorded_scores=scores)
+    return export_model(run.model, out, eval_set, name=name, training=run.training, profiles=profiles,
+                        map_mode=map_mode, force=force, recorded_scores=scores)
 
 
 def verify_bundle(path: Path, frames: np.ndarray | None = None) -> VerifyReport:

@@ -10,8 +10,9 @@ import numpy as np
 
 from edge_runtime import files, mnist
 from edge_runtime.bundle import Manifest, file_problems, read_manifest
-from edge_runtime.energy import EnergyModel
-from edge_runtime.errors import BundleError, DataError
+from edge_runtime.energy import DEVICES, DeviceProfile
+from edge_runtime.errors import BundleError, ConfigError, DataError
+from edge_runtime.mapping import DEFAULT_MAP_MODE, MAP_MODES
 
 from .bundle_build import export_run, mnist_eval_set, verify_bundle
 
@@ -33,8 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR", help="bundle directory to write")
     export.add_argument("--name", default=None, help="model name in the manifest (default: the --out directory's name)")
     export.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
-    export.add_argument("--energy-model", type=Path, default=None, metavar="FILE",
-                        help="energy model coefficients (default: the packaged energy-model-v1.json)")
+    export.add_argument("--device-profile", type=Path, action="append", default=[], metavar="FILE",
+                        help="a device profile (e.g. from `edge-runtime calibrate`) replacing the packaged one for "
+                        "its device; repeat for several devices (default: the packaged akd1000 and akd1500 profiles)")
+    export.add_argument("--map-mode", choices=MAP_MODES, default=DEFAULT_MAP_MODE,
+                        help=f"akida's MapMode for every device mapping (default: {DEFAULT_MAP_MODE}, akida's own)")
     export.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
     export.set_defaults(func=_export)
 
@@ -57,10 +61,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify.set_defaults(func=_verify)
 
 
+def device_profiles(paths: list[Path]) -> dict[str, DeviceProfile]:
+    """The packaged profile of every device, each replaced by a given file for the same device."""
+    profiles = {device: DeviceProfile.packaged(device) for device in DEVICES}
+    for path in paths:
+        profile = DeviceProfile.load(path)
+        if profile.device not in profiles:
+            raise ConfigError(f"{path}: device {profile.device!r} is not one of {', '.join(DEVICES)}")
+        profiles[profile.device] = profile
+    return profiles
+
+
 def _export(args: argparse.Namespace) -> int:
-    energy_model = EnergyModel.load(args.energy_model) if args.energy_model else EnergyModel.load_default()
     manifest = export_run(args.run_dir, args.out, mnist_eval_set(args.cache_dir), name=args.name,
-                          energy_model=energy_model, force=args.force)
+                          profiles=device_profiles(args.device_profile), map_mode=args.map_mode, force=args.force)
     print(f"wrote {args.out}")
     print(format_metrics(manifest))
     return 0
@@ -109,6 +123,19 @@ def _nps(nps: dict[str, int]) -> str:
     return ", ".join(f"{count} {kind}" for kind, count in nps.items()) or "-"
 
 
+def _placements(manifest: Manifest, layer: str) -> str:
+    """A layer's NPs on every recorded device, e.g. ``64 CNP1 | 32 CNP1``."""
+    parts = []
+    for mapping in manifest.mappings.values():
+        for place in mapping.layers:
+            if place.name == layer:
+                counts: dict[str, int] = {}
+                for kind in place.np_types:
+                    counts[kind] = counts.get(kind, 0) + 1
+                parts.append(_nps(counts))
+    return " | ".join(parts) or "-"
+
+
 def format_metrics(manifest: Manifest) -> str:
     """The expected metrics, in one short paragraph."""
     m = manifest.metrics
@@ -117,10 +144,13 @@ def format_metrics(manifest: Manifest) -> str:
         f"expected on {m.eval_set} ({m.frames} frames): {accuracy}{m.nonzero_activations_per_frame:.1f} non-zero "
         f"activations/frame, {m.nonzero_weights}/{m.weights} non-zero weights",
     ]
-    if m.energy is not None:
-        e = m.energy
-        lines.append(f"modelled energy ({e.model_version}): chip {e.chip_j_per_frame * 1e6:.3f} uJ/frame, board "
-                     f"{e.board_j_per_frame * 1e3:.3f} mJ/frame, {e.frame_time_s * 1e3:.3f} ms/frame")
+    for device, e in m.energy.items():
+        mapping = manifest.mappings.get(device)
+        passes = f", {mapping.passes} passes: multi-pass, least certain" if mapping and mapping.multi_pass else ""
+        lines.append(f"modelled on {device.upper()} ({e.profile}, {mapping.mode if mapping else '?'} mapping{passes}): "
+                     f"total {e.total_j * 1e6:.1f} uJ/frame (model.statistics convention: floor x frame time + "
+                     f"dynamic), dynamic {e.dynamic_j * 1e6:.2f} uJ/frame, on-chip latency {e.chip_s * 1e6:.1f} us, "
+                     f"frame time {e.frame_s * 1e6:.1f} us in a long batch")
     return "\n".join(lines)
 
 
@@ -140,7 +170,8 @@ def format_summary(path: Path, manifest: Manifest, digest: str, problems: dict[s
         f"{tc.get('onnxruntime')}, akida-edge {tc.get('akida-edge')}; run {training.run or '-'}, seed {training.seed}",
         "",
         f"{'layer':<10} {'kind':<19} {'in':>9} -> {'out':<9} {'kernel':<6} {'stride':<6} {'pool':<7} "
-        f"{'bits w/i/a':<10} {'weights nz/all':>15} {'events/frame':>12} {'density':>7}  NPs",
+        f"{'bits w/i/a':<10} {'weights nz/all':>15} {'events/frame':>12} {'density':>7}  NPs "
+        f"({', '.join(d.upper() for d in manifest.mappings)})",
     ]
     metrics = {layer.name: layer for layer in manifest.metrics.layers}
     for layer in manifest.layers:
@@ -153,7 +184,7 @@ def format_summary(path: Path, manifest: Manifest, digest: str, problems: dict[s
             f"{f'{layer.weights_bits}/{layer.input_bits}/{act}':<10} "
             f"{f'{layer.nonzero_weights}/{layer.weights}':>15} "
             f"{(f'{lm.nonzero_activations_per_frame:.1f}' if lm else '-'):>12} "
-            f"{(f'{lm.activation_density:.1%}' if lm else '-'):>7}  {_nps(layer.nps)}"
+            f"{(f'{lm.activation_density:.1%}' if lm else '-'):>7}  {_placements(manifest, layer.name)}"
         )
     v = manifest.verification
     lines += [

@@ -94,7 +94,7 @@ def valid_taps(size: int, kernel: int, stride: int, pad_before: int) -> int:
 
 def dense_per_input(widths: ModelConfig) -> list[float]:
     """Per activated layer, the synaptic operations one of its output events would cost in the next
-    layer if every weight there were non-zero (``edge_runtime.energy``'s dense ops / inputs).
+    layer if every weight there were non-zero (``edge_runtime.counters``' dense ops / inputs).
 
     For the stride-2 conv, 'Same' padding adds one row and column at the bottom/right, so 20 of the
     21 (output, tap) pairs per axis are real.
@@ -106,7 +106,7 @@ def dense_per_input(widths: ModelConfig) -> list[float]:
 def mean_fanouts(ratios: Sequence[Tensor], widths: ModelConfig, width: float) -> list[Tensor]:
     """Per activated layer, the mean number of non-zero weights one of its output events reaches.
 
-    ``edge_runtime.energy.mean_fanout`` computed from the weights being trained: dense operations per
+    ``edge_runtime.counters.mean_fanout`` computed from the weights being trained: dense operations per
     input times the non-zero fraction of the next layer's weights. The fraction is the exact count
     forward and a sigmoid surrogate backward, so an event's energy can also be lowered by pruning
     the weights it reaches.

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 BASELINE = (("penalty.activations", 0.0), ("penalty.weights", 0.0), ("prune.sparsity", 0.0))
 COLUMNS = ("name", "accuracy", "activations_nonzero_per_image", "weights_nonzero", "synops_per_image",
-           "chip_nj_per_image", "board_uj_per_image", "pareto")
+           "total_uj_per_image", "dynamic_uj_per_image", "pareto")
+PARETO_DEVICE = "akd1000"  # the front is drawn against modelled total energy on this device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -75,21 +76,21 @@ def grid_points(base: Config, grid: Sequence[tuple[str, list[Any]]]) -> list[tup
 
 
 def row(name: str, report: dict[str, Any]) -> dict[str, Any]:
-    energy = report.get("energy") or {}
+    energy = (report.get("energy") or {}).get(PARETO_DEVICE)
     return {
         "name": name,
         "accuracy": report["accuracy"],
         "activations_nonzero_per_image": report["activations_nonzero_per_image"],
         "weights_nonzero": report["weights_nonzero"],
         "synops_per_image": report["synops_per_image"],
-        "chip_nj_per_image": energy["chip_j_per_image"] * 1e9 if energy else None,
-        "board_uj_per_image": energy["board_j_per_image"] * 1e6 if energy else None,
+        "total_uj_per_image": energy["total_j_per_image"] * 1e6 if energy else None,
+        "dynamic_uj_per_image": energy["dynamic_j_per_image"] * 1e6 if energy else None,
     }
 
 
 def cost_of(r: dict[str, Any]) -> float:
-    """Modelled chip energy when an energy model was available, else synaptic operations."""
-    return r["chip_nj_per_image"] if r["chip_nj_per_image"] is not None else r["synops_per_image"]
+    """Modelled total energy (AKD1000, model v2) when an energy model was available, else synaptic ops."""
+    return r["total_uj_per_image"] if r["total_uj_per_image"] is not None else r["synops_per_image"]
 
 
 def mark_pareto(rows: list[dict[str, Any]], cost: Callable[[dict[str, Any]], float] = cost_of,
@@ -127,7 +128,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    label = "modelled chip energy per image (nJ)" if rows[0]["chip_nj_per_image"] is not None else "synops per image"
+    label = (f"modelled total energy per image on {PARETO_DEVICE.upper()} (µJ, model v2)"
+             if rows[0]["total_uj_per_image"] is not None else "synops per image")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         baseline = r["name"] == "baseline"

@@ -133,17 +133,25 @@ def apply_pruning(model: ZeroAwareNet, fraction: float) -> None:
                 mask.mul_((weight.abs() > cutoff).to(mask.dtype))
 
 
-def event_costs(fanouts: list[Tensor], energy_model: Any | None, through_weights: bool) -> list[Tensor | float]:
-    """Chip energy of one output event per activated layer: the energy model's cost of an event that
-    reaches ``fanout`` non-zero weights (linear in it); without a model, 1 + fanout. With
-    ``through_weights`` the fan-outs keep their gradient, so the penalty also prunes the weights the
-    events use most (a conv1 weight is used ~40x more per image than an fc2 weight)."""
+def event_costs(fanouts: list[Tensor], next_widths: list[int], energy_model: Any | None,
+                through_weights: bool) -> list[Tensor | float]:
+    """Dynamic energy of one output event per activated layer: what the energy model (v2) charges the
+    next layer for it, per (event x filter or unit) of that layer plus per synaptic op on the ``fanout``
+    non-zero weights it reaches; without a model, 1 + fanout. With ``through_weights`` the fan-outs
+    keep their gradient, so the penalty also prunes the weights the events use most (a conv1 weight is
+    used ~40x more per image than an fc2 weight). The on-chip time an event costs is not in this
+    weighting (the count-only form is the shipped default)."""
     if energy_model is None:
-        per_event, per_synop = 1.0, 1.0
+        per_filter, per_synop = [0.0] * len(fanouts), 1.0
+        per_event = [1.0] * len(fanouts)
     else:
-        per_event = energy_model.event_cost(0.0).chip_j
-        per_synop = energy_model.event_cost(1.0).chip_j - per_event
-    return [per_event + per_synop * (f if through_weights else float(f.detach())) for f in fanouts]
+        c = energy_model.coefficients
+        per_event = [0.0] * len(fanouts)
+        per_filter = [c.dyn_pj_per_event_filter if i < len(fanouts) - 1 else c.dyn_pj_per_fnp_event_unit
+                      for i in range(len(fanouts))]
+        per_synop = c.dyn_pj_per_synop
+    return [e + pf * w + per_synop * (f if through_weights else float(f.detach()))
+            for e, pf, w, f in zip(per_event, per_filter, next_widths, fanouts, strict=True)]
 
 
 def load_teacher(run_dir: Path) -> ZeroAwareNet:
@@ -219,7 +227,8 @@ def train_one_epoch(model: ZeroAwareNet, optimizer: torch.optim.Optimizer, data:
                 costs = [1.0, 1.0, 1.0]
                 if p.energy_weighted:
                     fanouts = penalties.mean_fanouts(result.weight_ratios, model.widths, p.width)
-                    costs = event_costs(fanouts, energy_model, p.through_weights)
+                    widths = [model.widths.conv1, model.widths.fc, 10]
+                    costs = event_costs(fanouts, widths, energy_model, p.through_weights)
                 loss = loss + strength * p.activations * penalties.activation_penalty(counts, costs, neurons)
             if strength > 0 and p.weights > 0:
                 wcounts = penalties.weight_counts(result.weight_ratios, p.form, p.width)
@@ -289,23 +298,33 @@ def summarise(layers: list[IntegerLayer], counters: tuple[LayerCounters, ...], s
         "scores_sha256": hashlib.sha256(scores.astype("<i4").tobytes()).hexdigest(),
     }
     if energy_model is not None:
-        estimate = energy_model.estimate(counters)
-        report["energy"] = {
-            "model_version": energy_model.version,
-            "chip_j_per_image": float(estimate.chip_j.mean()),
-            "board_j_per_image": float(estimate.board_j.mean()),
-            "board_fixed_j_per_image": float(estimate.fixed_j.mean()),
-            "frame_time_s": float(estimate.frame_time_s.mean()),
-        }
+        report["energy"] = modelled_energy(layers, counters)
     return report
 
 
+def modelled_energy(layers: list[IntegerLayer], counters: tuple[LayerCounters, ...]) -> dict[str, Any]:
+    """Per device, the v2 model's figures per image for the exported integer network, mapped by
+    akida's own mapper (AllNps, akida's default) exactly as ``edge-export export`` maps it."""
+    from edge_runtime.energy import DEVICES, DeviceProfile
+    from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
+
+    out: dict[str, Any] = {}
+    for device in DEVICES:
+        profile = DeviceProfile.packaged(device)
+        estimate = profile.bind(map_model(to_akida(layers), device, DEFAULT_MAP_MODE)).evaluate_counters(counters)
+        out[device] = {"profile": profile.version, "total_j_per_image": float(estimate.total_j.mean()),
+                       "dynamic_j_per_image": float(estimate.dynamic_j.mean()),
+                       "chip_s_per_image": float(estimate.chip_s.mean()),
+                       "frame_s_per_image": float(estimate.frame_s.mean())}
+    return out
+
+
 def load_energy_model() -> Any | None:
-    """The project's default energy model, or None (logged) while its coefficient file is missing."""
-    from edge_runtime.energy import EnergyModel
+    """The AKD1000 device profile (penalty weights), or None (logged) while its file is missing."""
+    from edge_runtime.energy import DeviceProfile
 
     try:
-        return EnergyModel.load_default()
+        return DeviceProfile.packaged("akd1000")
     except (FileNotFoundError, ConfigError) as error:
         log.warning("no energy model available (%s); energy is left out and penalties use fan-out costs", error)
         return None

@@ -47,10 +47,11 @@ def _train(args: argparse.Namespace) -> int:
 
     config = with_overrides(load_config(args.config), parse_overrides(args.set), str(args.config))
     _, report = train(config, args.out, progress=not args.no_progress)
-    energy = report.get("energy") or {}
+    energy = (report.get("energy") or {}).get("akd1000")
     print(f"{args.out}: accuracy {report['accuracy']:.4f}, "
           f"{report['activations_nonzero_per_image']:.1f} non-zero activations/image, "
           f"{report['weights_nonzero']} non-zero weights"
-          + (f", {energy['chip_j_per_image'] * 1e9:.1f} nJ chip/image" if energy else "")
+          + (f", {energy['total_j_per_image'] * 1e6:.1f} uJ/image total on AKD1000 ({energy['profile']}, "
+             f"modelled)" if energy else "")
           + f", exact={report['exact_match_training_forward']}")
     return 0

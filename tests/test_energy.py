@@ -1,298 +1,270 @@
-"""The energy model: hand-worked arithmetic, the default file against the published board figures,
-the coefficient file format, and the marginal costs training uses."""
+"""The energy/latency model v2: a hand-worked example, a slow plain loop over the documented formula
+on random mappings, the pipelining of long calls, the device-profile files, and the packaged profiles
+against the fit that produced them."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import sys
+from pathlib import Path
 
-import akida_random
 import numpy as np
 import pytest
 
 from edge_runtime import energy
-from edge_runtime.akida_model import from_akida
-from edge_runtime.counters import PER_FRAME, LayerCounters
-from edge_runtime.energy import Coefficients, EnergyModel
+from edge_runtime.counters import LayerCounters
+from edge_runtime.energy import Activity, Coefficients, DeviceProfile, ModelMapping, Placement
 from edge_runtime.errors import ConfigError, DataError
-from edge_runtime.simulator import Simulator
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def arrays(*values: float) -> np.ndarray:
-    return np.array(values, dtype=np.float64)
-
-
-def layer(name: str, inputs: int, weights: int, nonzero_weights: int, input_events: np.ndarray,
-          output_events: np.ndarray, synaptic_ops: np.ndarray, dense_synaptic_ops: np.ndarray,
-          ) -> LayerCounters:
-    """Counters of one layer; ``neurons`` and ``output_spikes`` do not enter the energy model."""
-    return LayerCounters(name, neurons=1, inputs=inputs, weights=weights, nonzero_weights=nonzero_weights,
-                         input_events=input_events, output_events=output_events,
-                         output_spikes=np.zeros_like(output_events), synaptic_ops=synaptic_ops,
-                         dense_synaptic_ops=dense_synaptic_ops)
-
-
-def network_at_density(spec: list[tuple], density: float) -> list[LayerCounters]:
-    """One frame of a network whose activations are non-zero with ``density``, weights all non-zero.
-
-    ``spec`` rows: (name, kind, inputs, neurons, dense synaptic ops, weights). An NP layer's input events
-    are ``density`` of its inputs and its synaptic ops the same share of its dense ops; the input
-    layer's pixels are all read whatever they hold.
-    """
-    return [
-        layer(name, inputs, weights, weights, arrays(density * inputs), arrays(density * neurons),
-              arrays(density * dense), arrays(dense))
-        for name, _kind, inputs, neurons, dense, weights in spec
-    ]
-
-
-# The ECE6790 lab's MNIST net (main.py): InputConv 3x3x16 + pool, Conv 3x3 16->16 + pool, Dense 784->10.
-MNIST_NET = [
-    ("conv_0", "InputConvolutional", 28 * 28, 14 * 14 * 16, 28 * 28 * 16 * 9, 9 * 16),
-    ("conv_1", "Convolutional", 14 * 14 * 16, 7 * 7 * 16, 14 * 14 * 16 * 144, 9 * 16 * 16),
-    ("dense", "FullyConnected", 7 * 7 * 16, 10, 784 * 10, 784 * 10),
-]
-
-
-def _separable(name: str, side_in: int, c_in: int, side_out: int, c_out: int, pooled: int) -> tuple:
-    dense = side_out * side_out * c_in * 9 + pooled * pooled * c_out * c_in
-    return (name, "Convolutional", side_in * side_in * c_in, side_out * side_out * c_out, dense,
-            9 * c_in + c_in * c_out)
-
-
-# AkidaNet 0.5 at 224 px as akida_examples' akida.rst lists it (separable layers as one NP layer).
-AKIDANET = [
-    ("conv_0", "InputConvolutional", 224 * 224 * 3, 112 * 112 * 16, 112 * 112 * 16 * 27, 27 * 16),
-    ("conv_1", "Convolutional", 112 * 112 * 16, 112 * 112 * 32, 112 * 112 * 32 * 144, 144 * 32),
-    ("conv_2", "Convolutional", 112 * 112 * 32, 56 * 56 * 64, 56 * 56 * 64 * 288, 288 * 64),
-    ("conv_3", "Convolutional", 56 * 56 * 64, 56 * 56 * 64, 56 * 56 * 64 * 576, 576 * 64),
-    _separable("sep_4", 56, 64, 28, 128, 28),
-    _separable("sep_5", 28, 128, 28, 128, 28),
-    _separable("sep_6", 28, 128, 14, 256, 14),
-    *[_separable(f"sep_{i}", 14, 256, 14, 256, 14) for i in range(7, 12)],
-    _separable("sep_12", 14, 256, 7, 512, 7),
-    ("sep_13", "Convolutional", 7 * 7 * 512, 512, 7 * 7 * 512 * 9 + 7 * 7 * 512 * 512, 9 * 512 + 512 * 512),
-    ("classifier", "FullyConnected", 512, 1000, 512 * 1000, 512 * 1000),
-]
-
-# Round numbers so the expected values below can be worked by hand.
-HAND = Coefficients(
-    input_pixel_pj=1.0, input_mac_pj=2.0, input_event_pj=3.0, synaptic_op_pj=4.0, output_event_pj=5.0,
-    floor_power_w=0.5, host_time_s=1e-3, host_time_per_pixel_s=1e-6, clock_hz=1e6,
-    cycles_per_input_event=2.0, cycles_per_synaptic_op=0.5,
+# Round numbers, so the hand-worked example can be checked with a pencil.
+ROUND = Coefficients(
+    clock_hz=1e6, floor_power_w=0.5,
+    hrc_clk_per_block=30.0,
+    cnp_clk_per_event_filter_k1=0.5, cnp_clk_per_event_filter_k3=1.0, cnp_clk_per_event_filter_k5=2.0,
+    cnp_clk_per_event_filter_k7=8.0, cnp_clk_per_layer=100.0, cnp_clk_per_neuron=0.25,
+    fnp2_clk_per_event_unit=6.0, fnp3_clk_per_event_unit=0.5, fnp_clk_per_layer=1000.0,
+    host_s_per_frame=1e-4, host_s_per_input_byte=1e-8, host_s_per_extra_pass=1e-3, host_s_per_reloaded_weight=1e-9,
+    host_s_per_call=1e-2,
+    dyn_pj_per_hrc_block=1000.0, dyn_pj_per_event_filter=10.0, dyn_pj_per_fnp_event_unit=2.0, dyn_pj_per_synop=5.0,
 )
+PROFILE = DeviceProfile("round-v2", "akd1000", ROUND, {})
+
+# An input conv on 28x28 (pre-pool positions 784, 32 filters = 2 blocks), a 3x3 conv with 64 filters
+# over 7x7 outputs on 4 NPs, a 128-unit FC on an FNP2 and a 10-unit FC on an FNP3.
+MAPPING = ModelMapping("akd1000", "AllNps", (
+    Placement("conv0", "HRC", 1, 32, 9, 784, ("HRC",)),
+    Placement("conv1", "CNP", 4, 64, 9, 49, ("CNP1",) * 4),
+    Placement("fc2", "FNP", 1, 128, np_types=("FNP2",)),
+    Placement("fc3", "FNP", 1, 10, np_types=("FNP3",)),
+), passes=1, sequences=1, input_bytes=784, weights=420_000)
 
 
-def hand_network() -> list[LayerCounters]:
-    """Two frames through a 10-pixel input layer and a 20-input dense layer with half its weights zero."""
-    return [
-        # The HRC reads every pixel and does every MAC: its sparse counts (0 here) must not matter.
-        layer("in", 10, 9, 9, arrays(0, 0), arrays(4, 6), arrays(0, 0), arrays(90, 90)),
-        layer("fc", 20, 60, 30, arrays(4, 6), arrays(1, 2), arrays(8, 30), arrays(60, 60)),
-    ]
+def test_hand_worked_example() -> None:
+    # one frame: 100 events into conv1 (3,000 synops), 50 into fc2 (2,000), 20 into fc3 (100)
+    events = np.array([[784.0, 100.0, 50.0, 20.0]])
+    synops = np.array([[0.0, 3000.0, 2000.0, 100.0]])
+    e = PROFILE.bind(MAPPING).evaluate(events, synops)
+    # clocks: conv0 30 x 784 x 2 = 47,040; conv1 1.0 x 100 x 64 / 4 + 100 + 0.25 x 49 x 64 / 4 = 1,600 + 100 + 196
+    # = 1,896; fc2 6 x 50 x 128 + 1,000 = 39,400; fc3 0.5 x 20 x 10 + 1,000 = 1,100; sum 89,436
+    np.testing.assert_allclose(e.layer_clocks, [[47_040, 1_896, 39_400, 1_100]])
+    assert e.chip_s[0] == pytest.approx(0.089436)
+    # long call: the slowest layer (conv0, 47,040 clk = 47.04 ms) + host 0.1 ms + 784 x 10 ns = 47.14784 ms
+    assert e.frame_s[0] == pytest.approx(0.04714784)
+    # dynamic pJ: conv0 1,000 x 1,568 = 1,568,000; conv1 10 x 6,400 + 5 x 3,000 = 79,000;
+    # fc2 2 x 6,400 + 5 x 2,000 = 22,800; fc3 2 x 200 + 5 x 100 = 900; sum 1,670,700 pJ
+    assert e.dynamic_j[0] == pytest.approx(1.6707e-6)
+    assert e.total_j[0] == pytest.approx(0.5 * 0.04714784 + 1.6707e-6)
+    # one frame per call: no overlap, plus the 10 ms per-call overhead
+    one = PROFILE.bind(MAPPING).evaluate(events, synops, frames_per_call=1)
+    assert one.frame_s[0] == pytest.approx(0.089436 + 1e-4 + 784e-8 + 1e-2)
 
 
-def hand_model() -> EnergyModel:
-    return EnergyModel("hand", HAND, {})
+def test_a_silent_layer_pays_no_fixed_cost_but_the_input_layer_always_works() -> None:
+    e = PROFILE.bind(MAPPING).evaluate(np.array([[0.0, 0.0, 0.0, 0.0]]), np.zeros((1, 4)))
+    np.testing.assert_allclose(e.layer_clocks, [[47_040, 0, 0, 0]])
+    assert e.dynamic_j[0] == pytest.approx(1.568e-6)
 
 
-def test_estimate_matches_hand_arithmetic() -> None:
-    # Frame 0. Chip, in pJ: in = 10 px x 1 + 90 MAC x 2 + 4 out x 5 = 210;
-    # fc = 4 in x 3 + 8 syn x 4 + 1 out x 5 = 49; total 259.
-    # Clocks: in = 2 x 10 px + 0.5 x 90 MAC = 65; fc = 2 x 4 + 0.5 x 8 = 12; 77 cycles = 77 us at 1 MHz.
-    # Frame time = 1 ms + 10 px x 1 us + 77 us = 1.087 ms. Board = 0.5 W x 1.087 ms + 259 pJ.
-    # Frame 1. Chip: in = 10 + 180 + 30 = 220; fc = 18 + 120 + 10 = 148; total 368 pJ.
-    # Clocks: 65 + (12 + 15) = 92 -> 1.102 ms. Board = 0.5 x 1.102 ms + 368 pJ.
-    estimate = hand_model().estimate(hand_network())
-    np.testing.assert_allclose(estimate.chip_j, [259e-12, 368e-12], rtol=1e-12)
-    np.testing.assert_allclose(estimate.frame_time_s, [1.087e-3, 1.102e-3], rtol=1e-12)
-    board = [0.5 * 1.087e-3 + 259e-12, 0.5 * 1.102e-3 + 368e-12]
-    np.testing.assert_allclose(estimate.board_j, board, rtol=1e-12)
+def _plain(profile: DeviceProfile, mapping: ModelMapping, events: np.ndarray, synops: np.ndarray,
+           frames_per_call: float) -> tuple[list[float], list[float], list[float], list[float]]:
+    """docs/energy-model.md's formula, frame by frame and layer by layer, written out once more."""
+    c = profile.coefficients
+    measured = {1: c.cnp_clk_per_event_filter_k1, 9: c.cnp_clk_per_event_filter_k3,
+                25: c.cnp_clk_per_event_filter_k5, 49: c.cnp_clk_per_event_filter_k7}
+    chip, frame, dynamic, total = [], [], [], []
+    for n in range(events.shape[0]):
+        clocks, pj = [], 0.0
+        for i, p in enumerate(mapping.layers):
+            e, s = float(events[n, i]), float(synops[n, i])
+            if p.unit == "HRC":
+                blocks = p.positions * math.ceil(p.width / 16)
+                clocks.append(c.hrc_clk_per_block * blocks)
+                pj += c.dyn_pj_per_hrc_block * blocks
+            elif p.unit == "CNP":
+                if p.kernel_area in measured:
+                    slope = measured[p.kernel_area]
+                else:
+                    low = max(a for a in measured if a < p.kernel_area)
+                    high = min(a for a in measured if a > p.kernel_area)
+                    slope = measured[low] + (measured[high] - measured[low]) * (p.kernel_area - low) / (high - low)
+                fixed = c.cnp_clk_per_layer + c.cnp_clk_per_neuron * p.positions * p.width / p.nps if e > 0 else 0.0
+                clocks.append(slope * e * p.width / p.nps + fixed)
+                pj += c.dyn_pj_per_event_filter * e * p.width + c.dyn_pj_per_synop * s
+            else:
+                per = c.fnp2_clk_per_event_unit if "FNP2" in p.np_types else c.fnp3_clk_per_event_unit
+                clocks.append((per * e * p.width + (c.fnp_clk_per_layer if e > 0 else 0.0)) / p.nps)
+                pj += c.dyn_pj_per_fnp_event_unit * e * p.width + c.dyn_pj_per_synop * s
+        chip.append(sum(clocks) / c.clock_hz)
+        if mapping.passes > 1 or frames_per_call == 1:
+            on_chip = sum(clocks)
+        elif math.isinf(frames_per_call):
+            on_chip = max(clocks)
+        else:
+            on_chip = (sum(clocks) + (frames_per_call - 1) * max(clocks)) / frames_per_call
+        host = (c.host_s_per_frame + c.host_s_per_input_byte * mapping.input_bytes
+                + c.host_s_per_extra_pass * (mapping.passes - 1)
+                + (c.host_s_per_reloaded_weight * mapping.weights if mapping.passes > 1 else 0.0)
+                + (0.0 if math.isinf(frames_per_call) else c.host_s_per_call / frames_per_call))
+        frame.append(on_chip / c.clock_hz + host)
+        dynamic.append(pj * 1e-12)
+        total.append(c.floor_power_w * frame[-1] + dynamic[-1])
+    return chip, frame, dynamic, total
 
 
-def test_breakdown_adds_up_and_marks_what_cannot_shrink() -> None:
-    estimate = hand_model().estimate(hand_network())
-    np.testing.assert_allclose(sum(t.joules for t in estimate.terms), estimate.board_j, rtol=1e-12)
-    np.testing.assert_allclose(sum(estimate.by_layer().values()), estimate.board_j, rtol=1e-12)
-    np.testing.assert_allclose(sum(estimate.by_component().values()), estimate.board_j, rtol=1e-12)
-    # Fixed, frame 0: host 0.5 W x 1 ms + transfer 0.5 x 10 us + HRC clocks 0.5 x 65 us + HRC pixels and
-    # MACs (10 + 180 pJ). Not fixed: the HRC's own output events and everything in fc.
-    fixed = 0.5e-3 + 5e-6 + 32.5e-6 + 190e-12
-    np.testing.assert_allclose(estimate.fixed_j, [fixed, fixed], rtol=1e-12)
-    components = estimate.by_component()
-    np.testing.assert_allclose(components["host_time"], [0.5e-3] * 2, rtol=1e-12)
-    np.testing.assert_allclose(components["synaptic_ops"], [32e-12, 120e-12], rtol=1e-12)
-    np.testing.assert_allclose(estimate.by_layer()[None], [0.5e-3 + 5e-6] * 2, rtol=1e-12)
+def _random_case(rng: np.random.Generator) -> tuple[DeviceProfile, ModelMapping, np.ndarray, np.ndarray]:
+    values = {name: float(rng.uniform(0.1, 10.0)) for name in energy.UNITS}
+    values["clock_hz"] = float(rng.choice([3e8, 4e8]))
+    profile = DeviceProfile("random", "akd1500", Coefficients(**values), {})
+    layers = [Placement("in", "HRC", 1, int(rng.integers(1, 70)), 9, int(rng.integers(1, 900)), ("HRC",))]
+    for i in range(int(rng.integers(1, 6))):
+        if rng.random() < 0.6:
+            nps = int(rng.integers(1, 9))
+            area = int(rng.choice([1, 4, 9, 15, 25, 36, 49]))  # measured and interpolated kernels
+            layers.append(Placement(f"c{i}", "CNP", nps, int(rng.integers(1, 300)), area, int(rng.integers(1, 900)),
+                                    ("CNP1",) * nps))
+        else:
+            kind = str(rng.choice(["FNP2", "FNP3"]))
+            layers.append(Placement(f"f{i}", "FNP", 1, int(rng.integers(1, 1000)), np_types=(kind,)))
+    mapping = ModelMapping("akd1500", "Minimal", tuple(layers), int(rng.choice([1, 1, 3])), 1,
+                           int(rng.integers(1, 10**5)), int(rng.integers(1, 10**6)))
+    frames = int(rng.integers(1, 5))
+    events = rng.integers(0, 500, size=(frames, len(layers))).astype(np.float64)
+    events[rng.random(events.shape) < 0.2] = 0.0  # silent layers
+    synops = events * rng.integers(0, 50, size=events.shape)
+    return profile, mapping, events, synops
 
 
-def test_marginal_costs_match_hand_arithmetic() -> None:
-    # in -> fc: an fc input event reaches 60 dense ops / 20 inputs x 30/60 non-zero = 1.5 weights, so one more
-    # "in" output event costs 5 (fire) + 3 (event) + 1.5 x 4 (synops) = 14 pJ on the chip, and on the board
-    # also 0.5 W x (2 + 1.5 x 0.5) cycles / 1 MHz = 1.375 uJ. fc is last: 5 pJ, no time.
-    # A non-zero fc weight is used 60/60 dense uses x (5 mean events / 20 inputs) = 0.25 times a frame:
-    # 0.25 x 4 pJ = 1 pJ chip, + 0.5 W x 0.25 x 0.5 cycles / 1 MHz board. HRC weights cost nothing extra.
-    costs = hand_model().marginal_costs(hand_network())
-    assert [c.layer for c in costs] == ["in", "fc"]
-    assert costs[0].event.chip_j == pytest.approx(14e-12)
-    assert costs[0].event.board_j == pytest.approx(14e-12 + 1.375e-6)
-    assert costs[1].event == energy.EventCost(pytest.approx(5e-12), pytest.approx(5e-12))
-    assert costs[0].weight == energy.EventCost(0.0, 0.0)
-    assert costs[1].weight.chip_j == pytest.approx(1e-12)
-    assert costs[1].weight.board_j == pytest.approx(1e-12 + 6.25e-8)
+@pytest.mark.parametrize("frames_per_call", [1, 7, math.inf])
+def test_model_matches_a_plain_loop_over_the_documented_formula(frames_per_call) -> None:
+    rng = np.random.default_rng(12)
+    for _ in range(60):
+        profile, mapping, events, synops = _random_case(rng)
+        got = profile.bind(mapping).evaluate(events, synops, frames_per_call)
+        want = _plain(profile, mapping, events, synops, frames_per_call)
+        for name, values in zip(("chip_s", "frame_s", "dynamic_j", "total_j"), want, strict=True):
+            np.testing.assert_allclose(getattr(got, name), values, rtol=1e-12, err_msg=name)
 
 
-def test_event_cost_is_the_estimates_slope() -> None:
-    """One more "in" output event = one more fc input event with its mean fan-out of synaptic ops."""
-    model, layers = hand_model(), hand_network()
-    fanout = energy.mean_fanout(layers[1])
-    more = [
-        dataclasses.replace(layers[0], output_events=layers[0].output_events + 1),
-        dataclasses.replace(layers[1], input_events=layers[1].input_events + 1,
-                            synaptic_ops=layers[1].synaptic_ops + fanout),
-    ]
-    slope = model.estimate(more).board_j - model.estimate(layers).board_j
-    np.testing.assert_allclose(slope, model.marginal_costs(layers)[0].event.board_j, rtol=1e-9)
+def test_a_long_call_costs_the_fill_once_then_the_slowest_layer() -> None:
+    events, synops = np.array([[784.0, 100.0, 50.0, 20.0]]), np.zeros((1, 4))
+    cost = PROFILE.bind(MAPPING)
+    calls = {n: cost.evaluate(events, synops, n) for n in (1, 10, math.inf)}
+    host = 1e-4 + 784e-8
+    sum_s, slowest_s = 0.089436, 0.04704
+    assert calls[10].frame_s[0] == pytest.approx((sum_s + 9 * slowest_s) / 10 + host + 1e-3)
+    assert calls[math.inf].frame_s[0] == pytest.approx(slowest_s + host)
+    # a multi-pass mapping reprograms its NPs between passes: no overlap, and the reload costs host time
+    multi = dataclasses.replace(MAPPING, passes=3)
+    e = PROFILE.bind(multi).evaluate(events, synops)
+    assert e.frame_s[0] == pytest.approx(sum_s + host + 2 * 1e-3 + 420_000 * 1e-9)
 
 
-def test_default_file_names_unit_and_source_of_every_coefficient() -> None:
-    model = EnergyModel.load_default()
-    assert model.version == "akd1000-estimate-v1"
-    document = model.to_document()
-    assert set(document["coefficients"]) == set(energy.UNITS)
-    for name, entry in document["coefficients"].items():
-        assert entry["unit"] == energy.UNITS[name]
-        assert len(entry["source"]) > 40, name
+def test_kernels_between_the_measured_ones_interpolate_in_area() -> None:
+    assert energy.kernel_weights(9) == {"cnp_clk_per_event_filter_k3": 1.0}
+    assert energy.kernel_weights(4) == pytest.approx({"cnp_clk_per_event_filter_k1": 5 / 8,
+                                                      "cnp_clk_per_event_filter_k3": 3 / 8})
+    with pytest.raises(DataError, match="kernels of 1x1 to 7x7"):
+        energy.kernel_weights(64)
 
 
-def test_default_model_reproduces_the_published_mnist_figure() -> None:
-    """ECE6790 lab, 4-bit 2-conv MNIST net: 895.27 mW at 1677.85 fps = 0.5336 mJ/frame. The doc claims the
-    default model is within 5% of it at an assumed 40% activation density (it lands at +2.2%)."""
-    estimate = EnergyModel.load_default().estimate(network_at_density(MNIST_NET, 0.4))
-    published = 0.89527 / 1677.85
-    assert estimate.board_j[0] == pytest.approx(published, rel=0.05)
-    assert estimate.frame_time_s[0] == pytest.approx(1 / 1677.85, rel=0.01)
-    # What sparsity cannot touch dominates a net this small (doc: about 94%).
-    assert 0.9 < estimate.fixed_j[0] / estimate.board_j[0] < 0.97
+def test_counters_are_checked_against_the_mapping() -> None:
+    def counters(name: str, events: float) -> LayerCounters:
+        one = np.array([events])
+        return LayerCounters(name, 1, 1, 1, 1, one, one, one, one, one)
+
+    cost = PROFILE.bind(MAPPING)
+    good = [counters(p.name, 3.0) for p in MAPPING.layers]
+    assert cost.evaluate_counters(good).chip_s.shape == (1,)
+    with pytest.raises(DataError, match="given to the mapping of"):
+        cost.evaluate_counters(good[:3])
+    with pytest.raises(DataError, match="negative or non-finite"):
+        cost.evaluate_counters([*good[:3], counters("fc3", -1.0)])
+    with pytest.raises(DataError, match="unknown unit"):
+        Placement("x", "GPU", 1, 1)
+    with pytest.raises(DataError, match="at least one layer"):
+        ModelMapping("akd1000", "AllNps", (), 1, 1, 1, 1)
 
 
-def test_default_model_reproduces_the_published_akidanet_figures() -> None:
-    """akida.rst: 43.48 fps, 1021 mW, 23.48 mJ/frame over a 10-frame call, 4300064 clocks/frame, floor
-    912.23 mW. The model leaves out the per-call overhead (1.5 ms/frame here), so it lands ~6% low."""
-    model = EnergyModel.load_default()
-    estimate = model.estimate(network_at_density(AKIDANET, 0.4))
-    above_floor = (1.02100 - 0.91223) / 43.48
-    assert estimate.chip_j[0] == pytest.approx(above_floor, rel=0.01)
-    assert estimate.board_j[0] == pytest.approx(23.48e-3, rel=0.10)
-    clocks = (estimate.frame_time_s[0] - model.coefficients.host_time_s
-              - model.coefficients.host_time_per_pixel_s * 224 * 224 * 3) * model.coefficients.clock_hz
-    assert clocks == pytest.approx(43000636 / 10, rel=0.01)
+# ---------------------------------------------------------------------------------------------
+# Profile files
+
+
+def test_packaged_profiles_name_unit_and_source_of_every_coefficient() -> None:
+    for device in energy.DEVICES:
+        profile = DeviceProfile.packaged(device)
+        assert profile.device == device and profile.version == f"{device}-v2"
+        document = json.loads((ROOT / "edge_runtime" / "data" / "devices" / f"{device}.json").read_text())
+        assert set(document["coefficients"]) == set(energy.UNITS)
+        for name, entry in document["coefficients"].items():
+            assert entry["unit"] == energy.UNITS[name] and len(entry["source"]) > 20, name
+    assert DeviceProfile.packaged("akd1000").coefficients.clock_hz == 3e8
+    assert DeviceProfile.packaged("akd1500").coefficients.clock_hz == 4e8
+    with pytest.raises(ConfigError, match="unknown device 'akd2000'"):
+        DeviceProfile.packaged("akd2000")
 
 
 def test_save_and_load_round_trip(tmp_path) -> None:
-    path = tmp_path / "model.json"
-    original = EnergyModel.load_default()
-    original.save(path)
-    assert EnergyModel.load(path) == original
-    assert [p.name for p in tmp_path.iterdir()] == ["model.json"]  # no temp file left behind
+    PROFILE.save(tmp_path / "p.json")
+    assert DeviceProfile.load(tmp_path / "p.json") == dataclasses.replace(PROFILE, sources=dict.fromkeys(energy.UNITS, ""))
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda d: d["coefficients"].pop("clock_hz"), "missing coefficients ['clock_hz']"),
-        (lambda d: d["coefficients"].update(spare={"value": 1}), "unknown coefficients ['spare']"),
-        (lambda d: d["coefficients"]["floor_power_w"].update(unit="mW"), "floor_power_w: unit must be 'W'"),
-        (lambda d: d["coefficients"]["synaptic_op_pj"].update(value=-1), "synaptic_op_pj: value must be"),
-        (lambda d: d["coefficients"]["synaptic_op_pj"].update(value="17"), "synaptic_op_pj: value must be"),
+        (lambda d: d.update(schema="x"), "schema must be"),
+        (lambda d: d.update(device=""), "device must be a non-empty string"),
+        (lambda d: d["coefficients"].pop("floor_power_w"), "missing coefficients ['floor_power_w']"),
+        (lambda d: d["coefficients"].update(watts={}), "unknown coefficients ['watts']"),
         (lambda d: d["coefficients"]["clock_hz"].update(value=0), "clock_hz must be positive"),
-        (lambda d: d.update(schema="other"), "schema must be"),
-        (lambda d: d.update(version=""), "version must be"),
+        (lambda d: d["coefficients"]["floor_power_w"].update(value=-1), "finite non-negative"),
+        (lambda d: d["coefficients"]["floor_power_w"].update(unit="mW"), "unit must be 'W'"),
+        (lambda d: d["coefficients"].update(floor_power_w=0.9), "floor_power_w must be an object"),
+        (lambda d: d.update(coefficients=[1, 2]), "coefficients must be an object"),
     ],
 )
 def test_load_refuses_bad_files_in_one_line(tmp_path, edit, message) -> None:
-    document = EnergyModel.load_default().to_document()
+    document = PROFILE.to_document()
     edit(document)
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(document))
-    with pytest.raises(ConfigError, match=r"bad\.json") as error:
-        EnergyModel.load(path)
-    assert message in str(error.value)
-    assert "\n" not in str(error.value)
+    (tmp_path / "p.json").write_text(json.dumps(document))
+    with pytest.raises(ConfigError) as caught:
+        DeviceProfile.load(tmp_path / "p.json")
+    assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
-def test_load_refuses_unreadable_json(tmp_path) -> None:
-    path = tmp_path / "broken.json"
-    path.write_text("{")
-    with pytest.raises(ConfigError, match=r"broken\.json: cannot read energy model"):
-        EnergyModel.load(path)
+def test_load_refuses_a_file_that_is_not_an_object_or_not_json(tmp_path) -> None:
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="device profile must be a JSON object"):
+        DeviceProfile.load(tmp_path / "list.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ConfigError, match="cannot read device profile"):
+        DeviceProfile.load(tmp_path / "bad.json")
 
 
-def test_estimate_refuses_bad_counters() -> None:
-    model, (hrc, fc) = hand_model(), hand_network()
-    with pytest.raises(DataError, match="need inputs > 0"):
-        model.estimate([hrc, dataclasses.replace(fc, nonzero_weights=61)])
-    with pytest.raises(DataError, match="different numbers of frames"):
-        model.estimate([hrc, dataclasses.replace(fc, input_events=arrays(1), output_events=arrays(1),
-                                                 synaptic_ops=arrays(1), dense_synaptic_ops=arrays(1))])
-    with pytest.raises(DataError, match="negative or non-finite"):
-        model.estimate([hrc, dataclasses.replace(fc, synaptic_ops=arrays(-1, 2))])
-    with pytest.raises(DataError, match="no layer counters"):
-        model.estimate([])
-
-
-def test_estimate_takes_the_simulators_counters() -> None:
-    """The simulator's Counters go straight in; the input layer's cost ignores what the pixels hold."""
-    rng = np.random.default_rng(3)
-    model = from_akida(akida_random.random_model(rng, akida_random.Draw(max_extra_layers=2)))
-    while len(model.layers) < 3:
-        model = from_akida(akida_random.random_model(rng, akida_random.Draw(max_extra_layers=2)))
-    frames = akida_random.mnist_like(rng, 6, model.input_shape)
-    counters = Simulator(model).run(frames).counters
-    default = EnergyModel.load_default()
-    estimate = default.estimate(counters)
-    np.testing.assert_allclose(sum(t.joules for t in estimate.terms), estimate.board_j, rtol=1e-12)
-    hrc = counters.layers[0]
-    terms = {t.component: t.joules for t in estimate.terms if t.layer == hrc.name}
-    c = default.coefficients
-    np.testing.assert_allclose(terms["input_pixels"], energy.PJ * c.input_pixel_pj * hrc.inputs)
-    np.testing.assert_allclose(terms["input_macs"], energy.PJ * c.input_mac_pj * hrc.dense_synaptic_ops)
-    clocks = c.cycles_per_input_event * hrc.inputs + c.cycles_per_synaptic_op * hrc.dense_synaptic_ops
-    np.testing.assert_allclose(terms["layer_time"], c.floor_power_w * clocks / c.clock_hz)
-    assert len(default.marginal_costs(counters)) == len(model.layers)
-
-
-def test_board_energy_form_matches_hand_arithmetic() -> None:
-    """The daemon's precomputed linear form gives the hand-worked board energy of the frames above."""
-    form = hand_model().board_energy_of(hand_network())
-    board = [0.5 * 1.087e-3 + 259e-12, 0.5 * 1.102e-3 + 368e-12]
-    np.testing.assert_allclose(form.board_j(hand_network()), board, rtol=1e-12)
-    # The input layer's non-zero pixels (input_events) and every layer's spikes cost nothing.
-    assert {(index, name) for index, name, _ in form.terms}.isdisjoint({(0, "input_events"), (1, "output_spikes")})
-
-
-def test_board_energy_form_equals_estimate_on_simulator_counters() -> None:
-    """Built once from one batch, the form reproduces ``estimate`` on other frames of the same model."""
-    rng = np.random.default_rng(11)
-    default = EnergyModel.load_default()
-    for _ in range(5):
-        model = from_akida(akida_random.random_model(rng, akida_random.Draw(max_extra_layers=3)))
-        simulator = Simulator(model)
-        first = simulator.run(akida_random.mnist_like(rng, 1, model.input_shape)).counters
-        form = default.board_energy_of(first)
-        later = simulator.run(akida_random.mnist_like(rng, 7, model.input_shape)).counters
-        np.testing.assert_allclose(form.board_j(later.layers), default.estimate(later).board_j, rtol=1e-12)
-        # Batch 1 takes a scalar path: the same numbers as the array path, bit for bit.
-        batch = form.board_j(later.layers)
-        for k in range(len(batch)):
-            single = [dataclasses.replace(layer, **{name: getattr(layer, name)[k:k + 1] for name in PER_FRAME})
-                      for layer in later.layers]
-            assert form.board_j(single)[0] == batch[k]
-
-
-def test_board_energy_form_refuses_another_models_counters() -> None:
-    form = hand_model().board_energy_of(hand_network())
-    renamed = [dataclasses.replace(layer, name=f"other{i}") for i, layer in enumerate(hand_network())]
-    pruned = [*hand_network()[:1], dataclasses.replace(hand_network()[1], nonzero_weights=20)]  # same names
-    for other in (renamed, pruned):
-        with pytest.raises(DataError, match="energy form of another model"):
-            form.board_j(other)
+@pytest.mark.slow
+def test_packaged_profiles_are_what_the_fit_to_silicon_gives_and_meet_its_targets(capsys) -> None:
+    """Re-run bench/energy_fit.py: the shipped coefficients must be the ones it fits from the
+    measurement set (a stale profile file fails here), and the fit must reproduce the devhub's
+    per-layer clocks (median within 15%) and single-pass latencies (each within 25%)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import energy_fit
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    doc = json.loads(energy_fit.DATA.read_text())
+    built = energy_fit.build_all(doc)
+    fit_rows, _, end_to_end = energy_fit.clock_rows(doc, built)
+    clocks = energy_fit.fit_clocks(fit_rows)
+    packaged = DeviceProfile.packaged("akd1500").coefficients
+    for name in energy.CLOCK_COEFFICIENTS:
+        assert getattr(packaged, name) == pytest.approx(clocks.values[name], rel=1e-9), name
+    layers = [abs(e) for r, e in zip(fit_rows, clocks.relative_errors, strict=True) if "/" in r.label]
+    assert np.median(layers) <= 0.15
+    single = [(r, p) for (r, _), p in zip(end_to_end, energy_fit.energy_fit.predict([r for r, _ in end_to_end],
+                                                                                        clocks.values), strict=True)
+              if "HwPr" not in r.label and not energy_fit._multi(r.label)]
+    assert max(abs(p / r.target - 1) for r, p in single) <= 0.25
+    assert energy_fit.main([]) == 0 and "Summary" in capsys.readouterr().out

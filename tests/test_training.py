@@ -210,7 +210,7 @@ def test_missing_or_bad_teacher_is_one_line(tmp_path: Path):
 
 def test_penalty_fanout_is_the_energy_models_fanout(mnist_data):
     """The costs training weights events by are the energy model's, computed from the same weights."""
-    from edge_runtime.energy import mean_fanout
+    from edge_runtime.counters import mean_fanout
 
     model = quantised_model(mnist_data.train_images[:256])
     _, counters = simulate(export_integer_layers(model), mnist_data.test_images[:20])

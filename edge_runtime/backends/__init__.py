@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bundle import Bundle
-from ..energy import EnergyModel
+from ..energy import DeviceProfile
 from ..errors import BackendError, ConfigError
 from ..simulator import Simulator
 from .akida_board import AkidaBoardBackend, find_device
@@ -56,16 +56,21 @@ class BackendSettings:
     onnx_threads: int
 
 
-def _simulator(bundle: Bundle, energy: EnergyModel, settings: BackendSettings, board: Board) -> Backend:
-    return SimulatorBackend(Simulator(bundle.model), energy)
+def _simulator(bundle: Bundle, energy: DeviceProfile, settings: BackendSettings, board: Board) -> Backend:
+    mapping = bundle.manifest.mappings.get(energy.device)
+    if mapping is None:
+        raise ConfigError(f"the bundle records no mapping on {energy.device.upper()} (it has "
+                          f"{', '.join(bundle.manifest.mappings) or 'none'}): set inference.device to one of "
+                          "those, or re-export the bundle")
+    return SimulatorBackend(Simulator(bundle.model), energy.bind(mapping))
 
 
-def _onnx(bundle: Bundle, energy: EnergyModel, settings: BackendSettings, board: Board) -> Backend:
+def _onnx(bundle: Bundle, energy: DeviceProfile, settings: BackendSettings, board: Board) -> Backend:
     sampler = Sampler(Simulator(bundle.model), settings.sample_every)
     return OnnxBackend(bundle.onnx_path, sampler, settings.onnx_threads)
 
 
-def _akida(bundle: Bundle, energy: EnergyModel, settings: BackendSettings, board: Board) -> Backend:
+def _akida(bundle: Bundle, energy: DeviceProfile, settings: BackendSettings, board: Board) -> Backend:
     device = find_device(board.devices)
     sampler = Sampler(Simulator(bundle.model), settings.sample_every)
     extra = {} if board.load_model is None else {"load_model": board.load_model}
@@ -75,7 +80,7 @@ def _akida(bundle: Bundle, energy: EnergyModel, settings: BackendSettings, board
 _FACTORIES = {"akida": _akida, "simulator": _simulator, "onnx": _onnx}
 
 
-def open_backend(bundle: Bundle, energy: EnergyModel, settings: BackendSettings, board: Board) -> Backend:
+def open_backend(bundle: Bundle, energy: DeviceProfile, settings: BackendSettings, board: Board) -> Backend:
     """The backend ``settings.kind`` asks for; ``auto`` falls back from the board to the simulator."""
     if settings.kind == "auto":
         try:

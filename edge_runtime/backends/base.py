@@ -28,9 +28,12 @@ class EnergyReport:
     several batches, so the number of values need not match the batch.
     """
 
-    per_inference: np.ndarray  # float64 (K,), joules
+    per_inference: np.ndarray  # float64 (K,), joules: total, floor included (model.statistics convention)
     source: str  # one of ENERGY_SOURCES
     board_watts: float | None = None  # mean board power over the measurement window (power meter only)
+    profile: str = "board"  # the device profile behind modelled figures ("board": measured by the meter)
+    dynamic: np.ndarray | None = None  # (K,) joules above the floor, where known
+    chip_s: np.ndarray | None = None  # (K,) modelled on-chip latency, where known
 
 
 @dataclass(frozen=True)
