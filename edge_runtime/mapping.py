@@ -42,8 +42,8 @@ def map_model(model: Any, device: str, mode: str = DEFAULT_MAP_MODE) -> ModelMap
     name = _DEVICE_NAMES.get(device, device)
     try:
         model.map(virtual_device(device), hw_only=True, mode=getattr(akida.MapMode, mode))
-    except RuntimeError as error:
-        raise ModelError(f"the model does not map fully on {name} ({error})") from None
+    except RuntimeError as error:  # akida's reasons come one per line: keep the message on one
+        raise ModelError(f"the model does not map fully on {name} ({' '.join(str(error).split())})") from None
     software = [seq.name for seq in model.sequences if seq.backend != akida.BackendType.Hardware]
     if software:
         raise ModelError(f"the model does not map fully on {name}: sequences {software} run in software")

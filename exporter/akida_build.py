@@ -93,7 +93,7 @@ def map_on_akd1000(model: akida.Model, mode: str = "AllNps") -> DeviceMapping:
     try:
         model.map(akida.AKD1000(), hw_only=True, mode=getattr(akida.MapMode, mode))
     except RuntimeError as error:
-        raise ModelError(f"the model does not map fully on AKD1000 ({error})") from None
+        raise ModelError(f"the model does not map fully on AKD1000 ({' '.join(str(error).split())})") from None
     software = [seq.name for seq in model.sequences if seq.backend != akida.BackendType.Hardware]
     if software:
         raise ModelError(f"the model does not map fully on AKD1000: sequences {software} run in software")

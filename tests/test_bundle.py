@@ -137,7 +137,7 @@ def test_missing_manifest_or_directory_is_refused(copy, tmp_path):
     refused(tmp_path / "nowhere", "no such bundle directory")
 
 
-@pytest.mark.parametrize(("version", "advice"), [(2, "upgrade akida-edge"), (0, "re-export")])
+@pytest.mark.parametrize(("version", "advice"), [(3, "upgrade akida-edge"), (1, "re-export")])
 def test_other_schema_version_is_refused(copy, version, advice):
     edit_manifest(copy, lambda d: d.update(format_version=version))
     refused(copy, f"format version {version}", advice)

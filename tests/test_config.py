@@ -110,10 +110,14 @@ def test_a_binary_config_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.C
     assert f"{path}: not a TOML file (not UTF-8 text" in err
 
 
-def test_energy_model_defaults_to_the_packaged_one() -> None:
-    assert config_from_dict(REQUIRED).inference.energy_model == ""
-    config = config_from_dict({**REQUIRED, "inference": {"energy_model": "/etc/edge-runtime/energy.json"}})
-    assert config.inference.energy_model == "/etc/edge-runtime/energy.json"
+def test_device_profile_defaults_to_the_packaged_akd1000_one() -> None:
+    assert config_from_dict(REQUIRED).inference.device_profile == ""
+    assert config_from_dict(REQUIRED).inference.device == "akd1000"
+    config = config_from_dict({**REQUIRED, "inference": {"device_profile": "/etc/edge-runtime/profile.json",
+                                                          "device": "akd1500"}})
+    assert config.inference.device_profile == "/etc/edge-runtime/profile.json"
+    with pytest.raises(ConfigError, match="inference.device must be one of akd1000, akd1500"):
+        config_from_dict({**REQUIRED, "inference": {"device": "akd2000"}})
 
 
 @pytest.mark.parametrize(

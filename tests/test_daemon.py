@@ -43,7 +43,7 @@ from edge_runtime import daemon as daemon_mod
 from edge_runtime.backends import Board
 from edge_runtime.daemon import Daemon
 from edge_runtime.emulator import PtyPort, SensorEmulator, corrupt_packet
-from edge_runtime.energy import EnergyModel
+from edge_runtime.energy import DeviceProfile
 from edge_runtime.errors import ConfigError
 from edge_runtime.sdnotify import Notifier
 from edge_runtime.simulator import Simulator
@@ -382,20 +382,24 @@ def test_a_replay_of_frames_the_model_cannot_take_is_refused_at_start(
     assert f"replay:{wrong}: frames are 32x32x1, the model takes 28x28x1" in err
 
 
-def test_a_calibrated_energy_model_is_used_and_a_bad_path_refused(
+def test_a_calibrated_device_profile_is_used_and_a_bad_path_refused(
         tmp_path: Path, mnist_frames, bundle: BundleUnderTest) -> None:
-    default = EnergyModel.load_default()
+    default = DeviceProfile.packaged("akd1000")
     c = default.coefficients
     calibrated = dataclasses.replace(default, version="site-calibrated", coefficients=dataclasses.replace(
-        c, synaptic_op_pj=3 * c.synaptic_op_pj, floor_power_w=2 * c.floor_power_w))
-    calibrated.save(tmp_path / "energy.json")
+        c, dyn_pj_per_synop=3 * c.dyn_pj_per_synop, floor_power_w=2 * c.floor_power_w))
+    calibrated.save(tmp_path / "profile.json")
     images = mnist_frames[0][:60]
-    _, records = serve_replay(tmp_path, bundle, images, **{"inference.energy_model": str(tmp_path / "energy.json")})
+    _, records = serve_replay(tmp_path, bundle, images, **{"inference.device_profile": str(tmp_path / "profile.json")})
     records.sort(key=lambda r: r["seq"])
-    counters = Simulator(bundle.bundle.model).run(images).counters
+    counters = Simulator(bundle.bundle.model).run(images).counters.layers
+    mapping = bundle.bundle.manifest.mappings["akd1000"]
     got = np.array([r["energy_j"] for r in records])
-    np.testing.assert_allclose(got, calibrated.estimate(counters).board_j, rtol=1e-9)
-    assert not np.allclose(got, default.estimate(counters).board_j, rtol=1e-3)
-    with pytest.raises(ConfigError, match=r"nowhere\.json: cannot read energy model"):
+    np.testing.assert_allclose(got, calibrated.bind(mapping).evaluate_counters(counters).total_j, rtol=1e-9)
+    assert not np.allclose(got, default.bind(mapping).evaluate_counters(counters).total_j, rtol=1e-3)
+    with pytest.raises(ConfigError, match=r"nowhere\.json: cannot read device profile"):
         Daemon(None, {"model.bundle": str(bundle.path), "source.spec": "replay:mnist-test",
-                      "inference.energy_model": str(tmp_path / "nowhere.json")})
+                      "inference.device_profile": str(tmp_path / "nowhere.json")})
+    with pytest.raises(ConfigError, match=r"a profile for akd1000, but inference.device is 'akd1500'"):
+        Daemon(None, {"model.bundle": str(bundle.path), "source.spec": "replay:mnist-test",
+                      "inference.device": "akd1500", "inference.device_profile": str(tmp_path / "profile.json")})

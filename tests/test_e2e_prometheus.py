@@ -33,7 +33,6 @@ from bundle_fixtures import eval_set, random_default_model
 from deploy_support import PROMETHEUS_DIR, alert_names, recording_rule_names, require_tool
 
 from edge_runtime.emulator import PtyPort, SensorEmulator
-from edge_runtime.energy import EnergyModel
 from edge_runtime.mnist import Mnist
 from exporter.bundle_build import export_model
 
@@ -116,7 +115,7 @@ def bundle(tmp_path: Path, mnist_data: Mnist) -> Path:
     frames = mnist_data.test_images[:64, :, :, np.newaxis]
     model = random_default_model(np.random.default_rng(7), frames)
     out = tmp_path / "bundle"
-    export_model(model, out, eval_set(frames, mnist_data.test_labels[:64]), energy_model=EnergyModel.load_default())
+    export_model(model, out, eval_set(frames, mnist_data.test_labels[:64]))
     return out
 
 

@@ -228,15 +228,29 @@ def test_export_is_reproducible(bundle_dir, model, frames, labels, tmp_path):
         assert (tmp_path / "mnist-random" / name).read_bytes() == (bundle_dir / name).read_bytes(), name
 
 
-def test_export_records_energy_under_a_named_model(model, frames, tmp_path):
-    from edge_runtime.energy import EnergyModel
+def test_export_records_both_devices_mappings_and_v2_figures(model, frames, tmp_path):
+    """Each device's mapping is akida's own (mapped again here on the saved .fbz), and its figures are
+    the packaged profile's on the simulator's counters of the evaluation frames."""
+    import akida
 
-    energy_model = EnergyModel.load_default()
-    manifest = export_model(model, tmp_path / "b", eval_set(frames, None), energy_model=energy_model)
+    from edge_runtime.energy import DEVICES, DeviceProfile
+    from edge_runtime.mapping import map_model
+    from edge_runtime.simulator import Simulator
+
+    manifest = export_model(model, tmp_path / "b", eval_set(frames, None))
     assert manifest.metrics.accuracy is None
-    energy = manifest.metrics.energy
-    assert energy is not None and energy.model_version == energy_model.version
-    assert 0 < energy.chip_j_per_frame < energy.board_j_per_frame
+    counters = Simulator(model).run(frames).counters.layers
+    for device in DEVICES:
+        mapping = map_model(akida.Model(str(tmp_path / "b" / "model.fbz")), device)
+        assert manifest.mappings[device] == mapping
+        profile = DeviceProfile.packaged(device)
+        figures = manifest.metrics.energy[device]
+        estimate = profile.bind(mapping).evaluate_counters(counters)
+        assert figures.profile == profile.version
+        assert figures.total_j == pytest.approx(float(np.mean(estimate.total_j)), rel=1e-12)
+        assert 0 < figures.dynamic_j < figures.total_j and 0 < figures.frame_s < figures.chip_s + 1
+    # a NP count per layer on the target device, as akida counts them
+    assert [sum(layer.nps.values()) for layer in manifest.layers] == [p.nps for p in manifest.mappings["akd1000"].layers]
 
 
 def test_failed_export_writes_nothing(model, frames, tmp_path):

@@ -15,7 +15,7 @@ from edge_runtime.backends.base import EnergyReport, LayerStats
 from edge_runtime.backends.simulator_backend import SimulatorBackend
 from edge_runtime.bundle import load_bundle
 from edge_runtime.daemon import DROP_REASONS
-from edge_runtime.energy import EnergyModel
+from edge_runtime.energy import DeviceProfile
 from edge_runtime.errors import ConfigError
 from edge_runtime.metrics import (
     ENERGY_BUCKETS,
@@ -164,7 +164,8 @@ def test_buckets_fit_the_ranges_the_simulator_reports(tmp_path, mnist_data, widt
     bundle = load_bundle(tmp_path / "b")
     registry = CollectorRegistry()
     metrics = Metrics(registry, DROP_REASONS)
-    backend = SimulatorBackend(Simulator(bundle.model), EnergyModel.load_default())
+    backend = SimulatorBackend(Simulator(bundle.model),
+                               DeviceProfile.packaged().bind(bundle.manifest.mappings["akd1000"]))
     for batch in np.array_split(frames, 10):
         result = backend.infer(batch)
         metrics.observe_energy(backend.name, result.energy)

@@ -18,6 +18,7 @@ from akida_random import Draw, mnist_like, random_frames, random_model, set_rand
 from edge_runtime import cli, simulator
 from edge_runtime.akida_model import Conv, Dense, InputConv, from_akida, load_model
 from edge_runtime.counters import PER_FRAME, STATIC
+from edge_runtime.energy import DeviceProfile
 from edge_runtime.errors import DataError, ModelError
 from edge_runtime.simulator import Simulator, fire, window_geometry
 
@@ -490,7 +491,7 @@ def test_simulator_never_imports_akida():
 def saved_model(tmp_path) -> tuple[Path, akida.Model]:
     rng = np.random.default_rng(17)
     engine = akida.Model()
-    engine.add(_input_conv((10, 10, 1), filters=4, act_bits=4, pool_type=akida.PoolType.Max, pool_size=(2, 2)))
+    engine.add(_input_conv((10, 10, 1), filters=4, act_bits=4))
     engine.add(akida.FullyConnected(units=5, name="dense", weights_bits=4, activation=False))
     for layer in engine.layers:
         set_random_variables(rng, layer)
@@ -511,7 +512,37 @@ def test_simulate_writes_engine_outputs_counters_and_stats(tmp_path, saved_model
         assert out["input/synaptic_ops"].shape == (6,) and int(out["dense/neurons"]) == 5
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["frames"] == 6 and set(stats["layers"]) == {"input", "dense"}
-    assert stats["energy_per_frame_j"]["board"] > stats["energy_per_frame_j"]["chip"] > 0
+    assert stats["device"] == "akd1000" and stats["profile"] == "akd1000-v2" and stats["map_mode"] == "AllNps"
+    energy, time = stats["energy_per_frame_j"], stats["time_per_frame_s"]
+    assert energy["total"] > energy["dynamic"] > 0 and time["frame"] > 0
+    # the whole is the sum of the per-layer parts, and total = floor x frame time + dynamic
+    assert sum(stats["layers"][name]["chip_s"] for name in ("input", "dense")) == pytest.approx(time["chip"])
+    assert sum(stats["layers"][name]["dynamic_j"] for name in ("input", "dense")) == pytest.approx(energy["dynamic"])
+    floor = DeviceProfile.packaged("akd1000").coefficients.floor_power_w
+    assert energy["total"] == pytest.approx(floor * time["frame"] + energy["dynamic"])
+    code = cli.main(["simulate", str(path), str(tmp_path / "frames.npy"), "--out", str(tmp_path / "out.npz"),
+                     "--stats", str(tmp_path / "stats1500.json"), "--device", "akd1500", "--map-mode", "Minimal"])
+    assert code == 0
+    other = json.loads((tmp_path / "stats1500.json").read_text())
+    assert other["profile"] == "akd1500-v2" and other["map_mode"] == "Minimal"
+    assert other["time_per_frame_s"]["chip"] < time["chip"]  # 400 MHz against 300, same clocks
+
+
+def test_simulate_stats_of_a_model_the_chip_cannot_run_is_one_line(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    engine = akida.Model()  # a max-pooled Convolutional followed by a dense layer: the pooled conv runs in software
+    engine.add(_input_conv((10, 10, 1), filters=4, act_bits=4))
+    engine.add(akida.Convolutional((3, 3), 4, name="conv", weights_bits=4, act_bits=4, pool_type=akida.PoolType.Max,
+                                   pool_size=(2, 2)))
+    engine.add(akida.FullyConnected(units=5, name="dense", weights_bits=4, activation=False))
+    for layer in engine.layers:
+        set_random_variables(rng, layer)
+    engine.save(str(tmp_path / "pooled.fbz"))
+    np.save(tmp_path / "frames.npy", np.zeros((2, 10, 10), np.uint8))
+    code = cli.main(["simulate", str(tmp_path / "pooled.fbz"), str(tmp_path / "frames.npy"), "--out",
+                     str(tmp_path / "o.npz"), "--stats", str(tmp_path / "s.json")])
+    error = capsys.readouterr().err
+    assert code == 2 and "does not map fully on AKD1000" in error and error.count("\n") == 1
 
 
 @pytest.mark.parametrize(
