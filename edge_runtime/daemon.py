@@ -230,6 +230,10 @@ class Daemon:
             energy_sources=[(backend, s) for s in energy_sources] + [("simulator", s) for s in fallback_energy],
             layers=[(name, s) for name in layer_names for s in {*layer_sources, *fallback_layers}],
         )
+        self.metrics.set_energy_model(
+            self._energy.device, self._energy.version, None if energy is None else energy.dynamic_j,
+            None if energy is None else energy.chip_s,
+            [("simulator", "model")])  # only the simulator (also the fallback) models them
         self.metrics.set_backend(backend, on_accelerator=backend == "akida")
 
     # --- run ------------------------------------------------------------------------------------

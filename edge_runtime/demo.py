@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import signal
@@ -31,14 +32,17 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from . import cliutil, mnist
-from .bundle import Bundle
+from .bundle import Bundle, load_bundle
 from .config import BACKENDS
 from .daemon import Daemon
 from .emulator import PtyPort, SensorEmulator
-from .errors import ConfigError
+from .errors import ConfigError, EdgeError
 from .sdnotify import Notifier
 
+logger = logging.getLogger(__name__)
+
 BUNDLE_NAME = "mnist-zeroaware"
+BASELINE_NAME = "mnist-baseline"  # what the demo reports the zero-aware saving against
 DEFAULT_SECONDS = 20.0
 # A fast serial sensor's pace (921600 baud carries ~110 MNIST frames/s); the simulator keeps up.
 DEFAULT_RATE = 100.0
@@ -55,6 +59,19 @@ def default_bundle() -> Path:
     raise ConfigError(f"no {BUNDLE_NAME} bundle at {' or '.join(map(str, candidates))}; pass --model BUNDLE_DIR")
 
 
+def baseline_bundle(bundle: Bundle) -> Bundle | None:
+    """``mnist-baseline`` beside the served bundle (the committed pair in models/), if there is one:
+    the demo shows the zero-aware bundle's saving against it from the two manifests."""
+    sibling = bundle.path.parent / BASELINE_NAME
+    if sibling.resolve() == bundle.path.resolve() or not (sibling / "manifest.json").is_file():
+        return None
+    try:
+        return load_bundle(sibling)
+    except EdgeError as error:
+        logger.info("no baseline to compare with: %s", error)
+        return None
+
+
 # --- what the daemon reports ----------------------------------------------------------------------
 
 
@@ -66,6 +83,8 @@ class Reading:
     inferred: float = 0.0
     energy_joules: float = 0.0
     energy_count: float = 0.0
+    dynamic_joules: float = 0.0
+    dynamic_count: float = 0.0
     dropped: dict[str, float] = field(default_factory=dict)
     events_sum: dict[str, float] = field(default_factory=dict)  # layer -> events over all inferences
     events_count: dict[str, float] = field(default_factory=dict)  # layer -> inferences counted
@@ -91,13 +110,16 @@ def read_registry(registry: CollectorRegistry, at: float) -> Reading:
             ):
                 per_label[name][labels["layer"]] += value
             elif name in ("edge_inferences_total", "edge_inference_energy_joules_sum",
-                          "edge_inference_energy_joules_count"):
+                          "edge_inference_energy_joules_count", "edge_inference_dynamic_energy_joules_sum",
+                          "edge_inference_dynamic_energy_joules_count"):
                 totals[name] += value
     return Reading(
         at=at,
         inferred=totals["edge_inferences_total"],
         energy_joules=totals["edge_inference_energy_joules_sum"],
         energy_count=totals["edge_inference_energy_joules_count"],
+        dynamic_joules=totals["edge_inference_dynamic_energy_joules_sum"],
+        dynamic_count=totals["edge_inference_dynamic_energy_joules_count"],
         dropped=dict(per_label["dropped"]),
         events_sum=dict(per_label["edge_layer_output_events_sum"]),
         events_count=dict(per_label["edge_layer_output_events_count"]),
@@ -122,6 +144,7 @@ class Window:
     seconds: float
     inferred: float
     joules_per_inference: float
+    dynamic_per_inference: float
     events_per_inference: dict[str, float]  # layer -> mean events
     layer_sparsity: dict[str, float]  # layer -> mean fraction of zero activations
     dropped: float
@@ -135,6 +158,7 @@ def window(old: Reading, new: Reading) -> Window:
         seconds=new.at - old.at,
         inferred=new.inferred - old.inferred,
         joules_per_inference=_ratio(new.energy_joules - old.energy_joules, new.energy_count - old.energy_count),
+        dynamic_per_inference=_ratio(new.dynamic_joules - old.dynamic_joules, new.dynamic_count - old.dynamic_count),
         events_per_inference={layer: _ratio(events_sum[layer], events_count.get(layer, 0.0)) for layer in events_sum},
         layer_sparsity={layer: _ratio(sparsity_sum[layer], sparsity_count.get(layer, 0.0)) for layer in sparsity_sum},
         dropped=sum(_delta(new.dropped, old.dropped).values()),
@@ -214,19 +238,41 @@ class PredictionLog:
 # --- output ---------------------------------------------------------------------------------------
 
 
-def _micro(joules: float) -> str:
-    return "-" if math.isnan(joules) else f"{joules * 1e6:.1f} µJ"
+def _micro(joules: float, digits: int = 1) -> str:
+    return "-" if math.isnan(joules) else f"{joules * 1e6:.{digits}f} µJ"
 
 
 def _number(value: float, spec: str) -> str:
     return "-" if math.isnan(value) else format(value, spec)
 
 
-def status_line(elapsed: float, step: Window, neurons: dict[str, int], log: PredictionLog) -> str:
+def _saving(value: float, baseline: float | None) -> str:
+    return "" if baseline is None or math.isnan(value) else f" ({100 * (1 - value / baseline):.0f}% less than baseline)"
+
+
+def energy_headline(bundle: Bundle, device: str, baseline: Bundle | None) -> str:
+    """What the manifests say the served bundle costs per inference, and its saving against the baseline."""
+    figures = bundle.manifest.metrics.energy.get(device)
+    if figures is None:
+        return f"energy: the bundle records no {device.upper()} figures"
+    line = (f"modelled on {device.upper()} ({figures.profile}, from the manifest): total {_micro(figures.total_j)} "
+            f"per inference (floor x frame time + dynamic, as model.statistics reports), dynamic "
+            f"{_micro(figures.dynamic_j, 2)}, on-chip latency {figures.chip_s * 1e6:.0f} µs")
+    base = None if baseline is None else baseline.manifest.metrics.energy.get(device)
+    if base is not None:
+        line += (f"\n  against {baseline.manifest.name}: total {_micro(base.total_j)} -> "
+                 f"{100 * (1 - figures.total_j / base.total_j):.1f}% less, dynamic {_micro(base.dynamic_j, 2)} -> "
+                 f"{100 * (1 - figures.dynamic_j / base.dynamic_j):.1f}% less")
+    return line
+
+
+def status_line(elapsed: float, step: Window, neurons: dict[str, int], log: PredictionLog,
+                baseline_total: float | None = None) -> str:
     sparsity = activation_sparsity(step.events_per_inference, neurons)
     return (
         f"[{elapsed:5.1f} s] {step.inferred / step.seconds:6.1f} frames/s"
-        f" | energy/inference {_micro(step.joules_per_inference)}"
+        f" | energy/inference {_micro(step.joules_per_inference)}{_saving(step.joules_per_inference, baseline_total)}"
+        f", dynamic {_micro(step.dynamic_per_inference, 2)}"
         f" | activation sparsity {_number(sparsity, '.3f')}"
         f" | accuracy {_number(log.accuracy * 100, '.1f')}% ({log.correct}/{log.total})"
         f" | dropped {step.dropped:.0f}"
@@ -234,17 +280,20 @@ def status_line(elapsed: float, step: Window, neurons: dict[str, int], log: Pred
 
 
 def summary(total: Window, backend: str, bundle: Bundle, neurons: dict[str, int], log: PredictionLog,
-            dropped: dict[str, float]) -> list[str]:
+            dropped: dict[str, float], device: str) -> list[str]:
     """The final report: the run against what the bundle's manifest promised."""
     metrics = bundle.manifest.metrics
     expected_sparsity = 1.0 - metrics.nonzero_activations_per_frame / sum(neurons.values())
-    expected_energy = math.nan if metrics.energy is None else metrics.energy.board_j_per_frame
+    figures = metrics.energy.get(device)
+    expected_energy = math.nan if figures is None else figures.total_j
+    expected_dynamic = math.nan if figures is None else figures.dynamic_j
     lost = ", ".join(f"{reason} {n:.0f}" for reason, n in sorted(dropped.items()) if n) or "none"
     lines = [
         f"summary: {total.inferred:.0f} frames inferred in {total.seconds:.1f} s on {backend}"
         f" ({total.inferred / total.seconds:.1f} frames/s); dropped: {lost}",
         f"accuracy: {_number(log.accuracy * 100, '.2f')}% ({log.correct}/{log.total} MNIST test frames)",
-        f"energy per inference: {_micro(total.joules_per_inference)} (manifest: {_micro(expected_energy)})",
+        f"energy per inference: total {_micro(total.joules_per_inference)} (manifest: {_micro(expected_energy)}), "
+        f"dynamic {_micro(total.dynamic_per_inference, 2)} (manifest: {_micro(expected_dynamic, 2)})",
         f"activation sparsity: {_number(activation_sparsity(total.events_per_inference, neurons), '.3f')}"
         f" (manifest: {expected_sparsity:.3f})",
     ]
@@ -309,7 +358,11 @@ def _run_started(args: argparse.Namespace, daemon: Daemon, port: PtyPort, images
     emulator = SensorEmulator(port.write, images, rate=args.rate, loop=True)
     sender = threading.Thread(target=emulator.run, name="edge-demo-sensor", daemon=True)
     first = read_registry(daemon.registry, time.monotonic())
+    device = daemon.config.inference.device
+    baseline = baseline_bundle(bundle)
+    base_figures = None if baseline is None else baseline.manifest.metrics.energy.get(device)
     print(f"serving {bundle.manifest.name} ({bundle.sha256[:12]}) on {first.backend}", flush=True)
+    print(energy_headline(bundle, device, baseline))
     print(f"sensor emulator: {args.rate:g} MNIST test frames/s over {port.path} (source serial:{port.path})")
     print(f"metrics: {daemon.url}/metrics (also /healthz, /readyz)")
     print(f"running for {args.seconds:g} s; Ctrl-C stops earlier", flush=True)
@@ -320,7 +373,8 @@ def _run_started(args: argparse.Namespace, daemon: Daemon, port: PtyPort, images
             time.sleep(max(0.0, first.at + min(tick, args.seconds) - time.monotonic()))
             log.poll()
             now = read_registry(daemon.registry, time.monotonic())
-            print(status_line(now.at - first.at, window(last, now), neurons, log), flush=True)
+            print(status_line(now.at - first.at, window(last, now), neurons, log,
+                              None if base_figures is None else base_figures.total_j), flush=True)
             last = now
     except KeyboardInterrupt:
         print("interrupted: stopping", flush=True)
@@ -335,6 +389,6 @@ def _run_started(args: argparse.Namespace, daemon: Daemon, port: PtyPort, images
     end = read_registry(daemon.registry, time.monotonic())
     # Rates over the time frames were sent; the few queued frames inferred while draining count too.
     total = replace(window(first, end), seconds=stopped_at - first.at)
-    for line in summary(total, end.backend, bundle, neurons, log, end.dropped):
+    for line in summary(total, end.backend, bundle, neurons, log, end.dropped, device):
         print(line)
     return status

@@ -33,6 +33,8 @@ AGE_BUCKETS = (*LATENCY_BUCKETS, 2.5, 5.0, 10.0)
 ENERGY_BUCKETS = (
     1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
 )
+DYNAMIC_ENERGY_BUCKETS = tuple(m * 10.0**e for e in range(-8, -2) for m in (1.0, 2.5, 5.0))  # 10 nJ .. 5 mJ
+CHIP_LATENCY_BUCKETS = tuple(m * 10.0**e for e in range(-6, 0) for m in (1.0, 2.5, 5.0))  # 1 µs .. 0.5 s
 SPARSITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
 EVENT_BUCKETS = (0, *(2**i for i in range(17)))  # le="0": a layer that stayed silent
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -143,7 +145,7 @@ class Metrics:
                                 ["name", "sha256", "input_shape"], registry=r)
         self.model_expected_energy = Gauge(
             name("model_expected_energy_joules"),
-            "Energy per inference the bundle's manifest expects (board energy from the energy model)",
+            "Total energy per inference the bundle's manifest expects on the configured device (energy model v2)",
             registry=r)
         self.model_expected_sparsity = Gauge(
             name("model_expected_activation_sparsity_ratio"),
@@ -178,8 +180,27 @@ class Metrics:
             name("inference_latency_seconds"),
             "Duration of the backend call that produced each inference (observed once per frame)",
             ["backend"], LATENCY_BUCKETS, r)
-        self.inference_energy = BatchHistogram(name("inference_energy_joules"), "Energy per inference",
-                                               ["backend", "source"], ENERGY_BUCKETS, r)
+        self.inference_energy = BatchHistogram(
+            name("inference_energy_joules"),
+            "Total energy per inference, floor power over the frame time included (model.statistics' convention)",
+            ["backend", "source"], ENERGY_BUCKETS, r)
+        self.inference_dynamic_energy = BatchHistogram(
+            name("inference_dynamic_energy_joules"),
+            "Energy per inference above the floor (the devhub's dynamic convention); modelled",
+            ["backend", "source"], DYNAMIC_ENERGY_BUCKETS, r)
+        self.inference_chip_latency = BatchHistogram(
+            name("inference_chip_latency_seconds"), "On-chip time of one inference (clocks / clock); modelled",
+            ["backend", "source"], CHIP_LATENCY_BUCKETS, r)
+        self.energy_model_info = Gauge(
+            name("energy_model_info"),
+            "The device profile behind modelled energy and latency (value 1; edge_runtime/data/devices)",
+            ["device", "profile"], registry=r)
+        self.model_expected_dynamic_energy = Gauge(
+            name("model_expected_dynamic_energy_joules"),
+            "Dynamic energy per inference the bundle's manifest expects on the configured device", registry=r)
+        self.model_expected_chip_latency = Gauge(
+            name("model_expected_chip_latency_seconds"),
+            "On-chip latency per inference the bundle's manifest expects on the configured device", registry=r)
         self.energy = Counter(name("energy_joules"), "Energy used by inferences; rate() is watts",
                               ["backend", "source"], registry=r)
         self.layer_sparsity = BatchHistogram(name("layer_activation_sparsity_ratio"),
@@ -248,6 +269,18 @@ class Metrics:
             self.layer_sparsity.labels(layer, source)
             self.layer_events.labels(layer, source)
 
+    def set_energy_model(self, device: str, profile: str, expected_dynamic: float | None,
+                         expected_chip_s: float | None, sources: Iterable[tuple[str, str]]) -> None:
+        """Name the device profile behind modelled figures and what the manifest expects under it;
+        ``sources`` are the (backend, source) pairs that report modelled dynamic energy and latency."""
+        self.energy_model_info.clear()
+        self.energy_model_info.labels(device, profile).set(1)
+        self.model_expected_dynamic_energy.set(float("nan") if expected_dynamic is None else expected_dynamic)
+        self.model_expected_chip_latency.set(float("nan") if expected_chip_s is None else expected_chip_s)
+        for backend, source in sources:
+            self.inference_dynamic_energy.labels(backend, source)
+            self.inference_chip_latency.labels(backend, source)
+
     def set_backend(self, backend: str, on_accelerator: bool) -> None:
         for name in BACKEND_NAMES:
             self.backend_active.labels(name).set(1 if name == backend else 0)
@@ -281,6 +314,10 @@ class Metrics:
             return
         self.inference_energy.observe(values, backend, report.source)
         self._child(self.energy, backend, report.source).inc(float(np.sum(values)))
+        if report.dynamic is not None:
+            self.inference_dynamic_energy.observe(report.dynamic, backend, report.source)
+        if report.chip_s is not None:
+            self.inference_chip_latency.observe(report.chip_s, backend, report.source)
         if report.board_watts is not None:
             self.accelerator_power.set(report.board_watts)
 

@@ -47,7 +47,10 @@ def prediction_records(
 
     ``finished`` is the monotonic time the batch's result was ready, ``duration`` the backend call.
     Per-layer events appear only for frames whose counters were computed (all on the simulator, a
-    sample on the board); energy is null until the board's first power window closes.
+    sample on the board); energy is null until the board's first power window closes. ``energy_j``
+    is total energy (floor included, model.statistics' convention) from ``energy_source``; the
+    modelled dynamic energy and on-chip latency, with the device profile behind them, come with it
+    on the simulator and are null where nothing models them.
     """
     to_wall = time.time() - time.monotonic()  # monotonic -> unix time, for people and log shippers
     classes = np.argmax(result.scores, axis=1)
@@ -66,6 +69,9 @@ def prediction_records(
             "backend": backend,
             "energy_j": None if energy is None or math.isnan(energy) else energy,
             "energy_source": result.energy_source,
+            "dynamic_energy_j": _value(result.frame_dynamic, index),
+            "chip_latency_s": _value(result.frame_chip_s, index),
+            "energy_profile": result.energy_profile,
         }
         if index in sampled and result.layers is not None:
             k = sampled[index]
@@ -74,6 +80,10 @@ def prediction_records(
             record["label"] = frame.label
         records.append(record)
     return records
+
+
+def _value(values: np.ndarray | None, index: int) -> float | None:
+    return None if values is None else float(values[index])
 
 
 def encode_records(records: Sequence[Record]) -> bytes:

@@ -404,7 +404,7 @@ def test_cli_export(tmp_path, frames, capsys, monkeypatch):
     monkeypatch.setattr(export_cli, "mnist_eval_set", lambda cache_dir: eval_set(frames[:100], None))
     assert cli.main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
-    assert f"wrote {tmp_path / 'b'}" in out and "modelled energy (akd1000-estimate-v1)" in out
+    assert f"wrote {tmp_path / 'b'}" in out and "modelled on AKD1000 (akd1000-v2, AllNps mapping): total" in out
     assert cli.main(["export", str(run), "--out", str(tmp_path / "b")]) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
 

@@ -53,6 +53,9 @@ class BatchResult:
     frame_energy: np.ndarray | None = None  # (N,) joules per frame for the prediction log; NaN unknown
     energy_source: str | None = None  # where frame_energy comes from (one of ENERGY_SOURCES)
     layers: LayerStats | None = None
+    frame_dynamic: np.ndarray | None = None  # (N,) joules above the floor per frame (modelled), or None
+    frame_chip_s: np.ndarray | None = None  # (N,) modelled on-chip latency per frame, or None
+    energy_profile: str | None = None  # the device profile behind modelled per-frame figures
 
 
 class Backend(Protocol):

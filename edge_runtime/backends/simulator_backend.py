@@ -39,6 +39,9 @@ class SimulatorBackend:
             frame_energy=estimate.total_j,
             energy_source="model",
             layers=layer_stats(result.counters, np.arange(n), "simulator"),
+            frame_dynamic=estimate.dynamic_j,
+            frame_chip_s=estimate.chip_s,
+            energy_profile=estimate.profile,
         )
 
     def close(self) -> None:
