@@ -20,8 +20,10 @@ from edge_runtime.demo import BUNDLE_NAME, PredictionLog, activation_sparsity
 from edge_runtime.mnist import Mnist
 
 REPO = Path(__file__).resolve().parent.parent
-STATUS = re.compile(r"^\[\s*[\d.]+ s\]\s+([\d.]+) frames/s \| energy/inference ([\d.]+) µJ"
-                    r" \| activation sparsity ([\d.]+) \| accuracy ([\d.]+)% \((\d+)/(\d+)\)")
+STATUS = re.compile(r"^\[\s*[\d.]+ s\]\s+([\d.]+) frames/s \| energy/inference ([\d.]+) µJ(?: \(\d+% less than "
+                    r"baseline\))?, dynamic [\d.]+ µJ \| activation sparsity ([\d.]+) \| accuracy ([\d.]+)% "
+                    r"\((\d+)/(\d+)\)")
+HEADLINE = re.compile(r"^  against mnist-baseline: total [\d.]+ µJ -> ([\d.]+)% less")
 SUMMARY = re.compile(r"^summary: (\d+) frames inferred in ([\d.]+) s on (\w+)")
 ACCURACY = re.compile(r"^accuracy: ([\d.]+)% \((\d+)/(\d+) MNIST test frames\)")
 
@@ -50,6 +52,12 @@ def test_demo_serves_the_committed_bundle_accurately() -> None:
     assert int(summary.group(1)) >= 200  # 100 frames/s for 4 s, less what was in flight
     assert int(accuracy.group(3)) == int(summary.group(1))  # every inferred frame was scored
     assert float(accuracy.group(1)) > 90, result.stdout
+    # the headline saving is the two committed manifests' total energies on AKD1000
+    [headline] = matches(HEADLINE, result.stdout)
+    manifests = {name: json.loads((REPO / "models" / name / "manifest.json").read_text())
+                 for name in ("mnist-baseline", BUNDLE_NAME)}
+    totals = [manifests[name]["metrics"]["energy"]["akd1000"]["total_j"] for name in ("mnist-baseline", BUNDLE_NAME)]
+    assert float(headline.group(1)) == pytest.approx(100 * (1 - totals[1] / totals[0]), abs=0.05)
 
 
 @pytest.mark.slow
