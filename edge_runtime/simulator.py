@@ -63,6 +63,9 @@ from .counters import PER_FRAME, STATIC, Counters, LayerCounters, concatenate
 from .errors import DataError, ModelError
 
 FLOAT32_EXACT = 2**24  # integers below this are exact in float32, and so are sums that stay below it
+# The engine's 20-bit potentials (probed): a FullyConnected clips its potential to this range, and a
+# global average pool adds the positions' potentials one by one (x slowest), saturating at it.
+POTENTIAL_MIN, POTENTIAL_MAX = -(2**19), 2**19 - 1
 _FAST_MAX_T16 = 2**21  # act_step * 16 below this keeps a float32 quotient from crossing an integer
 _STRIDED_MIN_RUN = 16  # im2col by a strided copy when each (kernel row, channels) run has this many values
 _GATHER_MIN_WEIGHTS = 2**16  # at batch 1 a FullyConnected with this many weights multiplies only its events
@@ -301,6 +304,11 @@ class _Stage(_Inputs):
         # one dtype for the input buffer, the products and the counting (float64 if either needs it)
         dtype = np.promote_types(_exact_dtype(largest_sum), counting_dtype).type
         max_potential = np.clip(matrix, 0, None).sum(axis=0) * input_max * positions
+        min_potential = np.clip(matrix, None, 0).sum(axis=0) * input_max * positions
+        # potentials that can leave the engine's 20-bit range: a FullyConnected clips them, a global
+        # average pool saturates its running sum (the other layers' potentials are wider)
+        self.saturates = bool(isinstance(layer, Dense) or positions > 1) and bool(
+            np.any(max_potential > POTENTIAL_MAX) or np.any(min_potential < POTENTIAL_MIN))
         self.firing = None
         bias = np.zeros((1, matrix.shape[1]), dtype=np.int64)
         if layer.activation:
@@ -308,7 +316,7 @@ class _Stage(_Inputs):
             self.firing = _Firing(layer, max_potential, largest_sum < FLOAT32_EXACT, shape)
             threshold = layer.threshold.astype(np.int64)
             largest_biased = int((np.abs(matrix).sum(axis=0) * input_max + np.abs(threshold)).max())
-            foldable = positions == 1 and (dtype == np.float64 or largest_biased < FLOAT32_EXACT)
+            foldable = positions == 1 and not self.saturates and (dtype == np.float64 or largest_biased < FLOAT32_EXACT)
             if self.firing.fast and foldable:
                 self.firing.folded, bias[0] = True, -threshold
         self.matrix = np.concatenate([matrix, bias]).astype(dtype)
@@ -427,12 +435,30 @@ class _ConvStage(_Stage):
             views.flat.take(self.gather, axis=1, out=views.fields, mode="wrap")
         np.dot(views.fields_rows, self.matrix, out=views.products)
         if self.global_pool:
-            np.add.reduce(views.members, axis=1, out=views.pooled)  # exact: _finish bounded the sums
+            self._sum_positions(views)
         elif self.members > 1:
             np.maximum.reduce(views.members, axis=1, out=views.pooled)
         if self.firing is not None:
             self.firing(views.potentials, out)
         return views.potentials
+
+
+    def _sum_positions(self, views: _Views) -> None:
+        """Global average pool: the engine's running sum of the positions' potentials, x slowest (the
+        products' row order), saturating at 20 bits. Summed at once where no partial sum can (or, for
+        these frames, does) leave the range; else position by position."""
+        if not self.saturates:
+            np.add.reduce(views.members, axis=1, out=views.pooled)  # exact: _finish bounded the sums
+            return
+        partial = np.cumsum(views.members, axis=1)
+        if partial.min(initial=0) >= POTENTIAL_MIN and partial.max(initial=0) <= POTENTIAL_MAX:
+            views.pooled[...] = partial[:, -1]
+            return
+        total = views.pooled
+        total[...] = 0
+        for position in range(views.members.shape[1]):
+            np.add(total, views.members[:, position], out=total)
+            np.clip(total, POTENTIAL_MIN, POTENTIAL_MAX, out=total)
 
 
 class _DenseStage(_Stage):
@@ -499,6 +525,12 @@ class _DenseStage(_Stage):
         # (2n, units + 2): frame m's inputs, then its indicator, times (weights, 1, fan-out)
         product = views.dot(views.rows, self.matrix, out=views.counts)
         potentials = product[::2, : self.units]
+        return self._fire(potentials, out)
+
+    def _fire(self, potentials: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """Clip to the engine's 20-bit potentials where they can leave that range, then fire."""
+        if self.saturates:
+            np.clip(potentials, POTENTIAL_MIN, POTENTIAL_MAX, out=potentials)
         if self.firing is not None:
             self.firing(potentials, out)
         return potentials
@@ -506,9 +538,7 @@ class _DenseStage(_Stage):
     def _run_dense(self, views: _Views, out: np.ndarray | None) -> np.ndarray:
         self._count(views)
         potentials = np.matmul(views.inputs, self.matrix, out=views.potentials)
-        if self.firing is not None:
-            self.firing(potentials, out)
-        return potentials
+        return self._fire(potentials, out)
 
     def _run_events(self, views: _Views, out: np.ndarray | None) -> np.ndarray:
         nonzero = self._nonzero
@@ -523,9 +553,7 @@ class _DenseStage(_Stage):
         # (bias, events) x (units, fan-out, 1) -> (2, units + 2)
         product = views.dot(self._events[:, : events + 1], self._gathered[: events + 1], out=views.gathered_counts)
         potentials = product[:1, : self.units]
-        if self.firing is not None:
-            self.firing(potentials, out)
-        return potentials
+        return self._fire(potentials, out)
 
     def layout(self, n: int, gathered: bool = False) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]:
         width = self.units + 2

@@ -13,7 +13,7 @@ from pathlib import Path
 import akida
 import numpy as np
 import pytest
-from akida_random import Draw, mnist_like, random_frames, random_model, set_random_variables
+from akida_random import Draw, mnist_like, model_frames, random_frames, random_model, set_random_variables
 
 from edge_runtime import cli, simulator
 from edge_runtime.akida_model import Conv, Dense, InputConv, from_akida, load_model
@@ -21,7 +21,7 @@ from edge_runtime.counters import PER_FRAME, STATIC
 from edge_runtime.errors import DataError, ModelError
 from edge_runtime.simulator import Simulator, fire, window_geometry
 
-RANDOM_MODELS = 220
+RANDOM_MODELS = 300
 
 
 def _input_conv(shape, kernel=(3, 3), filters=1, **kwargs) -> akida.InputConvolutional:
@@ -50,16 +50,25 @@ def _naive_rule(potentials, threshold, act_step, act_bits):
 # Bit-exactness on random models
 
 
+def _input_layers(model: akida.Model) -> int:
+    """How many layers a prefix must keep: an InputData alone is not a model we run."""
+    return 2 if model.layers[0].parameters.layer_type == akida.LayerType.InputData else 1
+
+
 def test_random_models_match_engine_bit_exact():
-    """>= 200 random Akida 1.0 models; every layer's output compared (the model, then each prefix)."""
+    """>= 300 random Akida 1.0 models of every layer kind and option; every layer's output compared
+    (the model, then each prefix)."""
     rng = np.random.default_rng(20240611)
     compared = mismatched = 0
-    seen = {"pool": 0, "valid": 0, "stride2": 0, "exact_path": 0, "fast_path": 0, "potentials": 0}
+    seen = {"pool": 0, "global_pool": 0, "valid": 0, "stride2": 0, "exact_path": 0, "fast_path": 0,
+            "potentials": 0, "saturated": 0}
     seen.update({f"act_bits={b}": 0 for b in (1, 2, 4)} | {f"weights_bits={b}": 0 for b in (1, 2, 4)})
+    seen.update({f"input_bits={b}": 0 for b in (1, 2, 4)} | {f"kernel={k}": 0 for k in (1, 3, 5, 7)})
+    seen.update({kind: 0 for kind in ("InputConvolutional", "Convolutional", "SeparableConvolutional",
+                                      "FullyConnected")})
     for _ in range(RANDOM_MODELS):
         model = random_model(rng)
-        shape = tuple(model.input_shape)
-        frames = np.concatenate([random_frames(rng, 3, shape), mnist_like(rng, 3, shape)])
+        frames = model_frames(rng, model, 3)
         _note_features(model, seen)
         while True:
             ours = Simulator(from_akida(model))
@@ -71,8 +80,9 @@ def test_random_models_match_engine_bit_exact():
             for stage in ours._stages:
                 if stage.firing is not None:
                     seen["fast_path" if stage.firing.fast else "exact_path"] += 1
+                seen["saturated"] += stage.saturates
             seen["potentials"] += expected.dtype == np.int32
-            if model.layer_count == 1:
+            if model.layer_count == _input_layers(model):
                 break
             model.pop_layer()
     assert mismatched == 0, f"{mismatched} of {compared} outputs differ from akida's engine"
@@ -83,13 +93,20 @@ def test_random_models_match_engine_bit_exact():
 def _note_features(model: akida.Model, seen: dict[str, int]) -> None:
     for layer in model.layers:
         params = layer.parameters
+        kind = params.layer_type
+        if kind == akida.LayerType.InputData:
+            seen[f"input_bits={params.input_bits}"] += 1
+            continue
+        seen[kind.name] += 1
         seen[f"act_bits={params.act_bits}"] += 1
-        if params.layer_type != akida.LayerType.InputConvolutional:
+        if kind != akida.LayerType.InputConvolutional:
             seen[f"weights_bits={params.weights_bits}"] += 1
-        if params.layer_type != akida.LayerType.FullyConnected:
-            seen["pool"] += params.pool_type == 1
+        if kind != akida.LayerType.FullyConnected:
+            seen["pool"] += params.pool_type == 1  # PoolType.Max; parameters report plain ints
+            seen["global_pool"] += params.pool_type == 2  # PoolType.Average
             seen["valid"] += params.padding == 0
             seen["stride2"] += params.stride_x == 2
+            seen[f"kernel={params.kernel_width}"] += 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,18 +283,26 @@ def test_pooling_same_pads_with_nothing_and_rounds_up():
 # Counters
 
 
-def _layer_facts(layer: akida.Layer) -> tuple[str, tuple[int, int], int, np.ndarray]:
-    """(type, stride, padding, weights) copied out of an engine layer, before any pop_layer."""
+def _layer_facts(layer: akida.Layer) -> tuple[str, tuple[int, int], int, np.ndarray, np.ndarray | None]:
+    """(type, stride, padding, weights, pointwise weights) copied out of an engine layer, before any
+    pop_layer."""
     params = layer.parameters
     kind = params.layer_type.name
+    weights = layer.variables["weights"].astype(np.int64)
     if kind == "FullyConnected":
-        return kind, (1, 1), 0, layer.variables["weights"].astype(np.int64)
-    return kind, (params.stride_x, params.stride_y), params.padding, layer.variables["weights"].astype(np.int64)
+        return kind, (1, 1), 0, weights, None
+    pointwise = layer.variables["weights_pw"].astype(np.int64) if kind == "SeparableConvolutional" else None
+    return kind, (params.stride_x, params.stride_y), params.padding, weights, pointwise
 
 
-def _loop_counts(facts: tuple[str, tuple[int, int], int, np.ndarray], x: np.ndarray) -> dict[str, int]:
-    """input_events, synaptic_ops and dense_synaptic_ops of one frame, by plain loops over neurons."""
-    kind, (stride_x, stride_y), padding, weights = facts
+def _loop_counts(facts: tuple, x: np.ndarray) -> dict[str, int]:
+    """input_events, synaptic_ops and dense_synaptic_ops of one frame, by plain loops over neurons.
+
+    A SeparableConvolutional is counted as the engine does its work, depthwise and pointwise fused:
+    an (input event, tap, filter) is one synaptic op when the depthwise tap of the event's channel and
+    the pointwise weight of (channel, filter) are both non-zero; dense ops count every (tap, channel,
+    filter) like a Convolutional with as many filters."""
+    kind, (stride_x, stride_y), padding, weights, pointwise = facts
     counts = {"input_events": int(np.count_nonzero(x)), "synaptic_ops": 0, "dense_synaptic_ops": 0}
     if kind == "FullyConnected":
         flat = x.ravel(order="F")
@@ -286,9 +311,11 @@ def _loop_counts(facts: tuple[str, tuple[int, int], int, np.ndarray], x: np.ndar
                 counts["dense_synaptic_ops"] += 1
                 counts["synaptic_ops"] += bool(flat[i] != 0 and weights[0, 0, i, unit] != 0)
         return counts
-    if kind == "Convolutional":
+    if kind != "InputConvolutional":
         weights = weights[::-1, ::-1]  # true convolution
     kx, ky, channels, filters = weights.shape
+    if pointwise is not None:
+        filters = pointwise.shape[-1]
     side_x, side_y = x.shape[:2]
     out_x, before_x = _reference_pads(side_x, kx, stride_x, padding)
     out_y, before_y = _reference_pads(side_y, ky, stride_y, padding)
@@ -301,8 +328,12 @@ def _loop_counts(facts: tuple[str, tuple[int, int], int, np.ndarray], x: np.ndar
                         continue
                     for c in range(channels):
                         for f in range(filters):
+                            if pointwise is None:
+                                nonzero = weights[i, j, c, f] != 0
+                            else:
+                                nonzero = weights[i, j, c, 0] != 0 and pointwise[0, 0, c, f] != 0
                             counts["dense_synaptic_ops"] += 1
-                            counts["synaptic_ops"] += bool(x[a, b, c] != 0 and weights[i, j, c, f] != 0)
+                            counts["synaptic_ops"] += bool(x[a, b, c] != 0 and nonzero)
     return counts
 
 
@@ -318,14 +349,14 @@ def test_counters_match_loop_reference():
     layer's input and output taken from akida's engine (prefix models), not from the simulator."""
     rng = np.random.default_rng(5)
     draw = Draw(max_extra_layers=2, max_side=7, max_filters=3, extreme_share=0.0)
-    for _ in range(12):
+    for _ in range(24):
         model = random_model(rng, draw)
-        shape = tuple(model.input_shape)
-        frames = np.concatenate([random_frames(rng, 1, shape), mnist_like(rng, 1, shape)])
+        frames = model_frames(rng, model, 1)
         counters = Simulator(from_akida(model)).run(frames).counters
-        facts = [_layer_facts(layer) for layer in model.layers]
+        keep = _input_layers(model)
+        facts = [_layer_facts(layer) for layer in model.layers[keep - 1 :]]
         outputs = [model.forward(frames)]
-        while model.layer_count > 1:
+        while model.layer_count > keep:
             model.pop_layer()
             outputs.insert(0, model.forward(frames))
         inputs = [frames, *outputs[:-1]]
@@ -439,16 +470,24 @@ def _refused(build) -> str:
 def test_unsupported_layers_are_refused_by_name_and_type():
     message = _refused(lambda m: m.add(akida.InputConv2D(input_shape=(8, 8, 1), kernel_size=3, filters=4, name="v2in")))
     assert "'v2in'" in message and "InputConv2D" in message
-    message = _refused(lambda m: (m.add(_input_conv((8, 8, 1))), m.add(akida.SeparableConvolutional(
-        kernel_size=(3, 3), filters=4, weights_bits=4, name="sep"))))
-    assert "'sep'" in message and "SeparableConvolutional" in message
-    message = _refused(lambda m: (m.add(akida.InputData(input_shape=(8, 8, 1), input_bits=4, name="data")),
-                                  m.add(akida.Convolutional(kernel_size=(3, 3), filters=4, weights_bits=4, name="c"))))
-    assert "'data'" in message and "InputData" in message
-    message = _refused(lambda m: (m.add(_input_conv((8, 8, 1))), m.add(akida.Convolutional(
-        kernel_size=(3, 3), filters=4, weights_bits=4, name="gap", pool_type=akida.PoolType.Average))))
-    assert "'gap'" in message and "average pooling" in message
+    message = _refused(lambda m: m.add(akida.InputData(input_shape=(8, 8, 1), input_bits=4, name="data")))
+    assert "'data'" in message and "InputData" in message and "needs a layer after it" in message
+    message = _refused(lambda m: m.add(akida.InputData(input_shape=(8, 8, 1), input_bits=8, name="wide")))
+    assert "'wide'" in message and "signed inputs" in message  # akida makes 8-bit InputData signed
     assert "\n" not in message
+
+
+def test_input_data_frames_beyond_its_bits_are_refused_like_the_engine():
+    model = akida.Model()
+    model.add(akida.InputData(input_shape=(4, 4, 1), input_bits=2, name="data"))
+    model.add(akida.FullyConnected(units=2, name="dense", weights_bits=2, activation=False))
+    frames = np.full((1, 4, 4, 1), 3, np.uint8)
+    assert np.array_equal(_simulate(model, frames), model.forward(frames))
+    frames[0, 1, 2, 0] = 4
+    with pytest.raises(RuntimeError, match="range"):
+        model.forward(frames)
+    with pytest.raises(DataError, match="2-bit InputData takes 0..3"):
+        _simulate(model, frames)
 
 
 def test_simulator_refuses_wrong_frames():
@@ -554,8 +593,7 @@ def test_batch1_gather_and_float64_paths_match_engine_and_default_counters(monke
     rng = np.random.default_rng(7)
     for _ in range(40):
         model = random_model(rng)
-        frames = np.concatenate([random_frames(rng, 2, tuple(model.input_shape)),
-                                 mnist_like(rng, 2, tuple(model.input_shape))])
+        frames = model_frames(rng, model, 2)
         reference = Simulator(from_akida(model)).run(frames)
         with monkeypatch.context() as patch:
             patch.setattr(simulator, "_GATHER_MIN_WEIGHTS", 0)
