@@ -31,15 +31,24 @@ MAX_ACT_STEP = 1048575.0  # the largest act_step akida documents ("between 0 and
 
 @dataclass(frozen=True)
 class Draw:
-    """What a random model may use; the defaults cover every supported feature at test-friendly sizes."""
+    """What a random model may use, at test-friendly sizes.
+
+    The defaults draw the models this generator always drew (InputConvolutional first, Convolutional
+    kernels 1/3/5, max pooling), from the same random stream, so existing seeded tests keep their
+    models; :data:`EVERY_KIND` adds InputData, SeparableConvolutional, global average pooling and
+    7x7 Convolutional kernels (a share of 0 draws nothing from the stream)."""
 
     max_extra_layers: int = 3
     max_side: int = 14
     max_filters: int = 8
     extreme_share: float = 0.1  # models with int32-range thresholds and huge act_steps
-    input_data_share: float = 0.3  # models that start with InputData instead of InputConvolutional
-    separable_share: float = 0.4  # convolutional layers after the first that are SeparableConvolutional
-    global_pool_share: float = 0.15  # convolutional layers with global average pooling
+    input_data_share: float = 0.0  # models that start with InputData instead of InputConvolutional
+    separable_share: float = 0.0  # convolutional layers after the first that are SeparableConvolutional
+    global_pool_share: float = 0.0  # convolutional layers with global average pooling
+    conv_kernels: tuple[int, ...] = (1, 3, 5)  # Convolutional kernel sides (SeparableConvolutional: 3, 5, 7)
+
+
+EVERY_KIND = Draw(input_data_share=0.3, separable_share=0.4, global_pool_share=0.15, conv_kernels=(1, 3, 5, 7))
 
 
 def _pick(rng: np.random.Generator, options: list) -> object:
@@ -58,7 +67,7 @@ def _strides(rng: np.random.Generator, kernel: tuple[int, int]) -> tuple[int, in
 
 
 def _pool_args(rng: np.random.Generator, global_share: float = 0.0) -> dict:
-    if rng.random() < global_share:
+    if global_share and rng.random() < global_share:
         return {"pool_type": akida.PoolType.Average}
     if rng.random() < 0.5:
         return {}
@@ -76,19 +85,22 @@ def _valid_fits(side: tuple[int, int], kernel: tuple[int, int], stride: tuple[in
     return True
 
 
-def _input_layer(rng: np.random.Generator, draw: Draw, has_next: bool) -> akida.Layer:
-    """An InputConvolutional (kernels 3/5/7, strides, same/valid, padding value, pools, 1 or 3
-    channels) or, with ``draw.input_data_share`` when a layer follows, an InputData of 1/2/4 bits."""
+def _input_layer(rng: np.random.Generator, draw: Draw) -> tuple[akida.Layer, int]:
+    """(first layer, how many layers follow it): an InputConvolutional (kernels 3/5/7, strides,
+    same/valid, padding value, pools, 1 or 3 channels) or, with ``draw.input_data_share``, an
+    InputData of 1/2/4 bits, which needs a layer after it."""
     side_x, side_y = (int(v) for v in rng.integers(4, draw.max_side + 1, 2))
-    if has_next and rng.random() < draw.input_data_share:
-        channels = int(rng.integers(1, 5))
-        return akida.InputData(input_shape=(side_x, side_y, channels), input_bits=int(_pick(rng, [1, 2, 4])),
-                               name="input_data")
+    if draw.input_data_share and rng.random() < draw.input_data_share:
+        extra = max(int(rng.integers(0, draw.max_extra_layers + 1)), 1)
+        layer = akida.InputData(input_shape=(side_x, side_y, int(rng.integers(1, 5))),
+                                input_bits=int(_pick(rng, [1, 2, 4])), name="input_data")
+        return layer, extra
     padding = _pick(rng, [akida.Padding.Same, akida.Padding.Valid])
     kernel = _pair(rng, [3, 5, 7])
     if padding == akida.Padding.Valid:
         side_x, side_y = side_x + kernel[0], side_y + kernel[1]
-    return akida.InputConvolutional(
+    extra = int(rng.integers(0, draw.max_extra_layers + 1))
+    layer = akida.InputConvolutional(
         input_shape=(side_x, side_y, int(_pick(rng, [1, 3]))),
         kernel_size=kernel,
         filters=int(rng.integers(1, draw.max_filters + 1)),
@@ -98,16 +110,17 @@ def _input_layer(rng: np.random.Generator, draw: Draw, has_next: bool) -> akida.
         weights_bits=8,
         act_bits=int(_pick(rng, [1, 2, 4])),
         padding_value=int(rng.integers(0, 256)),
-        activation=has_next or rng.random() < 0.7,
+        activation=extra > 0 or rng.random() < 0.7,
         **_pool_args(rng, draw.global_pool_share),
     )
+    return layer, extra
 
 
-def _conv_layer(rng: np.random.Generator, draw: Draw, index: int, side: tuple[int, int], activation: bool,
-                separable: bool) -> akida.Layer:
-    """A Convolutional (kernels 1/3/5/7) or SeparableConvolutional (3/5/7), stride 1/2,
-    same/valid, max or global average pooling."""
-    kernel = _pair(rng, [3, 5, 7] if separable else [1, 3, 5, 7])
+def _conv_layer(rng: np.random.Generator, draw: Draw, index: int, side: tuple[int, int],
+                activation: bool) -> akida.Layer:
+    """A Convolutional or SeparableConvolutional, stride 1/2, same/valid, max or global average pooling."""
+    separable = bool(draw.separable_share) and rng.random() < draw.separable_share
+    kernel = _pair(rng, [3, 5, 7] if separable else list(draw.conv_kernels))
     stride = _strides(rng, kernel)
     pool = _pool_args(rng, draw.global_pool_share)
     padding = akida.Padding.Valid if rng.random() < 0.3 else akida.Padding.Same
@@ -130,16 +143,15 @@ def _conv_layer(rng: np.random.Generator, draw: Draw, index: int, side: tuple[in
 def random_model(rng: np.random.Generator, draw: Draw = Draw()) -> akida.Model:
     """A random sequential Akida 1.0 model with random variables; the engine accepts all of it."""
     model = akida.Model()
-    extra = int(rng.integers(0, draw.max_extra_layers + 1))
-    model.add(_input_layer(rng, draw, extra > 0))
-    extra = max(extra, 1) if model.layers[0].parameters.layer_type == akida.LayerType.InputData else extra
+    first, extra = _input_layer(rng, draw)
+    model.add(first)
     dense_started = False
     for index in range(extra):
         last = index == extra - 1
         activation = not last or rng.random() < 0.5
         x, y, _ = model.layers[-1].output_dims
-        if not dense_started and x * y > 1 and rng.random() < 0.7:
-            layer = _conv_layer(rng, draw, index, (x, y), activation, rng.random() < draw.separable_share)
+        if not dense_started and x * y > 1 and rng.random() < 0.6:
+            layer = _conv_layer(rng, draw, index, (x, y), activation)
         else:
             dense_started = True
             layer = akida.FullyConnected(

@@ -13,7 +13,7 @@ from pathlib import Path
 import akida
 import numpy as np
 import pytest
-from akida_random import Draw, mnist_like, model_frames, random_frames, random_model, set_random_variables
+from akida_random import EVERY_KIND, Draw, mnist_like, model_frames, random_frames, random_model, set_random_variables
 
 from edge_runtime import cli, simulator
 from edge_runtime.akida_model import Conv, Dense, InputConv, from_akida, load_model
@@ -67,7 +67,7 @@ def test_random_models_match_engine_bit_exact():
     seen.update({kind: 0 for kind in ("InputConvolutional", "Convolutional", "SeparableConvolutional",
                                       "FullyConnected")})
     for _ in range(RANDOM_MODELS):
-        model = random_model(rng)
+        model = random_model(rng, EVERY_KIND)
         frames = model_frames(rng, model, 3)
         _note_features(model, seen)
         while True:
@@ -348,7 +348,7 @@ def test_counters_match_loop_reference():
     """Per-layer counters vs plain loops over every (output neuron, tap, channel, filter), with each
     layer's input and output taken from akida's engine (prefix models), not from the simulator."""
     rng = np.random.default_rng(5)
-    draw = Draw(max_extra_layers=2, max_side=7, max_filters=3, extreme_share=0.0)
+    draw = Draw(max_extra_layers=2, max_side=7, max_filters=3, extreme_share=0.0, input_data_share=0.3)
     for _ in range(24):
         model = random_model(rng, draw)
         frames = model_frames(rng, model, 1)
@@ -592,7 +592,7 @@ def test_batch1_gather_and_float64_paths_match_engine_and_default_counters(monke
     and every counter with the default simulator's."""
     rng = np.random.default_rng(7)
     for _ in range(40):
-        model = random_model(rng)
+        model = random_model(rng, EVERY_KIND)
         frames = model_frames(rng, model, 2)
         reference = Simulator(from_akida(model)).run(frames)
         with monkeypatch.context() as patch:
