@@ -87,6 +87,31 @@ def window_geometry(size: int, window: int, stride: int, padding: Padding) -> tu
     return out, total // 2, total - total // 2
 
 
+def summed_positions(layer: Layer) -> int:
+    """How many positions' products one potential sums: a global average pool's output positions
+    (before pooling), else 1."""
+    if isinstance(layer, Dense) or not layer.global_avg_pool:
+        return 1
+    (x, y, _), (kx, ky), (sx, sy) = layer.input_shape, layer.kernel, layer.stride
+    return window_geometry(x, kx, sx, layer.padding)[0] * window_geometry(y, ky, sy, layer.padding)[0]
+
+
+def potential_extremes(layer: Layer, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per filter, the smallest and largest sums the layer's (fan-in x filters) ``matrix`` can give
+    over its input range, before any 20-bit clipping or saturation."""
+    scale = (2**layer.input_bits - 1) * summed_positions(layer)
+    return np.clip(matrix, None, 0).sum(axis=0) * scale, np.clip(matrix, 0, None).sum(axis=0) * scale
+
+
+def saturates(layer: Layer, matrix: np.ndarray) -> bool:
+    """Whether the engine's 20-bit potentials can change the layer's result: a FullyConnected clips
+    its potential, a global average pool saturates its running sum; other layers' are wider."""
+    if not (isinstance(layer, Dense) or summed_positions(layer) > 1):
+        return False
+    low, high = potential_extremes(layer, matrix)
+    return bool(np.any(high > POTENTIAL_MAX) or np.any(low < POTENTIAL_MIN))
+
+
 def engine_t16(act_step: np.ndarray) -> np.ndarray:
     """The engine's activation step in 1/16 units, int64: ``floor(float64(act_step) * 16)``.
 
@@ -285,13 +310,12 @@ class _Stage(_Inputs):
     static_values: tuple[int, int, int, int]
 
     def _finish(self, layer: Layer, matrix: np.ndarray, fanout: np.ndarray, dense_ops: int,
-                before: tuple[int, int] = (0, 0), after: tuple[int, int] = (0, 0), pad_value: int = 0,
-                positions: int = 1) -> None:
+                before: tuple[int, int] = (0, 0), after: tuple[int, int] = (0, 0), pad_value: int = 0) -> None:
         """Set what all kinds share, from the integer weights matrix (fan-in x filters).
 
-        ``positions``: how many products a potential sums (the output positions of a global average
-        pool, else 1); the exactness bounds grow with it, and the threshold cannot be folded into
-        every product's bias row."""
+        A global average pool sums ``summed_positions`` products per potential: the exactness
+        bounds grow with it, and the threshold cannot be folded into every product's bias row."""
+        positions = summed_positions(layer)
         if self.out_shape != layer.output_shape:
             raise ModelError(
                 f"layer '{layer.name}': computed output shape {self.out_shape}, akida says {layer.output_shape}"
@@ -303,12 +327,8 @@ class _Stage(_Inputs):
         counting_dtype = _exact_dtype(max(int(fanout.sum()), self.inputs * input_max))
         # one dtype for the input buffer, the products and the counting (float64 if either needs it)
         dtype = np.promote_types(_exact_dtype(largest_sum), counting_dtype).type
-        max_potential = np.clip(matrix, 0, None).sum(axis=0) * input_max * positions
-        min_potential = np.clip(matrix, None, 0).sum(axis=0) * input_max * positions
-        # potentials that can leave the engine's 20-bit range: a FullyConnected clips them, a global
-        # average pool saturates its running sum (the other layers' potentials are wider)
-        self.saturates = bool(isinstance(layer, Dense) or positions > 1) and bool(
-            np.any(max_potential > POTENTIAL_MAX) or np.any(min_potential < POTENTIAL_MIN))
+        max_potential = potential_extremes(layer, matrix)[1]
+        self.saturates = saturates(layer, matrix)
         self.firing = None
         bias = np.zeros((1, matrix.shape[1]), dtype=np.int64)
         if layer.activation:
@@ -343,8 +363,10 @@ class _ConvStage(_Stage):
     cross-correlate. A SepConv is a Conv with its fused kernel (``SepConv.fused_weights``): its
     synaptic ops are the fused kernel's, each input event times its non-zero (tap, filter) pairs,
     which is how the engine does the work (depthwise and pointwise fused on one NP). A global
-    average pool sums the products of all positions per filter. The im2col rows are, for each pooling-window member and each pooled position,
-    the receptive field of the pre-pooling neuron there (then the bias input), so pooling is one
+    average pool sums the products of all positions per filter (see :meth:`_sum_positions`).
+
+    The im2col rows are, for each pooling-window member and each pooled position, the receptive
+    field of the pre-pooling neuron there (then the bias input), so pooling is one
     ``max`` over members. When the pooling windows tile the map regularly, the im2col is a strided
     view of the padded input copied in one call (2.4 us vs 6.6 us with a gather for the MNIST Conv); with
     few channels the copy's contiguous runs get too short (12 us vs 3 us for the MNIST input
@@ -362,7 +384,7 @@ class _ConvStage(_Stage):
         self.members_x = _pool_members(ox, layer.pool, 0, layer.padding)
         self.members_y = _pool_members(oy, layer.pool, 1, layer.padding)
         self.global_pool = layer.global_avg_pool
-        self.positions = ox * oy if self.global_pool else 1
+        self.positions = summed_positions(layer)
         pooled_x, pooled_y = (1, 1) if self.global_pool else (self.members_x.shape[1], self.members_y.shape[1])
         self.out_shape = (pooled_x, pooled_y, filters)
         self.members = self.members_x.shape[0] * self.members_y.shape[0]
@@ -373,7 +395,7 @@ class _ConvStage(_Stage):
         dense_ops = int(reach_x.sum() * reach_y.sum()) * c * filters
         pad_value = layer.padding_value if isinstance(layer, InputConv) else 0
         matrix = kernel.reshape(kx * ky * c, filters).astype(np.int64)
-        self._finish(layer, matrix, fanout, dense_ops, (px0, py0), (px1, py1), pad_value, self.positions)
+        self._finish(layer, matrix, fanout, dense_ops, (px0, py0), (px1, py1), pad_value)
         fields = _im2col_index(self.padded, self.kernel, self.stride, self.members_x, self.members_y)
         self.gather = np.concatenate([fields, np.full((len(fields), 1), self.size)], axis=1)  # + the bias input
         regular = _regular_pool(self.members_x) is not None and _regular_pool(self.members_y) is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 import akida
 import numpy as np
 import pytest
-from akida_random import EVERY_KIND, Draw, mnist_like, model_frames, random_frames, random_model, set_random_variables
+from akida_random import EVERY_KIND, Draw, mnist_like, model_frames, random_model, set_random_variables
 
 from edge_runtime import cli, simulator
 from edge_runtime.akida_model import Conv, Dense, InputConv, from_akida, load_model
@@ -486,7 +486,7 @@ def test_input_data_frames_beyond_its_bits_are_refused_like_the_engine():
     frames[0, 1, 2, 0] = 4
     with pytest.raises(RuntimeError, match="range"):
         model.forward(frames)
-    with pytest.raises(DataError, match="2-bit InputData takes 0..3"):
+    with pytest.raises(DataError, match=r"2-bit InputData takes 0\.\.3"):
         _simulate(model, frames)
 
 
