@@ -138,7 +138,7 @@ class SepConv(_ConvNeurons):
         return self.weights.astype(np.int64) * self.weights_pw[0, 0].astype(np.int64)[None, None]
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class InputData:
     """InputData: the model's input as 1/2/4-bit events straight into the first neural layer (no
     HRC). It has no neurons or weights; the engine refuses frame values above ``2**input_bits - 1``."""

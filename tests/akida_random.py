@@ -233,3 +233,35 @@ def mnist_like(rng: np.random.Generator, n: int, shape: tuple[int, int, int]) ->
             np.maximum(frame, np.clip(1.5 - distance / width, 0, 1), out=frame)
     pixels = np.round(frames * 255).astype(np.uint8)
     return np.repeat(pixels[..., None], channels, axis=-1)
+
+
+def saturating_models() -> list[tuple[str, akida.Model, np.ndarray]]:
+    """Hand-built models whose potentials leave the engine's 20 bits, with frames that make them."""
+    built = []
+    for kind in (akida.Convolutional, akida.SeparableConvolutional):
+        model = akida.Model()
+        model.add(akida.InputData(input_shape=(16, 16, 64), input_bits=4, name="data"))
+        model.add(kind(kernel_size=(1, 1), filters=2, weights_bits=4, act_bits=4, name="gap",
+                       activation=False, pool_type=akida.PoolType.Average))
+        weights = np.full((1, 1, 64, 2), 7, np.int8)
+        weights[0, 0, 32:, 0] = -7  # filter 0: + on channels < 32, - above
+        layer = model.layers[1]
+        if kind is akida.SeparableConvolutional:
+            layer.variables["weights"] = np.ones((1, 1, 64, 1), np.int8)
+            layer.variables["weights_pw"] = weights
+        else:
+            layer.variables["weights"] = weights
+        frames = np.zeros((2, 16, 16, 64), np.uint8)
+        frames[0, :12, :, :32], frames[0, 12:, :, 32:] = 15, 15  # positives first (x slowest), then negatives
+        frames[1, :, :12, :32], frames[1, :, 12:, 32:] = 15, 15  # the same split along y
+        built.append((kind.__name__, model, frames))
+    model = akida.Model()
+    model.add(akida.InputData(input_shape=(100, 60, 1), input_bits=4, name="data"))
+    model.add(akida.FullyConnected(units=2, weights_bits=4, act_bits=4, name="dense"))
+    weights = np.full((1, 1, 6000, 2), 7, np.int8)
+    weights[0, 0, 5000:, 1] = -7
+    model.layers[1].variables["weights"] = weights
+    model.layers[1].variables["threshold"] = np.array([600_000, 300_000], np.int32)
+    model.layers[1].variables["act_step"] = np.array([1000, 1000], np.float32)
+    built.append(("FullyConnected", model, np.full((1, 100, 60, 1), 15, np.uint8)))
+    return built

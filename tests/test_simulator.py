@@ -8,12 +8,22 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import akida
 import numpy as np
 import pytest
-from akida_random import EVERY_KIND, Draw, mnist_like, model_frames, random_model, set_random_variables
+from akida_random import (
+    EVERY_KIND,
+    Draw,
+    mnist_like,
+    model_frames,
+    random_model,
+    saturating_models,
+    set_random_variables,
+)
+from akida_reference import POTENTIAL_MAX, reference_forward
 
 from edge_runtime import cli, simulator
 from edge_runtime.akida_model import Conv, Dense, InputConv, from_akida, load_model
@@ -650,3 +660,46 @@ def test_simulate_user_errors_are_one_line_and_leave_nothing_behind(
     assert code == 2 and message in error and error.count("\n") == 1 and "Traceback" not in error, error
     after = sorted(os.listdir(tmp_path)) + sorted(os.listdir(tmp_path / "inputs"))
     assert after == before  # no half-written output, no leaked temporary file
+
+
+# ---------------------------------------------------------------------------------------------
+# Every layer kind against a slow loop reference, and the engine's 20-bit potentials
+
+
+def test_every_layer_kind_matches_loop_reference_and_engine():
+    """Small random models of every kind (InputData 1/2/4 bits, InputConvolutional, Convolutional,
+    SeparableConvolutional, FullyConnected; max and global pooling): the loop reference of
+    tests/akida_reference.py, the engine and the simulator give the same outputs."""
+    rng = np.random.default_rng(14)
+    draw = replace(EVERY_KIND, max_side=8, max_filters=4, extreme_share=0.0)
+    kinds: dict[str, int] = {}
+    compared = 0
+    for _ in range(60):
+        model = random_model(rng, draw)
+        for layer in model.layers:
+            kinds[layer.parameters.layer_type.name] = kinds.get(layer.parameters.layer_type.name, 0) + 1
+        frames = model_frames(rng, model, 2)
+        expected = model.forward(frames)
+        np.testing.assert_array_equal(reference_forward(model, frames), expected)
+        np.testing.assert_array_equal(_simulate(model, frames), expected)
+        compared += expected.size
+    assert set(kinds) == {"InputData", "InputConvolutional", "Convolutional", "SeparableConvolutional",
+                          "FullyConnected"}, kinds
+    assert compared > 1000
+
+
+def test_twenty_bit_potentials_are_reproduced():
+    """A FullyConnected clips its potential to [-2**19, 2**19 - 1] (630,000 -> 524,287 does not reach
+    a 600,000 threshold); a global average pool saturates its running sum position by position, x
+    slowest (the same potentials summed in another order give another result)."""
+    for kind, model, frames in saturating_models():
+        expected = model.forward(frames)
+        np.testing.assert_array_equal(_simulate(model, frames), expected, err_msg=kind)
+        np.testing.assert_array_equal(reference_forward(model, frames), expected, err_msg=kind)
+        if kind == "FullyConnected":
+            assert expected[0, 0, 0, 0] == 0 and expected[0, 0, 0, 1] > 0
+        else:
+            # 12 of 16 rows at +3360 per position then 4 at -3360: saturates at 2**19 - 1 first
+            assert expected[0, 0, 0, 0] == POTENTIAL_MAX - 4 * 16 * 3360
+            assert expected[1, 0, 0, 0] != expected[0, 0, 0, 0]  # order matters
+            assert expected[0, 0, 0, 1] == POTENTIAL_MAX
