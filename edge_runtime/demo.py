@@ -36,6 +36,7 @@ from .config import BACKENDS
 from .daemon import Daemon
 from .emulator import PtyPort, SensorEmulator
 from .errors import ConfigError
+from .frame_fit import check_demo_bundle
 from .sdnotify import Notifier
 
 BUNDLE_NAME = "mnist-zeroaware"
@@ -285,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
     if not mnist.cache_path().exists():
         print("fetching MNIST into the cache (once)...", flush=True)
     data = mnist.load_mnist()
+    check_demo_bundle(Path(bundle_dir), data.test_images[..., None], "28x28x1 MNIST test frames")
     # A harness's SIGTERM ends the demo like Ctrl-C: with a drained daemon and the summary.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as scratch, PtyPort() as port:

@@ -14,6 +14,7 @@ from edge_runtime.energy import EnergyModel
 from edge_runtime.errors import BundleError, DataError
 
 from .bundle_build import export_run, mnist_eval_set, verify_bundle
+from .package import package
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
     export.set_defaults(func=_export)
 
+    pack = sub.add_parser(
+        "package",
+        help="turn an existing Akida 1.0 .fbz into a verified bundle, on your own frames",
+        description="Read MODEL.fbz (any Akida 1.0 model of InputData/InputConvolutional, Convolutional, "
+        "SeparableConvolutional and FullyConnected layers), then build the bundle exactly as `export` does: "
+        "exact ONNX, AKD1000 mapping, agreement of the Akida engine, the simulator and onnxruntime on every frame "
+        "of FRAMES, golden vectors, expected sparsity and energy, and accuracy when LABELS are given.",
+    )
+    pack.add_argument("fbz", type=Path, metavar="MODEL.fbz", help="an Akida 1.0 model saved by akida or cnn2snn")
+    pack.add_argument("--frames", type=Path, required=True, metavar="FRAMES.npy",
+                      help="uint8 frames (N, X, Y, C) in the model's input shape, or (N, X, Y) for one channel")
+    pack.add_argument("--labels", type=Path, default=None, metavar="LABELS.npy", help="(N,) integer class labels")
+    pack.add_argument("--names", type=Path, default=None, metavar="NAMES.txt",
+                      help="class names, one a line (default: 0, 1, ...)")
+    pack.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR", help="bundle directory to write")
+    pack.add_argument("--name", default=None, help="model name in the manifest (default: the --out directory's name)")
+    pack.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    pack.add_argument("--energy-model", type=Path, default=None, metavar="FILE",
+                      help="energy model coefficients (default: the packaged energy-model-v1.json)")
+    pack.set_defaults(func=_package)
+
     inspect = sub.add_parser("inspect", help="summarise a bundle and re-check its hashes",
                              description="Print layers, shapes, bits, NPs and expected metrics from the manifest, "
                              "and re-check every file's SHA-256 (exit 2 if any is missing or altered).")
@@ -57,13 +79,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify.set_defaults(func=_verify)
 
 
-def _export(args: argparse.Namespace) -> int:
-    energy_model = EnergyModel.load(args.energy_model) if args.energy_model else EnergyModel.load_default()
-    manifest = export_run(args.run_dir, args.out, mnist_eval_set(args.cache_dir), name=args.name,
-                          energy_model=energy_model, force=args.force)
-    print(f"wrote {args.out}")
+def _energy_model(args: argparse.Namespace) -> EnergyModel:
+    return EnergyModel.load(args.energy_model) if args.energy_model else EnergyModel.load_default()
+
+
+def _wrote(out: Path, manifest: Manifest) -> int:
+    print(f"wrote {out}")
     print(format_metrics(manifest))
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    return _wrote(args.out, export_run(args.run_dir, args.out, mnist_eval_set(args.cache_dir), name=args.name,
+                                       energy_model=_energy_model(args), force=args.force))
+
+
+def _package(args: argparse.Namespace) -> int:
+    return _wrote(args.out, package(args.fbz, args.out, args.frames, labels_path=args.labels, names_path=args.names,
+                                    name=args.name, energy_model=_energy_model(args), force=args.force))
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -146,6 +179,7 @@ def format_summary(path: Path, manifest: Manifest, digest: str, problems: dict[s
     for layer in manifest.layers:
         lm = metrics.get(layer.name)
         pool = f"{_shape(layer.pool.size)}/{layer.pool.stride[0]}" if layer.pool else "-"
+        pool = "global" if layer.global_avg_pool else pool
         act = str(layer.act_bits) if layer.activation else "pot"
         lines.append(
             f"{layer.name:<10} {layer.kind:<19} {_shape(layer.input_shape):>9} -> {_shape(layer.output_shape):<9} "
