@@ -283,10 +283,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     bundle_dir = args.model if args.model is not None else default_bundle()
+    check_demo_bundle(Path(bundle_dir), (28, 28, 1), "28x28x1 MNIST test frames")
     if not mnist.cache_path().exists():
         print("fetching MNIST into the cache (once)...", flush=True)
     data = mnist.load_mnist()
-    check_demo_bundle(Path(bundle_dir), data.test_images[..., None], "28x28x1 MNIST test frames")
     # A harness's SIGTERM ends the demo like Ctrl-C: with a drained daemon and the summary.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as scratch, PtyPort() as port:

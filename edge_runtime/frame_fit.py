@@ -23,17 +23,22 @@ def _shape(shape: tuple[int, ...]) -> str:
 
 def mismatch(frames: np.ndarray, shape: tuple[int, ...], top: int = 255) -> str | None:
     """What keeps ``frames`` (N, X, Y, C) uint8 from a model taking ``shape`` frames of values 0..``top``, or None."""
-    if frames.shape[1:] != tuple(shape):
-        return f"frames are {_shape(frames.shape[1:])}, the model takes {_shape(shape)}"
-    if top < 255 and frames.size and int(frames.max()) > top:
-        return f"frames hold values up to {int(frames.max())}, the model's InputData takes 0..{top}"
+    return shape_mismatch(frames.shape[1:], int(frames.max(initial=0)), shape, top)
+
+
+def shape_mismatch(frame_shape: tuple[int, ...], largest: int, shape: tuple[int, ...], top: int) -> str | None:
+    """The same for frames known by their shape and largest value."""
+    if tuple(frame_shape) != tuple(shape):
+        return f"frames are {_shape(frame_shape)}, the model takes {_shape(shape)}"
+    if largest > top:
+        return f"frames hold values up to {largest}, the model's InputData takes 0..{top}"
     return None
 
 
-def check_demo_bundle(bundle_dir: Path, frames: np.ndarray, what: str) -> None:
-    """ConfigError (one line) unless the demo's sensor frames (``what``) fit the bundle's input."""
+def check_demo_bundle(bundle_dir: Path, frame_shape: tuple[int, ...], what: str) -> None:
+    """ConfigError (one line) unless the demo's sensor frames (``what``, any uint8 value) fit the bundle's input."""
     manifest, _ = read_manifest(bundle_dir)
-    problem = mismatch(frames, manifest.input.shape, manifest.input.value_range[1])
+    problem = shape_mismatch(frame_shape, 255, manifest.input.shape, manifest.input.value_range[1])
     if problem is not None:
         raise ConfigError(f"demo --model {bundle_dir}: {problem} (the demo's sensor sends {what}); serve it on "
                           f"frames of its input with `edge-runtime serve --model {bundle_dir} --source "
