@@ -15,11 +15,12 @@ import akida
 import numpy as np
 import pytest
 from akida_random import mnist_like, set_random_variables
-from daemon_support import wait_for
+from daemon_support import http_get, wait_for
 
 from edge_runtime import cli as runtime_cli
 from edge_runtime.bundle import load_bundle
 from edge_runtime.daemon import Daemon
+from edge_runtime.emulator import PtyPort, SensorEmulator
 from edge_runtime.errors import ConfigError
 from edge_runtime.frame_fit import mismatch
 from exporter import cli
@@ -85,27 +86,49 @@ def test_package_builds_a_verified_bundle_of_the_fbz(packaged, user_files, capsy
     assert f"{FRAMES} frames of {user_files['frames']} agree on akida, simulator, onnxruntime" in out
 
 
-def test_serve_over_replay_infers_every_frame_of_the_packaged_model(packaged, user_files, tmp_path):
-    log = tmp_path / "predictions.jsonl"
-    daemon = Daemon(None, {"model.bundle": str(packaged), "source.spec": f"replay:{user_files['frames']}",
-                           "metrics.listen": "127.0.0.1:0", "predictions.path": str(log)})
+def _serve(bundle: Path, spec: str, log: Path, frames: int, feed=None) -> list[dict]:
+    """Serve ``bundle`` from ``spec`` until the prediction log holds ``frames`` lines (``feed``, if
+    given, runs in a thread once the daemon is up); the records, sorted by sequence number."""
+    daemon = Daemon(None, {"model.bundle": str(bundle), "source.spec": spec, "metrics.listen": "127.0.0.1:0",
+                           "predictions.path": str(log), "source.queue_size": 4096})
     daemon.start()
     status: list[int] = []
     loop = threading.Thread(target=lambda: status.append(daemon.wait()), daemon=True)
     loop.start()
+    sender = threading.Thread(target=feed, daemon=True) if feed is not None else None
     try:
-        wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == FRAMES, 90, "every frame in the log")
+        if sender is not None:  # once the port is read: a sensor's frames before that are lost
+            wait_for(lambda: http_get(f"{daemon.url}/readyz")[0] == 200, 30, "/readyz to return 200")
+            sender.start()
+        wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == frames, 90, "every frame in the log")
     finally:
         daemon.post(signal.SIGTERM)
         loop.join(60)
     assert status == [0]
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    engine = akida.Model(str(user_files["fbz"]))
+    return sorted((json.loads(line) for line in log.read_text().splitlines()), key=lambda r: r["seq"])
+
+
+def _engine_classes(user_files) -> list[int]:
     frames = np.load(user_files["frames"])
-    expected = engine.forward(frames).reshape(FRAMES, -1).argmax(axis=1)
-    assert sorted(r["seq"] for r in records) == list(range(FRAMES))
-    assert [r["class"] for r in sorted(records, key=lambda r: r["seq"])] == expected.tolist()
+    return akida.Model(str(user_files["fbz"])).forward(frames).reshape(len(frames), -1).argmax(axis=1).tolist()
+
+
+def test_serve_over_replay_infers_every_frame_of_the_packaged_model(packaged, user_files, tmp_path):
+    records = _serve(packaged, f"replay:{user_files['frames']}", tmp_path / "predictions.jsonl", FRAMES)
+    assert [r["seq"] for r in records] == list(range(FRAMES))
+    assert [r["class"] for r in records] == _engine_classes(user_files)
     assert set(records[0]["events"]) == {"conv_0", "separable_1", "separable_2", "classifier"}
+
+
+def test_serve_from_the_sensor_emulator_takes_frames_of_any_shape(packaged, user_files, tmp_path):
+    """16x16 frames over a pty in the serial protocol, as `emulate-sensor --frames F.npy` sends them."""
+    frames = np.load(user_files["frames"])
+    with PtyPort() as port:
+        emulator = SensorEmulator(port.write, frames)
+        records = _serve(packaged, f"serial:{port.path}", tmp_path / "predictions.jsonl", FRAMES, emulator.run)
+        emulator.stop()
+    assert [r["seq"] for r in records] == list(range(FRAMES))
+    assert [r["class"] for r in records] == _engine_classes(user_files)
 
 
 def _refused(capsys, *args: str) -> str:
