@@ -46,9 +46,11 @@ class Draw:
     separable_share: float = 0.0  # convolutional layers after the first that are SeparableConvolutional
     global_pool_share: float = 0.0  # convolutional layers with global average pooling
     conv_kernels: tuple[int, ...] = (1, 3, 5)  # Convolutional kernel sides (SeparableConvolutional: 3, 5, 7)
+    weights_bits: tuple[int, ...] = (1, 2, 4)  # of the layers after the first (the software engine also takes 8)
 
 
-EVERY_KIND = Draw(input_data_share=0.3, separable_share=0.4, global_pool_share=0.15, conv_kernels=(1, 3, 5, 7))
+EVERY_KIND = Draw(input_data_share=0.3, separable_share=0.4, global_pool_share=0.15, conv_kernels=(1, 3, 5, 7),
+                  weights_bits=(1, 2, 4, 8))
 
 
 def _pick(rng: np.random.Generator, options: list) -> object:
@@ -133,7 +135,7 @@ def _conv_layer(rng: np.random.Generator, draw: Draw, index: int, side: tuple[in
         name=f"{'separable' if separable else 'conv'}_{index}",
         padding=padding,
         kernel_stride=stride,
-        weights_bits=int(_pick(rng, [1, 2, 4])),
+        weights_bits=int(_pick(rng, list(draw.weights_bits))),
         act_bits=int(_pick(rng, [1, 2, 4])),
         activation=activation,
         **pool,
@@ -157,7 +159,7 @@ def random_model(rng: np.random.Generator, draw: Draw = Draw()) -> akida.Model:
             layer = akida.FullyConnected(
                 units=int(rng.integers(1, 2 * draw.max_filters + 1)),
                 name=f"dense_{index}",
-                weights_bits=int(_pick(rng, [1, 2, 4])),
+                weights_bits=int(_pick(rng, list(draw.weights_bits))),
                 act_bits=int(_pick(rng, [1, 2, 4])),
                 activation=activation,
             )

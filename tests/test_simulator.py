@@ -72,7 +72,7 @@ def test_random_models_match_engine_bit_exact():
     compared = mismatched = 0
     seen = {"pool": 0, "global_pool": 0, "valid": 0, "stride2": 0, "exact_path": 0, "fast_path": 0,
             "potentials": 0, "saturated": 0}
-    seen.update({f"act_bits={b}": 0 for b in (1, 2, 4)} | {f"weights_bits={b}": 0 for b in (1, 2, 4)})
+    seen.update({f"act_bits={b}": 0 for b in (1, 2, 4)} | {f"weights_bits={b}": 0 for b in (1, 2, 4, 8)})
     seen.update({f"input_bits={b}": 0 for b in (1, 2, 4)} | {f"kernel={k}": 0 for k in (1, 3, 5, 7)})
     seen.update({kind: 0 for kind in ("InputConvolutional", "Convolutional", "SeparableConvolutional",
                                       "FullyConnected")})
