@@ -161,6 +161,7 @@ def format_summary(path: Path, manifest: Manifest, digest: str, problems: dict[s
     """What ``inspect`` prints: identity, I/O contract, layers, expected metrics, file checks."""
     t, i, o, tc = manifest.target, manifest.input, manifest.output, manifest.toolchain
     training = manifest.training
+    width = max([10, *(len(layer.name) for layer in manifest.layers)])
     lines = [
         f"bundle   {path} ({manifest.format} v{manifest.format_version}, manifest {digest[:16]})",
         f"name     {manifest.name}",
@@ -172,7 +173,7 @@ def format_summary(path: Path, manifest: Manifest, digest: str, problems: dict[s
         f"built    akida {tc.get('akida')}, onnx {tc.get('onnx')} (opset {tc.get('onnx_opset')}), onnxruntime "
         f"{tc.get('onnxruntime')}, akida-edge {tc.get('akida-edge')}; run {training.run or '-'}, seed {training.seed}",
         "",
-        f"{'layer':<10} {'kind':<19} {'in':>9} -> {'out':<9} {'kernel':<6} {'stride':<6} {'pool':<7} "
+        f"{'layer':<{width}} {'kind':<22} {'in':>9} -> {'out':<9} {'kernel':<6} {'stride':<6} {'pool':<7} "
         f"{'bits w/i/a':<10} {'weights nz/all':>15} {'events/frame':>12} {'density':>7}  NPs",
     ]
     metrics = {layer.name: layer for layer in manifest.metrics.layers}
@@ -182,7 +183,8 @@ def format_summary(path: Path, manifest: Manifest, digest: str, problems: dict[s
         pool = "global" if layer.global_avg_pool else pool
         act = str(layer.act_bits) if layer.activation else "pot"
         lines.append(
-            f"{layer.name:<10} {layer.kind:<19} {_shape(layer.input_shape):>9} -> {_shape(layer.output_shape):<9} "
+            f"{layer.name:<{width}} {layer.kind:<22} {_shape(layer.input_shape):>9} -> "
+            f"{_shape(layer.output_shape):<9} "
             f"{_shape(layer.kernel):<6} {_shape(layer.stride):<6} {pool:<7} "
             f"{f'{layer.weights_bits}/{layer.input_bits}/{act}':<10} "
             f"{f'{layer.nonzero_weights}/{layer.weights}':>15} "

@@ -26,7 +26,7 @@ from akida_random import (
 from akida_reference import POTENTIAL_MAX, reference_forward
 
 from edge_runtime import cli, simulator
-from edge_runtime.akida_model import Conv, Dense, InputConv, from_akida, load_model
+from edge_runtime.akida_model import Conv, Dense, InputConv, InputData, SepConv, from_akida, load_model
 from edge_runtime.counters import PER_FRAME, STATIC
 from edge_runtime.errors import DataError, ModelError
 from edge_runtime.simulator import Simulator, fire, window_geometry
@@ -453,6 +453,31 @@ def test_load_model_reads_every_field(tmp_path):
         assert np.array_equal(ours.act_step, theirs.variables["act_step"])
         assert not ours.weights.flags.writeable
     assert model.output_dtype == np.int32 and model.output_shape == (1, 1, 3)
+
+
+def test_load_model_reads_input_data_separable_and_global_pool(tmp_path):
+    rng = np.random.default_rng(4)
+    engine = akida.Model()
+    engine.add(akida.InputData(input_shape=(9, 7, 3), input_bits=2, name="data"))
+    engine.add(akida.SeparableConvolutional(kernel_size=(5, 3), filters=6, name="sep", weights_bits=4, act_bits=2,
+                                            kernel_stride=(2, 1), pool_type=akida.PoolType.Average))
+    engine.add(akida.FullyConnected(units=3, name="dense", weights_bits=2, activation=False))
+    for layer in engine.layers[1:]:
+        set_random_variables(rng, layer)
+    engine.save(str(tmp_path / "m.fbz"))
+    model = load_model(tmp_path / "m.fbz")
+    assert model.input_data == InputData("data", (9, 7, 3), 2) and model.input_max == 3
+    sep, dense = model.layers
+    assert isinstance(sep, SepConv) and isinstance(dense, Dense)
+    assert (sep.kernel, sep.stride, sep.pool, sep.global_avg_pool, sep.filters) == ((5, 3), (2, 1), None, True, 6)
+    assert (sep.input_bits, sep.output_shape, dense.input_shape) == (2, (1, 1, 6), (1, 1, 6))
+    assert np.array_equal(sep.weights, engine.layers[1].variables["weights"])
+    assert np.array_equal(sep.weights_pw, engine.layers[1].variables["weights_pw"])
+    assert [w.shape for w in sep.stored_weights] == [(5, 3, 3, 1), (1, 1, 3, 6)]
+    fused = sep.fused_weights  # by a loop: depthwise tap times pointwise weight
+    for x, y, c, f in np.ndindex(fused.shape):
+        assert fused[x, y, c, f] == int(sep.weights[x, y, c, 0]) * int(sep.weights_pw[0, 0, c, f])
+    assert not sep.weights_pw.flags.writeable
 
 
 def test_missing_or_corrupt_fbz_is_a_model_error(tmp_path):
