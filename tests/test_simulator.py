@@ -713,7 +713,7 @@ def test_every_layer_kind_matches_loop_reference_and_engine():
     assert compared > 1000
 
 
-def test_twenty_bit_potentials_are_reproduced():
+def test_twenty_bit_potentials_are_reproduced(monkeypatch):
     """A FullyConnected clips its potential to [-2**19, 2**19 - 1] (630,000 -> 524,287 does not reach
     a 600,000 threshold); a global average pool saturates its running sum position by position, x
     slowest (the same potentials summed in another order give another result)."""
@@ -721,6 +721,12 @@ def test_twenty_bit_potentials_are_reproduced():
         expected = model.forward(frames)
         np.testing.assert_array_equal(_simulate(model, frames), expected, err_msg=kind)
         np.testing.assert_array_equal(reference_forward(model, frames), expected, err_msg=kind)
+        with monkeypatch.context() as patch:  # the batch-1 path that multiplies only the event rows
+            patch.setattr(simulator, "_GATHER_MIN_WEIGHTS", 0)
+            patch.setattr(simulator, "_GATHER_MAX_DENSITY", 1.0)
+            forced = Simulator(from_akida(model))
+            one_by_one = np.concatenate([forced.run(frames[i : i + 1]).outputs for i in range(len(frames))])
+        np.testing.assert_array_equal(one_by_one, expected, err_msg=kind)
         if kind == "FullyConnected":
             assert expected[0, 0, 0, 0] == 0 and expected[0, 0, 0, 1] > 0
         else:
