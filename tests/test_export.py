@@ -364,7 +364,7 @@ def test_cli_inspect_prints_the_summary(bundle_dir, capsys):
     out = capsys.readouterr().out
     for fragment in ("name     mnist-random", "AKD1000 (Akida IP v1)", "1 HRC", "uint8 (N, 28x28x1) in [0, 255]",
                      "int32 (N, 1x1x10) potentials; labels 0 1 2 3 4 5 6 7 8 9",
-                     "conv0      InputConvolutional    28x28x1 -> 14x14x8", "2x2/2", "8/8/4", "4/4/pot",
+                     "conv0      InputConvolutional       28x28x1 -> 14x14x8", "2x2/2", "8/8/4", "4/4/pot",
                      "expected on test-frames (300 frames): accuracy", "verified akida = simulator = onnxruntime",
                      "model.fbz", "ok"):
         assert fragment in out, fragment
