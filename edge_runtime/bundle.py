@@ -32,7 +32,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 
-from .akida_model import AkidaModel, Dense, Layer, load_model
+from .akida_model import AkidaModel, Dense, InputData, Layer, load_model
 from .energy import ModelMapping
 from .errors import BundleError, DataError, EdgeError
 from .simulator import Simulator
@@ -83,7 +83,7 @@ class PoolSpec:
 @dataclass(frozen=True)
 class LayerSpec:
     name: str
-    kind: str  # InputConvolutional | Convolutional | FullyConnected
+    kind: str  # InputConvolutional | Convolutional | SeparableConvolutional | FullyConnected
     input_shape: tuple[int, int, int]
     output_shape: tuple[int, int, int]
     kernel: tuple[int, int] | None  # None for FullyConnected
@@ -97,6 +97,10 @@ class LayerSpec:
     weights: int
     nonzero_weights: int
     nps: dict[str, int]  # neural processors this layer occupies on the target, by type
+    # Optional fields (a default): written only when they differ from it, so the manifests of models
+    # without them keep their bytes and every older bundle still parses.
+    global_avg_pool: bool = False
+    input_data_bits: int | None = None  # the first layer's InputData in front of it, if any
 
 
 @dataclass(frozen=True)
@@ -238,15 +242,16 @@ def file_entry(path: Path) -> FileEntry:
 
 def layer_kind(layer: Layer) -> str:
     """akida's name for the layer type, as the manifest records it."""
-    return {"InputConv": "InputConvolutional", "Conv": "Convolutional", "Dense": "FullyConnected"}[
-        type(layer).__name__
-    ]
+    return {"InputConv": "InputConvolutional", "Conv": "Convolutional", "SepConv": "SeparableConvolutional",
+            "Dense": "FullyConnected"}[type(layer).__name__]
 
 
-def layer_spec(layer: Layer, nps: dict[str, int]) -> LayerSpec:
-    """What the manifest says about one layer, derived from the model itself."""
+def layer_spec(layer: Layer, nps: dict[str, int], input_data: InputData | None = None) -> LayerSpec:
+    """What the manifest says about one layer, derived from the model itself (``input_data``: the
+    model's InputData, given with its first layer)."""
     conv = not isinstance(layer, Dense)
     pool = getattr(layer, "pool", None)
+    stored = layer.stored_weights
     return LayerSpec(
         name=layer.name,
         kind=layer_kind(layer),
@@ -260,10 +265,18 @@ def layer_spec(layer: Layer, nps: dict[str, int]) -> LayerSpec:
         weights_bits=layer.weights_bits,
         act_bits=layer.act_bits,
         activation=layer.activation,
-        weights=int(layer.weights.size),
-        nonzero_weights=int(np.count_nonzero(layer.weights)),
+        weights=sum(int(w.size) for w in stored),
+        nonzero_weights=sum(int(np.count_nonzero(w)) for w in stored),
         nps=dict(nps),
+        global_avg_pool=conv and layer.global_avg_pool,
+        input_data_bits=input_data.input_bits if input_data is not None else None,
     )
+
+
+def layer_specs(model: AkidaModel, nps: Callable[[str], dict[str, int]]) -> tuple[LayerSpec, ...]:
+    """The manifest's layers of ``model``; ``nps(name)``: the NPs a layer occupies."""
+    return tuple(layer_spec(layer, nps(layer.name), model.input_data if index == 0 else None)
+                 for index, layer in enumerate(model.layers))
 
 
 def installed_version(package: str) -> str:
@@ -287,8 +300,12 @@ def seal(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def manifest_document(manifest: Manifest) -> dict[str, Any]:
-    """The manifest as JSON-ready data, sealed with its own digest."""
-    return seal(dataclasses.asdict(manifest))
+    """The manifest as JSON-ready data, sealed with its own digest; optional fields at their default left out."""
+    document = dataclasses.asdict(manifest)
+    defaults = {f.name: f.default for f in fields(LayerSpec) if f.default is not dataclasses.MISSING}
+    document["layers"] = [{key: value for key, value in layer.items() if key not in defaults or value != defaults[key]}
+                          for layer in document["layers"]]
+    return seal(document)
 
 
 def _readable(value: Any, depth: int = 0) -> str:
@@ -349,14 +366,14 @@ def _parse_dataclass(kind: Any, value: Any, where: str) -> Any:
     hints = get_type_hints(kind)
     names = [f.name for f in fields(kind)]
     unknown = sorted(set(value) - set(names))
-    missing = [name for name in names if name not in value]
+    missing = [f.name for f in fields(kind) if f.name not in value and f.default is dataclasses.MISSING]
     if unknown or missing:
         parts = ([f"unknown {', '.join(unknown)}"] if unknown else []) + (
             [f"missing {', '.join(missing)}"] if missing else []
         )
         raise _SchemaError(f"{where or 'manifest'}: {'; '.join(parts)}")
     prefix = f"{where}." if where else ""
-    return kind(**{name: _parse(hints[name], value[name], f"{prefix}{name}") for name in names})
+    return kind(**{name: _parse(hints[name], value[name], f"{prefix}{name}") for name in names if name in value})
 
 
 def parse_manifest(document: Any, origin: str) -> tuple[Manifest, str]:
@@ -493,8 +510,9 @@ def check_against_model(path: Path, manifest: Manifest, model: AkidaModel, golde
         problems.append(f"{len(manifest.output.labels)} labels for {model.output_shape[-1]} outputs")
     if len(manifest.layers) != len(model.layers):
         problems.append(f"{len(manifest.layers)} layers in the manifest, {len(model.layers)} in {FBZ}")
-    for claimed, layer in zip(manifest.layers, model.layers, strict=False):
-        actual = layer_spec(layer, claimed.nps)
+    nps = {claimed.name: claimed.nps for claimed in manifest.layers}
+    for claimed, actual, layer in zip(manifest.layers, layer_specs(model, lambda name: nps.get(name, {})),
+                                      model.layers, strict=False):
         if claimed != actual:
             problems.append(f"layer '{layer.name}': {_first_difference(claimed, actual)}")
     n = manifest.golden_frames

@@ -17,6 +17,14 @@ Per frame (arrays shaped ``(N,)``, int64):
 * ``dense_synaptic_ops``: the same count if every input were non-zero and every weight too: the
   MAC-equivalent of a dense implementation over the layer's real inputs (padding excluded).
 
+A SeparableConvolutional is counted as the engine does the work, depthwise and pointwise fused: an
+(input event, tap, filter) is one synaptic op when the event's channel has a non-zero depthwise tap
+there and a non-zero pointwise weight to the filter (the fused kernel's non-zeros), and its dense
+ops are those of a Convolutional with as many filters; its ``weights`` and ``nonzero_weights`` count
+both stored arrays. A global average pool counts the work of all its positions (before pooling).
+An InputData layer has no counters (no neurons, no weights): the layer after it counts the frame's
+non-zero values as its ``input_events``.
+
 Static per layer (ints): ``neurons`` (output size, after pooling), ``inputs`` (input size),
 ``weights`` and ``nonzero_weights``. Derived as NeuroBench defines them:
 ``activation_sparsity = 1 - output_events / neurons`` and

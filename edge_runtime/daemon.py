@@ -157,7 +157,7 @@ class Daemon:
             self._http = HttpServer(make_app(self.registry, self._health.readiness), host, port)
             spec = parse_source_spec(config.source.spec)
             source = open_source(spec, self._listener, mnist_cache_dir=self._mnist_cache_dir,
-                                 frame_shape=bundle.model.input_shape)
+                                 frame_shape=bundle.model.input_shape, frame_max=bundle.model.input_max)
         except BaseException:
             if backend is not None:
                 backend.close()

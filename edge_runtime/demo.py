@@ -37,6 +37,7 @@ from .config import BACKENDS
 from .daemon import Daemon
 from .emulator import PtyPort, SensorEmulator
 from .errors import ConfigError, EdgeError
+from .frame_fit import check_demo_bundle
 from .sdnotify import Notifier
 
 logger = logging.getLogger(__name__)
@@ -331,6 +332,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     bundle_dir = args.model if args.model is not None else default_bundle()
+    check_demo_bundle(Path(bundle_dir), (28, 28, 1), "28x28x1 MNIST test frames")
     if not mnist.cache_path().exists():
         print("fetching MNIST into the cache (once)...", flush=True)
     data = mnist.load_mnist()

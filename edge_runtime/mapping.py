@@ -49,7 +49,8 @@ def map_model(model: Any, device: str, mode: str = DEFAULT_MAP_MODE) -> ModelMap
         raise ModelError(f"the model does not map fully on {name}: sequences {software} run in software")
     passes = sum(len(seq.passes) for seq in model.sequences)
     input_bytes = math.prod(int(d) for d in model.layers[0].input_dims)
-    layers = tuple(placement(layer) for layer in model.layers)
+    # An InputData layer does no work (its values go to the next layer as events) and has no counters.
+    layers = tuple(placement(layer) for layer in model.layers if layer.parameters.layer_type.name != "InputData")
     return ModelMapping(device, mode, layers, passes, len(model.sequences), input_bytes, weight_count(model))
 
 
@@ -65,8 +66,8 @@ def placement(layer: Any) -> Placement:
     kind = params.layer_type.name
     nps = list(layer.mapping.nps) if layer.mapping is not None else []
     types = tuple(sorted(np_.type.name for np_ in nps))
-    if kind == "InputData" or not nps:
-        return Placement(layer.name, "none", max(len(nps), 1), 0, np_types=types)
+    if not nps:
+        return Placement(layer.name, "none", 1, 0, np_types=types)
     units = {_UNITS.get(t) for t in types}
     if len(units) != 1 or None in units:
         raise ModelError(f"layer '{layer.name}' ({kind}) is mapped on NPs {types}, which the energy model "

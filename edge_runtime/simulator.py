@@ -58,11 +58,14 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .akida_model import AkidaModel, Conv, Dense, InputConv, Layer, MaxPool, Padding
+from .akida_model import AkidaModel, ConvLayer, Dense, InputConv, Layer, MaxPool, Padding
 from .counters import PER_FRAME, STATIC, Counters, LayerCounters, concatenate
 from .errors import DataError, ModelError
 
 FLOAT32_EXACT = 2**24  # integers below this are exact in float32, and so are sums that stay below it
+# The engine's 20-bit potentials (probed): a FullyConnected clips its potential to this range, and a
+# global average pool adds the positions' potentials one by one (x slowest), saturating at it.
+POTENTIAL_MIN, POTENTIAL_MAX = -(2**19), 2**19 - 1
 _FAST_MAX_T16 = 2**21  # act_step * 16 below this keeps a float32 quotient from crossing an integer
 _STRIDED_MIN_RUN = 16  # im2col by a strided copy when each (kernel row, channels) run has this many values
 _GATHER_MIN_WEIGHTS = 2**16  # at batch 1 a FullyConnected with this many weights multiplies only its events
@@ -82,6 +85,31 @@ def window_geometry(size: int, window: int, stride: int, padding: Padding) -> tu
     out = -(-size // stride)
     total = max((out - 1) * stride + window - size, 0)
     return out, total // 2, total - total // 2
+
+
+def summed_positions(layer: Layer) -> int:
+    """How many positions' products one potential sums: a global average pool's output positions
+    (before pooling), else 1."""
+    if isinstance(layer, Dense) or not layer.global_avg_pool:
+        return 1
+    (x, y, _), (kx, ky), (sx, sy) = layer.input_shape, layer.kernel, layer.stride
+    return window_geometry(x, kx, sx, layer.padding)[0] * window_geometry(y, ky, sy, layer.padding)[0]
+
+
+def potential_extremes(layer: Layer, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per filter, the smallest and largest sums the layer's (fan-in x filters) ``matrix`` can give
+    over its input range, before any 20-bit clipping or saturation."""
+    scale = (2**layer.input_bits - 1) * summed_positions(layer)
+    return np.clip(matrix, None, 0).sum(axis=0) * scale, np.clip(matrix, 0, None).sum(axis=0) * scale
+
+
+def saturates(layer: Layer, matrix: np.ndarray) -> bool:
+    """Whether the engine's 20-bit potentials can change the layer's result: a FullyConnected clips
+    its potential, a global average pool saturates its running sum; other layers' are wider."""
+    if not (isinstance(layer, Dense) or summed_positions(layer) > 1):
+        return False
+    low, high = potential_extremes(layer, matrix)
+    return bool(np.any(high > POTENTIAL_MAX) or np.any(low < POTENTIAL_MIN))
 
 
 def engine_t16(act_step: np.ndarray) -> np.ndarray:
@@ -283,7 +311,11 @@ class _Stage(_Inputs):
 
     def _finish(self, layer: Layer, matrix: np.ndarray, fanout: np.ndarray, dense_ops: int,
                 before: tuple[int, int] = (0, 0), after: tuple[int, int] = (0, 0), pad_value: int = 0) -> None:
-        """Set what all kinds share, from the integer weights matrix (fan-in x filters)."""
+        """Set what all kinds share, from the integer weights matrix (fan-in x filters).
+
+        A global average pool sums ``summed_positions`` products per potential: the exactness
+        bounds grow with it, and the threshold cannot be folded into every product's bias row."""
+        positions = summed_positions(layer)
         if self.out_shape != layer.output_shape:
             raise ModelError(
                 f"layer '{layer.name}': computed output shape {self.out_shape}, akida says {layer.output_shape}"
@@ -291,24 +323,28 @@ class _Stage(_Inputs):
         input_max = 2**layer.input_bits - 1
         self.name = layer.name
         self.inputs = int(np.prod(layer.input_shape))
-        largest_sum = int(np.abs(matrix).sum(axis=0).max(initial=0)) * input_max
+        largest_sum = int(np.abs(matrix).sum(axis=0).max(initial=0)) * input_max * positions
         counting_dtype = _exact_dtype(max(int(fanout.sum()), self.inputs * input_max))
         # one dtype for the input buffer, the products and the counting (float64 if either needs it)
         dtype = np.promote_types(_exact_dtype(largest_sum), counting_dtype).type
-        max_potential = np.clip(matrix, 0, None).sum(axis=0) * input_max
+        max_potential = potential_extremes(layer, matrix)[1]
+        self.saturates = saturates(layer, matrix)
         self.firing = None
         bias = np.zeros((1, matrix.shape[1]), dtype=np.int64)
         if layer.activation:
-            shape = self.out_shape if isinstance(layer, InputConv | Conv) else (self.out_shape[2],)
+            shape = (self.out_shape[2],) if isinstance(layer, Dense) else self.out_shape
             self.firing = _Firing(layer, max_potential, largest_sum < FLOAT32_EXACT, shape)
             threshold = layer.threshold.astype(np.int64)
             largest_biased = int((np.abs(matrix).sum(axis=0) * input_max + np.abs(threshold)).max())
-            if self.firing.fast and (dtype == np.float64 or largest_biased < FLOAT32_EXACT):
+            foldable = positions == 1 and not self.saturates and (dtype == np.float64 or largest_biased < FLOAT32_EXACT)
+            if self.firing.fast and foldable:
                 self.firing.folded, bias[0] = True, -threshold
         self.matrix = np.concatenate([matrix, bias]).astype(dtype)
         self.dense_ops = dense_ops
         # in counters.STATIC order: neurons, inputs, weights, nonzero_weights
-        self.static_values = (layer.neurons, self.inputs, int(layer.weights.size), int(np.count_nonzero(layer.weights)))
+        stored = layer.stored_weights
+        self.static_values = (layer.neurons, self.inputs, sum(int(w.size) for w in stored),
+                              sum(int(np.count_nonzero(w)) for w in stored))
         self._set_inputs(layer.input_shape, before, after, [np.ones(self.inputs), fanout], pad_value, dtype)
 
     def runner(self, n: int) -> Callable[[_Views, np.ndarray | None], np.ndarray]:
@@ -321,11 +357,16 @@ class _Stage(_Inputs):
 
 
 class _ConvStage(_Stage):
-    """InputConv or Conv: im2col + one matrix product, with max pooling folded into the im2col.
+    """InputConv, Conv or SepConv: im2col + one matrix product, with max pooling folded into the im2col.
 
     A Conv is a true convolution, so its kernel is flipped once here and both kinds then
-    cross-correlate. The im2col rows are, for each pooling-window member and each pooled position,
-    the receptive field of the pre-pooling neuron there (then the bias input), so pooling is one
+    cross-correlate. A SepConv is a Conv with its fused kernel (``SepConv.fused_weights``): its
+    synaptic ops are the fused kernel's, each input event times its non-zero (tap, filter) pairs,
+    which is how the engine does the work (depthwise and pointwise fused on one NP). A global
+    average pool sums the products of all positions per filter (see :meth:`_sum_positions`).
+
+    The im2col rows are, for each pooling-window member and each pooled position, the receptive
+    field of the pre-pooling neuron there (then the bias input), so pooling is one
     ``max`` over members. When the pooling windows tile the map regularly, the im2col is a strided
     view of the padded input copied in one call (2.4 us vs 6.6 us with a gather for the MNIST Conv); with
     few channels the copy's contiguous runs get too short (12 us vs 3 us for the MNIST input
@@ -333,15 +374,19 @@ class _ConvStage(_Stage):
     duplicates) are not strided at all: those use a gather by index.
     """
 
-    def __init__(self, layer: InputConv | Conv) -> None:
+    def __init__(self, layer: ConvLayer) -> None:
         (x, y, c), (kx, ky), (sx, sy) = layer.input_shape, layer.kernel, layer.stride
         ox, px0, px1 = window_geometry(x, kx, sx, layer.padding)
         oy, py0, py1 = window_geometry(y, ky, sy, layer.padding)
-        kernel = layer.weights if isinstance(layer, InputConv) else layer.weights[::-1, ::-1]
+        kernel = layer.fused_weights
+        kernel = kernel if isinstance(layer, InputConv) else kernel[::-1, ::-1]
         filters = kernel.shape[-1]
         self.members_x = _pool_members(ox, layer.pool, 0, layer.padding)
         self.members_y = _pool_members(oy, layer.pool, 1, layer.padding)
-        self.out_shape = (self.members_x.shape[1], self.members_y.shape[1], filters)
+        self.global_pool = layer.global_avg_pool
+        self.positions = summed_positions(layer)
+        pooled_x, pooled_y = (1, 1) if self.global_pool else (self.members_x.shape[1], self.members_y.shape[1])
+        self.out_shape = (pooled_x, pooled_y, filters)
         self.members = self.members_x.shape[0] * self.members_y.shape[0]
         self.kernel, self.stride = (kx, ky), (sx, sy)
         reach_x, reach_y = _reach(x, kx, sx, ox, px0), _reach(y, ky, sy, oy, py0)
@@ -361,7 +406,7 @@ class _ConvStage(_Stage):
         storage = super()._allocate(n)
         storage["fields"] = np.ones((n, rows, fan_in), dtype=self.dtype)  # receptive fields; bias column 1
         storage["products"] = np.empty((n, rows, self.matrix.shape[1]), dtype=self.dtype)  # pre-pooling
-        if self.members > 1:
+        if self.members > 1 or self.global_pool:
             storage["pooled"] = np.empty((n, int(np.prod(self.out_shape))), dtype=self.dtype)
         return storage
 
@@ -371,10 +416,11 @@ class _ConvStage(_Stage):
         views.fields = self._storage["fields"][:n]
         views.fields_rows = views.fields.reshape(n * rows, fan_in)
         views.products = self._storage["products"][:n].reshape(n * rows, -1)
-        if self.members > 1:
-            views.members = views.products.reshape(n, self.members, -1)
+        if self.members > 1 or self.global_pool:  # max over window members, or sum over all positions
+            views.members = views.products.reshape(n, self.members * self.positions, -1)
             views.pooled = self._storage["pooled"][:n]
-        views.potentials = (views.pooled if self.members > 1 else views.products).reshape(n, *self.out_shape)
+        pooled = self.members > 1 or self.global_pool
+        views.potentials = (views.pooled if pooled else views.products).reshape(n, *self.out_shape)
         if self.strided:
             views.window = self._window(views.values)
             views.fields_window = views.fields[:, :, :-1].reshape(views.window.shape)  # all but the bias column
@@ -410,11 +456,31 @@ class _ConvStage(_Stage):
             # indices are in range by construction; mode="wrap" skips the bounds-error path (1.6x faster)
             views.flat.take(self.gather, axis=1, out=views.fields, mode="wrap")
         np.dot(views.fields_rows, self.matrix, out=views.products)
-        if self.members > 1:
+        if self.global_pool:
+            self._sum_positions(views)
+        elif self.members > 1:
             np.maximum.reduce(views.members, axis=1, out=views.pooled)
         if self.firing is not None:
             self.firing(views.potentials, out)
         return views.potentials
+
+
+    def _sum_positions(self, views: _Views) -> None:
+        """Global average pool: the engine's running sum of the positions' potentials, x slowest (the
+        products' row order), saturating at 20 bits. Summed at once where no partial sum can (or, for
+        these frames, does) leave the range; else position by position."""
+        if not self.saturates:
+            np.add.reduce(views.members, axis=1, out=views.pooled)  # exact: _finish bounded the sums
+            return
+        partial = np.cumsum(views.members, axis=1)
+        if partial.min(initial=0) >= POTENTIAL_MIN and partial.max(initial=0) <= POTENTIAL_MAX:
+            views.pooled[...] = partial[:, -1]
+            return
+        total = views.pooled
+        total[...] = 0
+        for position in range(views.members.shape[1]):
+            np.add(total, views.members[:, position], out=total)
+            np.clip(total, POTENTIAL_MIN, POTENTIAL_MAX, out=total)
 
 
 class _DenseStage(_Stage):
@@ -481,6 +547,12 @@ class _DenseStage(_Stage):
         # (2n, units + 2): frame m's inputs, then its indicator, times (weights, 1, fan-out)
         product = views.dot(views.rows, self.matrix, out=views.counts)
         potentials = product[::2, : self.units]
+        return self._fire(potentials, out)
+
+    def _fire(self, potentials: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """Clip to the engine's 20-bit potentials where they can leave that range, then fire."""
+        if self.saturates:
+            np.clip(potentials, POTENTIAL_MIN, POTENTIAL_MAX, out=potentials)
         if self.firing is not None:
             self.firing(potentials, out)
         return potentials
@@ -488,9 +560,7 @@ class _DenseStage(_Stage):
     def _run_dense(self, views: _Views, out: np.ndarray | None) -> np.ndarray:
         self._count(views)
         potentials = np.matmul(views.inputs, self.matrix, out=views.potentials)
-        if self.firing is not None:
-            self.firing(potentials, out)
-        return potentials
+        return self._fire(potentials, out)
 
     def _run_events(self, views: _Views, out: np.ndarray | None) -> np.ndarray:
         nonzero = self._nonzero
@@ -505,9 +575,7 @@ class _DenseStage(_Stage):
         # (bias, events) x (units, fan-out, 1) -> (2, units + 2)
         product = views.dot(self._events[:, : events + 1], self._gathered[: events + 1], out=views.gathered_counts)
         potentials = product[:1, : self.units]
-        if self.firing is not None:
-            self.firing(potentials, out)
-        return potentials
+        return self._fire(potentials, out)
 
     def layout(self, n: int, gathered: bool = False) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]:
         width = self.units + 2
@@ -593,7 +661,7 @@ class Simulator:
             _DenseStage(layer) if isinstance(layer, Dense) else _ConvStage(layer) for layer in model.layers
         )
         self._outputs = _Outputs(model.layers[-1]) if model.layers[-1].activation else None
-        self._input_shape, self._output_shape = model.input_shape, model.output_shape
+        self._input_shape, self._output_shape, self._input_max = model.input_shape, model.output_shape, model.input_max
         # the counts' constants: 0 (output_spikes of a layer without activation), then dense_synaptic_ops
         self._constants = np.array([0] + [stage.dense_ops for stage in self._stages], dtype=np.int64)
         # the counts buffer: float32 if every product writing to it is, and every count fits exactly
@@ -623,6 +691,10 @@ class Simulator:
             raise DataError(f"frames must be a uint8 array, got {getattr(frames, 'dtype', type(frames).__name__)}")
         if frames.ndim != 4 or frames.shape[1:] != expected or frames.shape[0] == 0:
             raise DataError(f"frames must have shape (N>0, {', '.join(map(str, expected))}), got {frames.shape}")
+        top = self._input_max
+        if top < 255 and int(frames.max()) > top:  # as the engine, which refuses such frames
+            raise DataError(f"frames hold values up to {int(frames.max())}; this model's "
+                            f"{self.model.input_data.input_bits}-bit InputData takes 0..{top}")
 
     def _regions(self, n: int) -> tuple[list[dict[bool, int]], int, int, int]:
         """Where each producer of counts writes in the counts buffer for n frames: per layer, its

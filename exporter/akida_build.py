@@ -16,7 +16,7 @@ from typing import Any
 import akida
 import numpy as np
 
-from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer
+from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer, SepConv
 from edge_runtime.errors import ModelError
 
 _PADDING = {"same": akida.Padding.Same, "valid": akida.Padding.Valid}
@@ -40,6 +40,9 @@ class DeviceMapping:
 def to_akida(model: AkidaModel) -> akida.Model:
     """Create the akida layers, set weights/threshold/act_step, and check akida agrees on every shape."""
     built = akida.Model()
+    if model.input_data is not None:
+        data = model.input_data
+        built.add(akida.InputData(input_shape=data.input_shape, input_bits=data.input_bits, name=data.name))
     for layer in model.layers:
         try:
             built.add(_akida_layer(layer))
@@ -65,11 +68,15 @@ def _akida_layer(layer: Layer) -> Any:
                             "padding": _PADDING[layer.padding], "kernel_stride": layer.stride}
     if layer.pool is not None:
         conv.update(pool_type=akida.PoolType.Max, pool_size=layer.pool.size, pool_stride=layer.pool.stride)
+    if layer.global_avg_pool:
+        conv.update(pool_type=akida.PoolType.Average)
     if isinstance(layer, InputConv):
         return akida.InputConvolutional(input_shape=layer.input_shape, padding_value=layer.padding_value,
                                         **conv, **common)
     if isinstance(layer, Conv):
         return akida.Convolutional(**conv, **common)
+    if isinstance(layer, SepConv):
+        return akida.SeparableConvolutional(**conv, **common)
     raise ModelError(f"layer '{layer.name}': unsupported layer type {type(layer).__name__}")
 
 
@@ -78,6 +85,8 @@ def _set_variables(made: Any, layer: Layer) -> None:
     if isinstance(layer, Dense):
         weights = weights.reshape(1, 1, *weights.shape)  # akida stores FC weights as (1, 1, inputs, units)
     made.variables["weights"] = np.ascontiguousarray(weights, dtype=np.int8)
+    if isinstance(layer, SepConv):
+        made.variables["weights_pw"] = np.ascontiguousarray(layer.weights_pw, dtype=np.int8)
     made.variables["threshold"] = np.ascontiguousarray(layer.threshold, dtype=np.int32)
     made.variables["act_step"] = np.ascontiguousarray(layer.act_step, dtype=np.float32)
 

@@ -15,6 +15,7 @@ from edge_runtime.errors import BundleError, ConfigError, DataError
 from edge_runtime.mapping import DEFAULT_MAP_MODE, MAP_MODES
 
 from .bundle_build import export_run, mnist_eval_set, verify_bundle
+from .package import package
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR", help="bundle directory to write")
     export.add_argument("--name", default=None, help="model name in the manifest (default: the --out directory's name)")
     export.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
-    export.add_argument("--device-profile", type=Path, action="append", default=[], metavar="FILE",
-                        help="a device profile (e.g. from `edge-runtime calibrate`) replacing the packaged one for "
-                        "its device; repeat for several devices (default: the packaged akd1000 and akd1500 profiles)")
-    export.add_argument("--map-mode", choices=MAP_MODES, default=DEFAULT_MAP_MODE,
-                        help=f"akida's MapMode for every device mapping (default: {DEFAULT_MAP_MODE}, akida's own)")
     export.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
+    _energy_arguments(export)
     export.set_defaults(func=_export)
+
+    pack = sub.add_parser(
+        "package",
+        help="turn an existing Akida 1.0 .fbz into a verified bundle, on your own frames",
+        description="Read MODEL.fbz (any Akida 1.0 model of InputData/InputConvolutional, Convolutional, "
+        "SeparableConvolutional and FullyConnected layers), then build the bundle exactly as `export` does: "
+        "exact ONNX, AKD1000 mapping, agreement of the Akida engine, the simulator and onnxruntime on every frame "
+        "of FRAMES, golden vectors, expected sparsity and energy, and accuracy when LABELS are given.",
+    )
+    pack.add_argument("fbz", type=Path, metavar="MODEL.fbz", help="an Akida 1.0 model saved by akida or cnn2snn")
+    pack.add_argument("--frames", type=Path, required=True, metavar="FRAMES.npy",
+                      help="uint8 frames (N, X, Y, C) in the model's input shape, or (N, X, Y) for one channel")
+    pack.add_argument("--labels", type=Path, default=None, metavar="LABELS.npy", help="(N,) integer class labels")
+    pack.add_argument("--names", type=Path, default=None, metavar="NAMES.txt",
+                      help="class names, one a line (default: 0, 1, ...)")
+    pack.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR", help="bundle directory to write")
+    pack.add_argument("--name", default=None, help="model name in the manifest (default: the --out directory's name)")
+    pack.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    _energy_arguments(pack)
+    pack.set_defaults(func=_package)
 
     inspect = sub.add_parser("inspect", help="summarise a bundle and re-check its hashes",
                              description="Print layers, shapes, bits, NPs and expected metrics from the manifest, "
@@ -61,6 +78,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify.set_defaults(func=_verify)
 
 
+def _energy_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the bundle's modelled energy is computed with (export and package alike)."""
+    parser.add_argument("--device-profile", type=Path, action="append", default=[], metavar="FILE",
+                        help="a device profile (e.g. from `edge-runtime calibrate`) replacing the packaged one for "
+                        "its device; repeat for several devices (default: the packaged akd1000 and akd1500 profiles)")
+    parser.add_argument("--map-mode", choices=MAP_MODES, default=DEFAULT_MAP_MODE,
+                        help=f"akida's MapMode for every device mapping (default: {DEFAULT_MAP_MODE}, akida's own)")
+
+
 def device_profiles(paths: list[Path]) -> dict[str, DeviceProfile]:
     """The packaged profile of every device, each replaced by a given file for the same device."""
     profiles = {device: DeviceProfile.packaged(device) for device in DEVICES}
@@ -72,12 +98,22 @@ def device_profiles(paths: list[Path]) -> dict[str, DeviceProfile]:
     return profiles
 
 
-def _export(args: argparse.Namespace) -> int:
-    manifest = export_run(args.run_dir, args.out, mnist_eval_set(args.cache_dir), name=args.name,
-                          profiles=device_profiles(args.device_profile), map_mode=args.map_mode, force=args.force)
-    print(f"wrote {args.out}")
+def _wrote(out: Path, manifest: Manifest) -> int:
+    print(f"wrote {out}")
     print(format_metrics(manifest))
     return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    return _wrote(args.out, export_run(args.run_dir, args.out, mnist_eval_set(args.cache_dir), name=args.name,
+                                       profiles=device_profiles(args.device_profile), map_mode=args.map_mode,
+                                       force=args.force))
+
+
+def _package(args: argparse.Namespace) -> int:
+    return _wrote(args.out, package(args.fbz, args.out, args.frames, labels_path=args.labels, names_path=args.names,
+                                    name=args.name, profiles=device_profiles(args.device_profile),
+                                    map_mode=args.map_mode, force=args.force))
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -158,6 +194,7 @@ def format_summary(path: Path, manifest: Manifest, digest: str, problems: dict[s
     """What ``inspect`` prints: identity, I/O contract, layers, expected metrics, file checks."""
     t, i, o, tc = manifest.target, manifest.input, manifest.output, manifest.toolchain
     training = manifest.training
+    width = max([10, *(len(layer.name) for layer in manifest.layers)])
     lines = [
         f"bundle   {path} ({manifest.format} v{manifest.format_version}, manifest {digest[:16]})",
         f"name     {manifest.name}",
@@ -169,7 +206,7 @@ def format_summary(path: Path, manifest: Manifest, digest: str, problems: dict[s
         f"built    akida {tc.get('akida')}, onnx {tc.get('onnx')} (opset {tc.get('onnx_opset')}), onnxruntime "
         f"{tc.get('onnxruntime')}, akida-edge {tc.get('akida-edge')}; run {training.run or '-'}, seed {training.seed}",
         "",
-        f"{'layer':<10} {'kind':<19} {'in':>9} -> {'out':<9} {'kernel':<6} {'stride':<6} {'pool':<7} "
+        f"{'layer':<{width}} {'kind':<22} {'in':>9} -> {'out':<9} {'kernel':<6} {'stride':<6} {'pool':<7} "
         f"{'bits w/i/a':<10} {'weights nz/all':>15} {'events/frame':>12} {'density':>7}  NPs "
         f"({', '.join(d.upper() for d in manifest.mappings)})",
     ]
@@ -177,9 +214,11 @@ def format_summary(path: Path, manifest: Manifest, digest: str, problems: dict[s
     for layer in manifest.layers:
         lm = metrics.get(layer.name)
         pool = f"{_shape(layer.pool.size)}/{layer.pool.stride[0]}" if layer.pool else "-"
+        pool = "global" if layer.global_avg_pool else pool
         act = str(layer.act_bits) if layer.activation else "pot"
         lines.append(
-            f"{layer.name:<10} {layer.kind:<19} {_shape(layer.input_shape):>9} -> {_shape(layer.output_shape):<9} "
+            f"{layer.name:<{width}} {layer.kind:<22} {_shape(layer.input_shape):>9} -> "
+            f"{_shape(layer.output_shape):<9} "
             f"{_shape(layer.kernel):<6} {_shape(layer.stride):<6} {pool:<7} "
             f"{f'{layer.weights_bits}/{layer.input_bits}/{act}':<10} "
             f"{f'{layer.nonzero_weights}/{layer.weights}':>15} "

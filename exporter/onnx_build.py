@@ -14,6 +14,12 @@ Why this graph is exact, and not merely close (docs/bundle.md has the argument w
   with no reliance on how a runtime divides.
 * The engine's 32-bit arithmetic can wrap for absurd thresholds or steps; the graph does not mimic
   that, so :func:`check_exact` refuses such layers rather than emit a graph that would differ.
+* The engine's potentials are 20-bit where that can matter (docs/akida-semantics.md): a
+  FullyConnected's potential is clipped (a Clip node), and a global average pool adds its positions'
+  potentials one by one, x slowest, saturating at each step (a ReduceSum where no partial sum can
+  leave the range, else a chain of Add + Clip over the positions: exact, as every partial sum is).
+* A SeparableConvolutional is one Conv with its fused kernel (depthwise x pointwise): integer
+  products of integers, so exact under the same 2**24 bound.
 
 Layout: the graph takes akida's frames ``(N, X, Y, C)`` uint8 and returns what ``akida.Model.forward``
 returns, ``(N, X', Y', F)`` uint8 activations or int32 potentials. Inside it works in ONNX's NCHW with
@@ -30,9 +36,17 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_runtime import __version__
-from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer
+from edge_runtime.akida_model import AkidaModel, ConvLayer, Dense, InputConv, Layer
 from edge_runtime.errors import ModelError
-from edge_runtime.simulator import engine_t16, window_geometry
+from edge_runtime.simulator import (
+    POTENTIAL_MAX,
+    POTENTIAL_MIN,
+    engine_t16,
+    potential_extremes,
+    saturates,
+    summed_positions,
+    window_geometry,
+)
 
 OPSET = 17  # supported by onnxruntime >= 1.12; newer opsets add nothing this graph needs
 IR_VERSION = 8  # the IR version of opset 17, so older runtimes on edge hosts can load the file
@@ -54,13 +68,19 @@ class LayerBound:
         return max(self.max_abs_potential, self.max_abs_level)
 
 
-def _input_max(layer: Layer) -> int:
-    return 2**layer.input_bits - 1
-
-
 def _fan_in_matrix(layer: Layer) -> np.ndarray:
-    """Weights as (fan-in, filters) int64; the layout of the rows does not matter for bounds."""
-    return layer.weights.reshape(-1, layer.weights.shape[-1]).astype(np.int64)
+    """Weights as (fan-in, filters) int64 (a SepConv's fused); the layout of the rows does not matter for bounds."""
+    weights = layer.weights if isinstance(layer, Dense) else layer.fused_weights
+    return weights.reshape(-1, weights.shape[-1]).astype(np.int64)
+
+
+def _potential_range(layer: Layer) -> tuple[np.ndarray, np.ndarray]:
+    """Per filter, the potentials the firing can see: the sums' extremes, within 20 bits where the
+    engine clips or saturates them."""
+    low, high = potential_extremes(layer, _fan_in_matrix(layer))
+    if saturates(layer, _fan_in_matrix(layer)):
+        low, high = np.maximum(low, POTENTIAL_MIN), np.minimum(high, POTENTIAL_MAX)
+    return low, high
 
 
 def fire_levels(threshold: np.ndarray, act_step: np.ndarray, act_bits: int) -> np.ndarray:
@@ -80,7 +100,11 @@ def layer_bounds(model: AkidaModel) -> tuple[LayerBound, ...]:
     bounds = []
     for layer in model.layers:
         matrix = _fan_in_matrix(layer)
-        potential = int(np.abs(matrix).sum(axis=0).max(initial=0)) * _input_max(layer)
+        low, high = potential_extremes(layer, matrix)
+        potential = int(max(np.abs(low).max(initial=0), np.abs(high).max(initial=0)))
+        if saturates(layer, matrix) and summed_positions(layer) > 1:
+            # the running sum stays within 20 bits, and one position's potential is added at a time
+            potential = potential // summed_positions(layer) + POTENTIAL_MAX + 1
         level = 0
         if layer.activation:
             levels = fire_levels(layer.threshold, layer.act_step, layer.act_bits)
@@ -106,9 +130,9 @@ def check_exact(model: AkidaModel) -> tuple[LayerBound, ...]:
 
 def _check_no_wraparound(layer: Layer) -> None:
     """Refuse steps and thresholds for which the engine's 32-bit firing arithmetic can wrap."""
-    matrix = _fan_in_matrix(layer)
-    top = np.clip(matrix, 0, None).sum(axis=0) * _input_max(layer) - layer.threshold.astype(np.int64)
-    bottom = np.clip(matrix, None, 0).sum(axis=0) * _input_max(layer) - layer.threshold.astype(np.int64)
+    low, high = _potential_range(layer)
+    top = high - layer.threshold.astype(np.int64)
+    bottom = low - layer.threshold.astype(np.int64)
     t16 = engine_t16(layer.act_step)
     problems = []
     if np.any(t16 < 1):
@@ -141,18 +165,44 @@ class _Graph:
         return output
 
 
-def _onnx_kernel(layer: InputConv | Conv | Dense) -> np.ndarray:
+def _onnx_kernel(layer: Layer) -> np.ndarray:
     """Weights as ONNX Conv wants them: (F, C, kH=kX, kW=kY) float32."""
     if isinstance(layer, Dense):
         x, y, c = layer.input_shape
         # Rows are akida's flattening of (X, Y, C) with x fastest, i.e. a Fortran-order reshape.
         kernel = layer.weights.reshape((x, y, c, layer.units), order="F")
     else:
-        kernel = layer.weights if isinstance(layer, InputConv) else layer.weights[::-1, ::-1]
+        kernel = layer.fused_weights if isinstance(layer, InputConv) else layer.fused_weights[::-1, ::-1]
     return kernel.transpose(3, 2, 0, 1).astype(np.float32)
 
 
-def _add_conv(graph: _Graph, layer: InputConv | Conv, x: str, kernel: str) -> str:
+def _limits(graph: _Graph, name: str) -> tuple[str, str]:
+    """The engine's 20-bit potential range as Clip bounds."""
+    return (graph.const(f"{name}/potential_min", np.array(POTENTIAL_MIN, np.float32)),
+            graph.const(f"{name}/potential_max", np.array(POTENTIAL_MAX, np.float32)))
+
+
+def _add_global_pool(graph: _Graph, layer: ConvLayer, x: str) -> str:
+    """(N, F, X, Y) potentials -> (N, F, 1, 1): the engine's sum over positions, x slowest."""
+    name = layer.name
+    if not saturates(layer, _fan_in_matrix(layer)):
+        axes = graph.const(f"{name}/spatial_axes", np.array([2, 3], np.int64))
+        return graph.node("ReduceSum", [x, axes], f"{name}/pooled", keepdims=1)
+    positions = summed_positions(layer)
+    flat = graph.const(f"{name}/flat_shape", np.array([0, 0, positions], np.int64))
+    x = graph.node("Reshape", [x, flat], f"{name}/positions")  # C order over (X, Y): x slowest
+    parts = [f"{name}/position_{p}" for p in range(positions)]
+    graph.nodes.append(helper.make_node("Split", [x], parts, name=f"{name}/split", axis=2))  # equal parts
+    low, high = _limits(graph, name)
+    total = parts[0]
+    for p in range(1, positions):
+        total = graph.node("Add", [total, parts[p]], f"{name}/sum_{p}")
+        total = graph.node("Clip", [total, low, high], f"{name}/saturated_{p}")
+    shape = graph.const(f"{name}/pooled_shape", np.array([0, 0, 1, 1], np.int64))
+    return graph.node("Reshape", [total, shape], f"{name}/pooled")
+
+
+def _add_conv(graph: _Graph, layer: ConvLayer, x: str, kernel: str) -> str:
     """[Pad with padding_value] -> Conv -> [MaxPool of the potentials], 'same' padding odd extra after."""
     name, (sx, sy), (kx, ky) = layer.name, layer.stride, layer.kernel
     ox, px0, px1 = window_geometry(layer.input_shape[0], kx, sx, layer.padding)
@@ -164,6 +214,8 @@ def _add_conv(graph: _Graph, layer: InputConv | Conv, x: str, kernel: str) -> st
         x = graph.node("Pad", [x, pad_spec, value], f"{name}/padded")
         pads = [0, 0, 0, 0]
     x = graph.node("Conv", [x, kernel], f"{name}/potentials", strides=[sx, sy], pads=pads)
+    if layer.global_avg_pool:
+        return _add_global_pool(graph, layer, x)
     if layer.pool is None:
         return x
     (wx, wy), (qsx, qsy) = layer.pool.size, layer.pool.stride
@@ -190,6 +242,8 @@ def _add_layer(graph: _Graph, layer: Layer, x: str, bound: LayerBound) -> str:
     kernel = graph.const(f"{layer.name}/weights", _onnx_kernel(layer))
     if isinstance(layer, Dense):
         x = graph.node("Conv", [x, kernel], f"{layer.name}/potentials")
+        if saturates(layer, _fan_in_matrix(layer)):
+            x = graph.node("Clip", [x, *_limits(graph, layer.name)], f"{layer.name}/clipped")
     else:
         x = _add_conv(graph, layer, x, kernel)
     return _add_firing(graph, layer, x, bound) if layer.activation else x

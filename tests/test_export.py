@@ -18,7 +18,7 @@ import akida
 import numpy as np
 import onnx
 import pytest
-from akida_random import random_frames, random_model
+from akida_random import EVERY_KIND, model_frames, random_model, saturating_models
 from bundle_fixtures import default_spec, eval_set, random_default_model, with_layer, write_run_dir
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -78,17 +78,18 @@ def test_fixture_model_fires_on_10_to_40_percent_of_neurons(model, frames):
 
 def test_to_akida_round_trips_every_feature(tmp_path):
     rng = np.random.default_rng(11)
-    for _ in range(25):
-        original = random_model(rng)
+    for _ in range(40):
+        original = random_model(rng, EVERY_KIND)
         ours = from_akida(original)
         built = to_akida(ours)
         built.save(str(tmp_path / "m.fbz"))
         again = load_model(tmp_path / "m.fbz")
+        assert ours.input_data == again.input_data  # a frozen dataclass of plain values
         for a, b in zip(ours.layers, again.layers, strict=True):
             for name, value in vars(a).items():
                 other = getattr(b, name)
                 assert np.array_equal(value, other) if isinstance(value, np.ndarray) else value == other, name
-        x = random_frames(rng, 8, ours.input_shape)
+        x = model_frames(rng, original, 4)
         assert np.array_equal(original.forward(x), built.forward(x))
 
 
@@ -135,11 +136,13 @@ def test_onnx_graph_is_valid_portable_and_batched(model, tmp_path):
 
 
 def test_onnx_equals_engine_and_simulator_on_random_models(tmp_path):
-    """Every feature (paddings, pools, strides, 1/2/4 bits, arbitrary act_steps): exact, or refused."""
+    """Every feature (InputData, SeparableConvolutional, global and max pools, paddings, strides,
+    1/2/4 bits, arbitrary act_steps): exact, or refused."""
     rng = np.random.default_rng(5)
     exact = refused = 0
-    for _ in range(80):
-        original = random_model(rng)
+    kinds: set[str] = set()
+    for _ in range(150):
+        original = random_model(rng, EVERY_KIND)
         ours = from_akida(original)
         try:
             path = save_onnx(ours, tmp_path / "m.onnx")
@@ -147,14 +150,27 @@ def test_onnx_equals_engine_and_simulator_on_random_models(tmp_path):
             assert "wrap" in str(error) or "int32" in str(error) or "act_step" in str(error)
             refused += 1
             continue
-        x = random_frames(rng, 16, ours.input_shape)
+        x = model_frames(rng, original, 8)
         expected = original.forward(x)
         got = OnnxSession(path).infer(x)
         assert got.dtype == expected.dtype and got.shape == expected.shape
         assert np.array_equal(got, expected)
         assert np.array_equal(Simulator(ours).run(x).outputs, expected)
         exact += 1
-    assert exact >= 60, (exact, refused)
+        kinds.update(layer.parameters.layer_type.name for layer in original.layers)
+        kinds.update("global_pool" for layer in ours.layers if getattr(layer, "global_avg_pool", False))
+    assert exact >= 120, (exact, refused)
+    assert kinds == {"InputData", "InputConvolutional", "Convolutional", "SeparableConvolutional",
+                     "FullyConnected", "global_pool"}
+
+
+def test_onnx_reproduces_the_engines_twenty_bit_potentials(tmp_path):
+    """The clipped FullyConnected and the saturating global average pools of the hand-built models."""
+    for kind, original, x in saturating_models():
+        ops = {node.op_type for node in to_onnx(from_akida(original), "t").graph.node}
+        assert "Clip" in ops, kind
+        got = OnnxSession(save_onnx(from_akida(original), tmp_path / "m.onnx")).infer(x)
+        np.testing.assert_array_equal(got, original.forward(x), err_msg=kind)
 
 
 def test_onnx_three_way_on_real_frames(model, frames, tmp_path):
@@ -362,7 +378,7 @@ def test_cli_inspect_prints_the_summary(bundle_dir, capsys):
     out = capsys.readouterr().out
     for fragment in ("name     mnist-random", "AKD1000 (Akida IP v1)", "1 HRC", "uint8 (N, 28x28x1) in [0, 255]",
                      "int32 (N, 1x1x10) potentials; labels 0 1 2 3 4 5 6 7 8 9",
-                     "conv0      InputConvolutional    28x28x1 -> 14x14x8", "2x2/2", "8/8/4", "4/4/pot",
+                     "conv0      InputConvolutional       28x28x1 -> 14x14x8", "2x2/2", "8/8/4", "4/4/pot",
                      "expected on test-frames (300 frames): accuracy", "verified akida = simulator = onnxruntime",
                      "model.fbz", "ok"):
         assert fragment in out, fragment

@@ -8,21 +8,31 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import akida
 import numpy as np
 import pytest
-from akida_random import Draw, mnist_like, random_frames, random_model, set_random_variables
+from akida_random import (
+    EVERY_KIND,
+    Draw,
+    mnist_like,
+    model_frames,
+    random_model,
+    saturating_models,
+    set_random_variables,
+)
+from akida_reference import POTENTIAL_MAX, reference_forward
 
 from edge_runtime import cli, simulator
-from edge_runtime.akida_model import Conv, Dense, InputConv, from_akida, load_model
+from edge_runtime.akida_model import Conv, Dense, InputConv, InputData, SepConv, from_akida, load_model
 from edge_runtime.counters import PER_FRAME, STATIC
 from edge_runtime.energy import DeviceProfile
 from edge_runtime.errors import DataError, ModelError
 from edge_runtime.simulator import Simulator, fire, window_geometry
 
-RANDOM_MODELS = 220
+RANDOM_MODELS = 300
 
 
 def _input_conv(shape, kernel=(3, 3), filters=1, **kwargs) -> akida.InputConvolutional:
@@ -51,16 +61,25 @@ def _naive_rule(potentials, threshold, act_step, act_bits):
 # Bit-exactness on random models
 
 
+def _input_layers(model: akida.Model) -> int:
+    """How many layers a prefix must keep: an InputData alone is not a model we run."""
+    return 2 if model.layers[0].parameters.layer_type == akida.LayerType.InputData else 1
+
+
 def test_random_models_match_engine_bit_exact():
-    """>= 200 random Akida 1.0 models; every layer's output compared (the model, then each prefix)."""
+    """>= 300 random Akida 1.0 models of every layer kind and option; every layer's output compared
+    (the model, then each prefix)."""
     rng = np.random.default_rng(20240611)
     compared = mismatched = 0
-    seen = {"pool": 0, "valid": 0, "stride2": 0, "exact_path": 0, "fast_path": 0, "potentials": 0}
-    seen.update({f"act_bits={b}": 0 for b in (1, 2, 4)} | {f"weights_bits={b}": 0 for b in (1, 2, 4)})
+    seen = {"pool": 0, "global_pool": 0, "valid": 0, "stride2": 0, "exact_path": 0, "fast_path": 0,
+            "potentials": 0, "saturated": 0}
+    seen.update({f"act_bits={b}": 0 for b in (1, 2, 4)} | {f"weights_bits={b}": 0 for b in (1, 2, 4, 8)})
+    seen.update({f"input_bits={b}": 0 for b in (1, 2, 4)} | {f"kernel={k}": 0 for k in (1, 3, 5, 7)})
+    seen.update({kind: 0 for kind in ("InputConvolutional", "Convolutional", "SeparableConvolutional",
+                                      "FullyConnected")})
     for _ in range(RANDOM_MODELS):
-        model = random_model(rng)
-        shape = tuple(model.input_shape)
-        frames = np.concatenate([random_frames(rng, 3, shape), mnist_like(rng, 3, shape)])
+        model = random_model(rng, EVERY_KIND)
+        frames = model_frames(rng, model, 3)
         _note_features(model, seen)
         while True:
             ours = Simulator(from_akida(model))
@@ -72,8 +91,9 @@ def test_random_models_match_engine_bit_exact():
             for stage in ours._stages:
                 if stage.firing is not None:
                     seen["fast_path" if stage.firing.fast else "exact_path"] += 1
+                seen["saturated"] += stage.saturates
             seen["potentials"] += expected.dtype == np.int32
-            if model.layer_count == 1:
+            if model.layer_count == _input_layers(model):
                 break
             model.pop_layer()
     assert mismatched == 0, f"{mismatched} of {compared} outputs differ from akida's engine"
@@ -84,13 +104,20 @@ def test_random_models_match_engine_bit_exact():
 def _note_features(model: akida.Model, seen: dict[str, int]) -> None:
     for layer in model.layers:
         params = layer.parameters
+        kind = params.layer_type
+        if kind == akida.LayerType.InputData:
+            seen[f"input_bits={params.input_bits}"] += 1
+            continue
+        seen[kind.name] += 1
         seen[f"act_bits={params.act_bits}"] += 1
-        if params.layer_type != akida.LayerType.InputConvolutional:
+        if kind != akida.LayerType.InputConvolutional:
             seen[f"weights_bits={params.weights_bits}"] += 1
-        if params.layer_type != akida.LayerType.FullyConnected:
-            seen["pool"] += params.pool_type == 1
+        if kind != akida.LayerType.FullyConnected:
+            seen["pool"] += params.pool_type == 1  # PoolType.Max; parameters report plain ints
+            seen["global_pool"] += params.pool_type == 2  # PoolType.Average
             seen["valid"] += params.padding == 0
             seen["stride2"] += params.stride_x == 2
+            seen[f"kernel={params.kernel_width}"] += 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,18 +294,26 @@ def test_pooling_same_pads_with_nothing_and_rounds_up():
 # Counters
 
 
-def _layer_facts(layer: akida.Layer) -> tuple[str, tuple[int, int], int, np.ndarray]:
-    """(type, stride, padding, weights) copied out of an engine layer, before any pop_layer."""
+def _layer_facts(layer: akida.Layer) -> tuple[str, tuple[int, int], int, np.ndarray, np.ndarray | None]:
+    """(type, stride, padding, weights, pointwise weights) copied out of an engine layer, before any
+    pop_layer."""
     params = layer.parameters
     kind = params.layer_type.name
+    weights = layer.variables["weights"].astype(np.int64)
     if kind == "FullyConnected":
-        return kind, (1, 1), 0, layer.variables["weights"].astype(np.int64)
-    return kind, (params.stride_x, params.stride_y), params.padding, layer.variables["weights"].astype(np.int64)
+        return kind, (1, 1), 0, weights, None
+    pointwise = layer.variables["weights_pw"].astype(np.int64) if kind == "SeparableConvolutional" else None
+    return kind, (params.stride_x, params.stride_y), params.padding, weights, pointwise
 
 
-def _loop_counts(facts: tuple[str, tuple[int, int], int, np.ndarray], x: np.ndarray) -> dict[str, int]:
-    """input_events, synaptic_ops and dense_synaptic_ops of one frame, by plain loops over neurons."""
-    kind, (stride_x, stride_y), padding, weights = facts
+def _loop_counts(facts: tuple, x: np.ndarray) -> dict[str, int]:
+    """input_events, synaptic_ops and dense_synaptic_ops of one frame, by plain loops over neurons.
+
+    A SeparableConvolutional is counted as the engine does its work, depthwise and pointwise fused:
+    an (input event, tap, filter) is one synaptic op when the depthwise tap of the event's channel and
+    the pointwise weight of (channel, filter) are both non-zero; dense ops count every (tap, channel,
+    filter) like a Convolutional with as many filters."""
+    kind, (stride_x, stride_y), padding, weights, pointwise = facts
     counts = {"input_events": int(np.count_nonzero(x)), "synaptic_ops": 0, "dense_synaptic_ops": 0}
     if kind == "FullyConnected":
         flat = x.ravel(order="F")
@@ -287,9 +322,11 @@ def _loop_counts(facts: tuple[str, tuple[int, int], int, np.ndarray], x: np.ndar
                 counts["dense_synaptic_ops"] += 1
                 counts["synaptic_ops"] += bool(flat[i] != 0 and weights[0, 0, i, unit] != 0)
         return counts
-    if kind == "Convolutional":
+    if kind != "InputConvolutional":
         weights = weights[::-1, ::-1]  # true convolution
     kx, ky, channels, filters = weights.shape
+    if pointwise is not None:
+        filters = pointwise.shape[-1]
     side_x, side_y = x.shape[:2]
     out_x, before_x = _reference_pads(side_x, kx, stride_x, padding)
     out_y, before_y = _reference_pads(side_y, ky, stride_y, padding)
@@ -302,8 +339,12 @@ def _loop_counts(facts: tuple[str, tuple[int, int], int, np.ndarray], x: np.ndar
                         continue
                     for c in range(channels):
                         for f in range(filters):
+                            if pointwise is None:
+                                nonzero = weights[i, j, c, f] != 0
+                            else:
+                                nonzero = weights[i, j, c, 0] != 0 and pointwise[0, 0, c, f] != 0
                             counts["dense_synaptic_ops"] += 1
-                            counts["synaptic_ops"] += bool(x[a, b, c] != 0 and weights[i, j, c, f] != 0)
+                            counts["synaptic_ops"] += bool(x[a, b, c] != 0 and nonzero)
     return counts
 
 
@@ -318,15 +359,15 @@ def test_counters_match_loop_reference():
     """Per-layer counters vs plain loops over every (output neuron, tap, channel, filter), with each
     layer's input and output taken from akida's engine (prefix models), not from the simulator."""
     rng = np.random.default_rng(5)
-    draw = Draw(max_extra_layers=2, max_side=7, max_filters=3, extreme_share=0.0)
-    for _ in range(12):
+    draw = Draw(max_extra_layers=2, max_side=7, max_filters=3, extreme_share=0.0, input_data_share=0.3)
+    for _ in range(24):
         model = random_model(rng, draw)
-        shape = tuple(model.input_shape)
-        frames = np.concatenate([random_frames(rng, 1, shape), mnist_like(rng, 1, shape)])
+        frames = model_frames(rng, model, 1)
         counters = Simulator(from_akida(model)).run(frames).counters
-        facts = [_layer_facts(layer) for layer in model.layers]
+        keep = _input_layers(model)
+        facts = [_layer_facts(layer) for layer in model.layers[keep - 1 :]]
         outputs = [model.forward(frames)]
-        while model.layer_count > 1:
+        while model.layer_count > keep:
             model.pop_layer()
             outputs.insert(0, model.forward(frames))
         inputs = [frames, *outputs[:-1]]
@@ -415,6 +456,31 @@ def test_load_model_reads_every_field(tmp_path):
     assert model.output_dtype == np.int32 and model.output_shape == (1, 1, 3)
 
 
+def test_load_model_reads_input_data_separable_and_global_pool(tmp_path):
+    rng = np.random.default_rng(4)
+    engine = akida.Model()
+    engine.add(akida.InputData(input_shape=(9, 7, 3), input_bits=2, name="data"))
+    engine.add(akida.SeparableConvolutional(kernel_size=(5, 3), filters=6, name="sep", weights_bits=4, act_bits=2,
+                                            kernel_stride=(2, 1), pool_type=akida.PoolType.Average))
+    engine.add(akida.FullyConnected(units=3, name="dense", weights_bits=2, activation=False))
+    for layer in engine.layers[1:]:
+        set_random_variables(rng, layer)
+    engine.save(str(tmp_path / "m.fbz"))
+    model = load_model(tmp_path / "m.fbz")
+    assert model.input_data == InputData("data", (9, 7, 3), 2) and model.input_max == 3
+    sep, dense = model.layers
+    assert isinstance(sep, SepConv) and isinstance(dense, Dense)
+    assert (sep.kernel, sep.stride, sep.pool, sep.global_avg_pool, sep.filters) == ((5, 3), (2, 1), None, True, 6)
+    assert (sep.input_bits, sep.output_shape, dense.input_shape) == (2, (1, 1, 6), (1, 1, 6))
+    assert np.array_equal(sep.weights, engine.layers[1].variables["weights"])
+    assert np.array_equal(sep.weights_pw, engine.layers[1].variables["weights_pw"])
+    assert [w.shape for w in sep.stored_weights] == [(5, 3, 3, 1), (1, 1, 3, 6)]
+    fused = sep.fused_weights  # by a loop: depthwise tap times pointwise weight
+    for x, y, c, f in np.ndindex(fused.shape):
+        assert fused[x, y, c, f] == int(sep.weights[x, y, c, 0]) * int(sep.weights_pw[0, 0, c, f])
+    assert not sep.weights_pw.flags.writeable
+
+
 def test_missing_or_corrupt_fbz_is_a_model_error(tmp_path):
     with pytest.raises(ModelError, match="no such model file"):
         load_model(tmp_path / "absent.fbz")
@@ -440,16 +506,24 @@ def _refused(build) -> str:
 def test_unsupported_layers_are_refused_by_name_and_type():
     message = _refused(lambda m: m.add(akida.InputConv2D(input_shape=(8, 8, 1), kernel_size=3, filters=4, name="v2in")))
     assert "'v2in'" in message and "InputConv2D" in message
-    message = _refused(lambda m: (m.add(_input_conv((8, 8, 1))), m.add(akida.SeparableConvolutional(
-        kernel_size=(3, 3), filters=4, weights_bits=4, name="sep"))))
-    assert "'sep'" in message and "SeparableConvolutional" in message
-    message = _refused(lambda m: (m.add(akida.InputData(input_shape=(8, 8, 1), input_bits=4, name="data")),
-                                  m.add(akida.Convolutional(kernel_size=(3, 3), filters=4, weights_bits=4, name="c"))))
-    assert "'data'" in message and "InputData" in message
-    message = _refused(lambda m: (m.add(_input_conv((8, 8, 1))), m.add(akida.Convolutional(
-        kernel_size=(3, 3), filters=4, weights_bits=4, name="gap", pool_type=akida.PoolType.Average))))
-    assert "'gap'" in message and "average pooling" in message
+    message = _refused(lambda m: m.add(akida.InputData(input_shape=(8, 8, 1), input_bits=4, name="data")))
+    assert "'data'" in message and "InputData" in message and "needs a layer after it" in message
+    message = _refused(lambda m: m.add(akida.InputData(input_shape=(8, 8, 1), input_bits=8, name="wide")))
+    assert "'wide'" in message and "signed inputs" in message  # akida makes 8-bit InputData signed
     assert "\n" not in message
+
+
+def test_input_data_frames_beyond_its_bits_are_refused_like_the_engine():
+    model = akida.Model()
+    model.add(akida.InputData(input_shape=(4, 4, 1), input_bits=2, name="data"))
+    model.add(akida.FullyConnected(units=2, name="dense", weights_bits=2, activation=False))
+    frames = np.full((1, 4, 4, 1), 3, np.uint8)
+    assert np.array_equal(_simulate(model, frames), model.forward(frames))
+    frames[0, 1, 2, 0] = 4
+    with pytest.raises(RuntimeError, match="range"):
+        model.forward(frames)
+    with pytest.raises(DataError, match=r"2-bit InputData takes 0\.\.3"):
+        _simulate(model, frames)
 
 
 def test_simulator_refuses_wrong_frames():
@@ -584,9 +658,8 @@ def test_batch1_gather_and_float64_paths_match_engine_and_default_counters(monke
     and every counter with the default simulator's."""
     rng = np.random.default_rng(7)
     for _ in range(40):
-        model = random_model(rng)
-        frames = np.concatenate([random_frames(rng, 2, tuple(model.input_shape)),
-                                 mnist_like(rng, 2, tuple(model.input_shape))])
+        model = random_model(rng, EVERY_KIND)
+        frames = model_frames(rng, model, 2)
         reference = Simulator(from_akida(model)).run(frames)
         with monkeypatch.context() as patch:
             patch.setattr(simulator, "_GATHER_MIN_WEIGHTS", 0)
@@ -643,3 +716,52 @@ def test_simulate_user_errors_are_one_line_and_leave_nothing_behind(
     assert code == 2 and message in error and error.count("\n") == 1 and "Traceback" not in error, error
     after = sorted(os.listdir(tmp_path)) + sorted(os.listdir(tmp_path / "inputs"))
     assert after == before  # no half-written output, no leaked temporary file
+
+
+# ---------------------------------------------------------------------------------------------
+# Every layer kind against a slow loop reference, and the engine's 20-bit potentials
+
+
+def test_every_layer_kind_matches_loop_reference_and_engine():
+    """Small random models of every kind (InputData 1/2/4 bits, InputConvolutional, Convolutional,
+    SeparableConvolutional, FullyConnected; max and global pooling): the loop reference of
+    tests/akida_reference.py, the engine and the simulator give the same outputs."""
+    rng = np.random.default_rng(14)
+    draw = replace(EVERY_KIND, max_side=8, max_filters=4, extreme_share=0.0)
+    kinds: dict[str, int] = {}
+    compared = 0
+    for _ in range(60):
+        model = random_model(rng, draw)
+        for layer in model.layers:
+            kinds[layer.parameters.layer_type.name] = kinds.get(layer.parameters.layer_type.name, 0) + 1
+        frames = model_frames(rng, model, 2)
+        expected = model.forward(frames)
+        np.testing.assert_array_equal(reference_forward(model, frames), expected)
+        np.testing.assert_array_equal(_simulate(model, frames), expected)
+        compared += expected.size
+    assert set(kinds) == {"InputData", "InputConvolutional", "Convolutional", "SeparableConvolutional",
+                          "FullyConnected"}, kinds
+    assert compared > 1000
+
+
+def test_twenty_bit_potentials_are_reproduced(monkeypatch):
+    """A FullyConnected clips its potential to [-2**19, 2**19 - 1] (630,000 -> 524,287 does not reach
+    a 600,000 threshold); a global average pool saturates its running sum position by position, x
+    slowest (the same potentials summed in another order give another result)."""
+    for kind, model, frames in saturating_models():
+        expected = model.forward(frames)
+        np.testing.assert_array_equal(_simulate(model, frames), expected, err_msg=kind)
+        np.testing.assert_array_equal(reference_forward(model, frames), expected, err_msg=kind)
+        with monkeypatch.context() as patch:  # the batch-1 path that multiplies only the event rows
+            patch.setattr(simulator, "_GATHER_MIN_WEIGHTS", 0)
+            patch.setattr(simulator, "_GATHER_MAX_DENSITY", 1.0)
+            forced = Simulator(from_akida(model))
+            one_by_one = np.concatenate([forced.run(frames[i : i + 1]).outputs for i in range(len(frames))])
+        np.testing.assert_array_equal(one_by_one, expected, err_msg=kind)
+        if kind == "FullyConnected":
+            assert expected[0, 0, 0, 0] == 0 and expected[0, 0, 0, 1] > 0
+        else:
+            # 12 of 16 rows at +3360 per position then 4 at -3360: saturates at 2**19 - 1 first
+            assert expected[0, 0, 0, 0] == POTENTIAL_MAX - 4 * 16 * 3360
+            assert expected[1, 0, 0, 0] != expected[0, 0, 0, 0]  # order matters
+            assert expected[0, 0, 0, 1] == POTENTIAL_MAX

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..frame_fit import mismatch
 from .base import SOURCE_DROP_REASONS, Frame, FrameSource, NullEvents, SourceEvents
 from .replay_source import ReplaySource, load_frames
 from .serial_source import DEFAULT_BACKOFF, Backoff, SerialSource
@@ -50,21 +51,20 @@ def open_source(
     backoff: Backoff = DEFAULT_BACKOFF,
     mnist_cache_dir: Path | None = None,
     frame_shape: tuple[int, ...] | None = None,
+    frame_max: int = 255,
 ) -> FrameSource:
     """Build the source ``spec`` names. Loads replay data now; opens no port until ``batches()``.
 
     Raises ConfigError for a bad spec or port URL, DataError for a missing or malformed frames file.
-    ``frame_shape`` (the model's input) is checked against replayed frames now, because every one
-    of them would otherwise be dropped as bad_shape; a sensor's frames can only be checked as they come.
+    ``frame_shape`` and ``frame_max`` (the model's input and its largest value) are checked against
+    replayed frames now (:mod:`edge_runtime.frame_fit`); a sensor's frames can only be checked as they come.
     """
     if isinstance(spec, str):
         spec = parse_source_spec(spec)
     if isinstance(spec, SerialSpec):
         return SerialSource(spec.url, baudrate=spec.baudrate, events=events, backoff=backoff)
     images, labels = load_frames(spec.path, mnist_cache_dir)
-    if frame_shape is not None and images.shape[1:] != tuple(frame_shape):
-        raise ConfigError(
-            f"replay:{spec.path}: frames are {'x'.join(map(str, images.shape[1:]))}, the model takes "
-            f"{'x'.join(map(str, frame_shape))}: replay frames of the model's input shape"
-        )
+    problem = mismatch(images, frame_shape, frame_max) if frame_shape is not None else None
+    if problem is not None:
+        raise ConfigError(f"replay:{spec.path}: {problem}: replay frames of the model's input")
     return ReplaySource(images, labels, rate=spec.rate, loop=spec.loop, events=events)
