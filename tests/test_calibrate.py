@@ -13,11 +13,11 @@ from typing import Any
 import akida
 import numpy as np
 import pytest
+from akida_random import mnist_like, set_random_variables
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from akida_random import mnist_like, set_random_variables
 from edge_runtime import cli, energy, energy_fit
 from edge_runtime.akida_model import from_akida
 from edge_runtime.board_measure import measure

@@ -116,7 +116,7 @@ def test_device_profile_defaults_to_the_packaged_akd1000_one() -> None:
     config = config_from_dict({**REQUIRED, "inference": {"device_profile": "/etc/edge-runtime/profile.json",
                                                           "device": "akd1500"}})
     assert config.inference.device_profile == "/etc/edge-runtime/profile.json"
-    with pytest.raises(ConfigError, match="inference.device must be one of akd1000, akd1500"):
+    with pytest.raises(ConfigError, match=r"inference\.device must be one of akd1000, akd1500"):
         config_from_dict({**REQUIRED, "inference": {"device": "akd2000"}})
 
 

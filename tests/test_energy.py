@@ -15,7 +15,7 @@ import pytest
 
 from edge_runtime import energy
 from edge_runtime.counters import LayerCounters
-from edge_runtime.energy import Activity, Coefficients, DeviceProfile, ModelMapping, Placement
+from edge_runtime.energy import Coefficients, DeviceProfile, ModelMapping, Placement
 from edge_runtime.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,7 +209,8 @@ def test_packaged_profiles_name_unit_and_source_of_every_coefficient() -> None:
 
 def test_save_and_load_round_trip(tmp_path) -> None:
     PROFILE.save(tmp_path / "p.json")
-    assert DeviceProfile.load(tmp_path / "p.json") == dataclasses.replace(PROFILE, sources=dict.fromkeys(energy.UNITS, ""))
+    blank_sources = dataclasses.replace(PROFILE, sources=dict.fromkeys(energy.UNITS, ""))
+    assert DeviceProfile.load(tmp_path / "p.json") == blank_sources
 
 
 @pytest.mark.parametrize(
