@@ -35,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge_runtime.akida_model import from_akida
 from edge_runtime.counters import LayerCounters
+from edge_runtime.energy import DeviceProfile
 from edge_runtime.errors import DataError
+from edge_runtime.mapping import map_model
 from edge_runtime.mnist import cache_path, load_cache
 from edge_runtime.simulator import Simulator
 
@@ -194,7 +196,29 @@ def main() -> int:
         print(f"batch {batch:3d}: simulator {sim_fps:8.0f} fps | akida engine {engine_fps:8.0f} fps | "
               f"ratio {ratio:5.2f}x (target >= {target:.0f}x) {'OK' if ratio >= target else 'BELOW TARGET'} | "
               f"CPU per frame {sim_cpu:.0f} us vs {engine_cpu:.0f} us = {engine_cpu / sim_cpu:.2f}x")
+    print(energy_cost(model, simulator, frames))
     return 0 if ok else 1
+
+
+def energy_cost(model: akida.Model, simulator: Simulator, frames: np.ndarray, rounds: int = 5) -> str:
+    """What pricing one inference with the v2 energy model costs beside simulating it, at batch 1 (the
+    daemon's usual batch): both timed on the same frames, interleaved, best of ``rounds``."""
+    cost = DeviceProfile.packaged("akd1000").bind(map_model(akida.Model(layers=list(model.layers)), "akd1000"))
+    singles = [frames[i : i + 1] for i in range(min(len(frames), 500))]
+    counters = [simulator.run(frame).counters.layers for frame in singles]
+    best_sim = best_energy = np.inf
+    for _ in range(rounds):
+        start = time.process_time()
+        for frame in singles:
+            simulator.run(frame)
+        best_sim = min(best_sim, time.process_time() - start)
+        start = time.process_time()
+        for layers in counters:
+            cost.evaluate_counters(layers)
+        best_energy = min(best_energy, time.process_time() - start)
+    sim_us, energy_us = 1e6 * best_sim / len(singles), 1e6 * best_energy / len(singles)
+    return (f"energy model v2 per inference at batch 1: {energy_us:.1f} us CPU against {sim_us:.0f} us for the "
+            f"simulator run ({100 * energy_us / sim_us:.1f}% of it)")
 
 
 if __name__ == "__main__":

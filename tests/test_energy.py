@@ -173,12 +173,12 @@ def test_kernels_between_the_measured_ones_interpolate_in_area() -> None:
 
 def test_counters_are_checked_against_the_mapping() -> None:
     def counters(name: str, events: float) -> LayerCounters:
-        one = np.array([events])
-        return LayerCounters(name, 1, 1, 1, 1, one, one, one, one, one)
+        two = np.array([events, events])  # two frames: the array path, which checks the values
+        return LayerCounters(name, 1, 1, 1, 1, two, two, two, two, two)
 
     cost = PROFILE.bind(MAPPING)
     good = [counters(p.name, 3.0) for p in MAPPING.layers]
-    assert cost.evaluate_counters(good).chip_s.shape == (1,)
+    assert cost.evaluate_counters(good).chip_s.shape == (2,)
     with pytest.raises(DataError, match="given to the mapping of"):
         cost.evaluate_counters(good[:3])
     with pytest.raises(DataError, match="negative or non-finite"):
@@ -269,3 +269,24 @@ def test_packaged_profiles_are_what_the_fit_to_silicon_gives_and_meet_its_target
               if "HwPr" not in r.label and not energy_fit._multi(r.label)]
     assert max(abs(p / r.target - 1) for r, p in single) <= 0.25
     assert energy_fit.main([]) == 0 and "Summary" in capsys.readouterr().out
+
+
+def test_the_one_frame_path_equals_the_array_path() -> None:
+    """The daemon's batch-1 path (plain floats) and the array path give the same figures."""
+    rng = np.random.default_rng(4)
+    checked = 0
+    for _ in range(80):
+        profile, mapping, events, synops = _random_case(rng)
+        if mapping.multi_pass:
+            continue
+        cost = profile.bind(mapping)
+        for n in range(events.shape[0]):
+            layers = [LayerCounters(p.name, 1, 1, 1, 1, np.array([int(events[n, i])]), np.array([int(synops[n, i])]),
+                                    np.zeros(1, int), np.zeros(1, int), np.zeros(1, int))
+                      for i, p in enumerate(mapping.layers)]
+            fast = cost.evaluate_counters(layers)
+            slow = cost.evaluate(events[n : n + 1], synops[n : n + 1])
+            for name in ("chip_s", "frame_s", "dynamic_j", "total_j", "layer_clocks", "layer_dynamic_j"):
+                np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), rtol=1e-12, err_msg=name)
+            checked += 1
+    assert checked > 50
