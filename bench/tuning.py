@@ -6,8 +6,8 @@ Usage (from the repository root, in the venv):
 
 Each RUN_DIR is an ``edge-export train`` run directory; its ``report.json`` (measured on the exported
 integer model, all 10,000 test images) gives accuracy, non-zero activations per image and modelled
-modelled total energy per image on AKD1000 (model v2). A run is labelled by the settings in its ``config.json`` that differ from a
-reference config (by default the shipped ``exporter/configs/zeroaware.toml``). The plot shades the
+total energy per image on AKD1000 (model v2). A run is labelled by the settings in its ``config.json``
+that differ from a reference config (by default the shipped ``exporter/configs/zeroaware.toml``). The plot shades the
 study's target region: accuracy at most 0.3 points below the baseline and at least 85% fewer events
 (left panel) or 40% less total energy (right panel). The Markdown table
 goes to stdout. Reusing ``exporter.sweep``'s Pareto marking keeps one definition of the front.
@@ -85,14 +85,14 @@ def markdown(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
     def fewer(key: str, r: dict[str, Any]) -> str:
         return f"{100 * (1 - r[key] / baseline[key]):.1f}%"
 
-    lines = ["| run | accuracy | events / image (fewer) | non-zero weights (fewer) | chip nJ / image (less) "
-             "| on the front (events / chip) |", "|---|---|---|---|---|---|"]
+    lines = ["| run | accuracy | events / image (fewer) | non-zero weights (fewer) | total µJ / image, AKD1000 (less) "
+             "| on the front (events / energy) |", "|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["activations_nonzero_per_image"]):
         lines.append(f"| {r['name']} | {100 * r['accuracy']:.2f}% | {r['activations_nonzero_per_image']:.1f} "
                      f"({fewer('activations_nonzero_per_image', r)}) | {r['weights_nonzero']:,} "
                      f"({fewer('weights_nonzero', r)}) | {r['total_uj_per_image']:.1f} "
                      f"({fewer('total_uj_per_image', r)}) | {'events' if r['events_front'] else ''}"
-                     f"{' / ' if r['events_front'] and r['pareto'] else ''}{'chip' if r['pareto'] else ''} |")
+                     f"{' / ' if r['events_front'] and r['pareto'] else ''}{'energy' if r['pareto'] else ''} |")
     return "\n".join(lines)
 
 
