@@ -132,6 +132,20 @@ def _check_ranges(config: Config) -> list[str]:
     return [message for ok, message in checks if not ok]
 
 
+def config_warnings(config: Config) -> list[str]:
+    """Settings that are valid but almost certainly not meant: a penalty or pruning schedule that never
+    begins within the QAT epochs trains a plain model under a zero-aware name."""
+    t, p, pr = config.train, config.penalty, config.prune
+    warnings = []
+    if (p.activations > 0 or p.weights > 0) and t.qat_epochs <= p.start_epoch:
+        warnings.append(f"penalties start at QAT epoch {p.start_epoch} but train.qat_epochs is {t.qat_epochs}: "
+                        "they never apply (raise qat_epochs or lower penalty.start_epoch)")
+    if pr.sparsity > 0 and t.qat_epochs <= pr.start_epoch:
+        warnings.append(f"pruning starts at QAT epoch {pr.start_epoch} but train.qat_epochs is {t.qat_epochs}: "
+                        "it never applies (raise qat_epochs or lower prune.start_epoch)")
+    return warnings
+
+
 def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> Config:
     """Validate a parsed TOML document; raises one ConfigError listing every problem."""
     return validate(Config, raw, origin, _check_ranges)

@@ -35,7 +35,7 @@ from edge_runtime.errors import ConfigError
 from edge_runtime.simulator import Simulator
 
 from . import penalties
-from .config import Config, ModelConfig, config_to_dict
+from .config import Config, ModelConfig, config_to_dict, config_warnings
 from .qat import (
     ACT_BITS,
     IMAGE_SIZE,
@@ -421,6 +421,8 @@ def write_run(out: Path, model: ZeroAwareNet, config: Config, layers: list[Integ
 def train(config: Config, out: Path | None = None, data: Data | None = None, progress: bool = True,
           on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[ZeroAwareNet, dict[str, Any]]:
     """Train, export and measure one model; writes the run directory when ``out`` is given."""
+    for warning in config_warnings(config):
+        log.warning("%s", warning)
     started = time.monotonic()
     generator = seed_everything(config.train.seed, config.train.threads)
     data = data or load_data(config)

@@ -132,3 +132,18 @@ def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
 def test_parse_listen_rejects(text: str) -> None:
     with pytest.raises(ConfigError, match="expected HOST:PORT"):
         parse_listen(text)
+
+
+def test_a_penalty_or_pruning_that_never_starts_is_warned_about() -> None:
+    from exporter.config import Config, PenaltyConfig, PruneConfig, TrainConfig, config_warnings
+
+    never = Config(train=TrainConfig(qat_epochs=2), penalty=PenaltyConfig(activations=4.0, start_epoch=2),
+                   prune=PruneConfig(sparsity=0.5, start_epoch=3, end_epoch=4))
+    warnings = config_warnings(never)
+    assert len(warnings) == 2
+    assert "penalties start at QAT epoch 2 but train.qat_epochs is 2: they never apply" in warnings[0]
+    assert "pruning starts at QAT epoch 3" in warnings[1]
+    fine = Config(train=TrainConfig(qat_epochs=3), penalty=PenaltyConfig(activations=4.0, start_epoch=2))
+    assert config_warnings(fine) == []
+    assert config_warnings(Config(train=TrainConfig(qat_epochs=1), penalty=PenaltyConfig(activations=0.0,
+                                                                                          weights=0.0))) == []
