@@ -97,7 +97,7 @@ class Placement:
     """What the cost of one layer depends on besides its events: what it is and where it is mapped.
 
     ``unit`` is the kind of hardware block: ``HRC`` (dense input layer), ``CNP`` (Convolutional and
-    SeparableConvolutional), ``FNP`` (FullyConnected) or ``none`` (an InputData layer: no compute).
+    SeparableConvolutional), ``FNP`` (FullyConnected) or ``none`` (no NPs: no chip work).
     ``width`` is filters (HRC, CNP) or units (FNP); ``kernel_area`` the kernel's KX x KY (CNP; for a
     separable layer its depthwise kernel, since the engine fuses depthwise and pointwise and it costs
     like a full conv with the same filters); ``positions`` the output positions before pooling (HRC,
