@@ -42,6 +42,7 @@ from .metrics import Metrics
 from .sdnotify import Notifier
 from .sinks import Record, Sink
 from .sources import Frame, FrameSource
+from .timeouts import STOP_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -252,13 +253,20 @@ BackendFactory = Callable[[], Backend]
 
 
 class _Swap:
-    """A reload request handed to the inference thread, and its outcome for the waiting caller."""
+    """A reload request handed to the inference thread, and its outcome for the waiting caller.
+
+    ``cancelled`` and ``applied`` are written under the pipeline's swap lock only, so the caller
+    giving up and the inference thread installing the new backend cannot both happen: whichever
+    takes the lock first decides, and the other side sees that decision.
+    """
 
     def __init__(self, factory: BackendFactory, fallback: BackendFactory, input_shape: tuple[int, ...],
                  sinks: Sequence[Sink] | None) -> None:
         self.factory, self.fallback, self.input_shape, self.sinks = factory, fallback, tuple(input_shape), sinks
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self.cancelled = False
+        self.applied = False
 
 
 class Pipeline:
@@ -316,18 +324,21 @@ class Pipeline:
         self._reader.start()
         self._worker.start()
 
-    def stop(self, timeout: float = 60.0) -> Totals:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> Totals:
         """Stop reading, infer every queued frame, then return the frame accounting.
 
-        Frames still unread in the port's buffer were never received, so they are not ours to
-        count; everything that entered the queue is inferred or counted as dropped.
+        ``timeout`` bounds the whole stop, reading and draining together (the unit's
+        ``TimeoutStopSec`` is set against it, see timeouts.py). Frames still unread in the port's
+        buffer were never received, so they are not ours to count; everything that entered the
+        queue is inferred or counted as dropped.
         """
+        deadline = time.monotonic() + timeout
         self._source.close()
         self._reader.join(timeout)
         self._queue.close()
-        self._worker.join(timeout)
+        self._worker.join(max(0.0, deadline - time.monotonic()))
         if self._worker.is_alive():
-            log.error("inference did not finish draining within %.0f s", timeout)
+            log.error("inference did not finish draining within %.0f s of the stop", timeout)
         self._backend.close()
         for sink in self._sinks:
             sink.close()
@@ -338,17 +349,22 @@ class Pipeline:
         """Have the inference thread build a new backend (and take new sinks) between batches.
 
         The old backend keeps serving until the new one is built; if building fails the old one
-        stays and the error is raised here. Raises BackendError if the thread does not get to it.
-        Returns the new backend's name.
+        stays and the error is raised here. If the swap is not applied within ``timeout`` it is
+        cancelled and BackendError raised: a backend the thread goes on to build is closed, never
+        installed, so a caller that reports "rejected" is always right. ``sinks`` stay the
+        caller's to close unless the swap was applied. Returns the new backend's name.
         """
         request = _Swap(factory, fallback, input_shape, sinks)
         with self._swap_lock:
             self._swap = request
-        if not request.done.wait(timeout):
-            with self._swap_lock:
+        request.done.wait(timeout)
+        with self._swap_lock:
+            if not request.applied and request.error is None:
+                request.cancelled = True
                 if self._swap is request:
                     self._swap = None
-            raise BackendError(f"inference thread did not take the new model within {timeout:.0f} s (busy or hung)")
+                raise BackendError(
+                    f"inference thread did not take the new model within {timeout:.0f} s (busy or hung)")
         if request.error is not None:
             raise request.error
         return self._backend.name
@@ -383,11 +399,12 @@ class Pipeline:
             while True:
                 batch = self._queue.get_batch(self._max_batch, wake)
                 self._metrics.queue_depth.set(len(self._queue))
+                if self._apply_swap():  # a swap may take long: ping at once after it
+                    next_ping = 0.0
                 now = time.monotonic()
                 if interval and now >= next_ping:
                     self._notifier.watchdog()
                     next_ping = now + interval
-                self._apply_swap()
                 if batch:
                     self._infer(batch)
                 elif self._queue.drained:
@@ -396,25 +413,34 @@ class Pipeline:
             log.exception("inference loop failed")
             self._mailbox.post(Mailbox.FATAL)
 
-    def _apply_swap(self) -> None:
+    def _apply_swap(self) -> bool:
+        """Build and install a requested backend; True if a request was handled (applied or not)."""
         with self._swap_lock:
             request, self._swap = self._swap, None
         if request is None:
-            return
+            return False
         try:
             backend = request.factory()
         except BaseException as error:  # handed to the caller, who reports it; the old backend stays
-            request.error = error
+            with self._swap_lock:
+                request.error = error
         else:
-            self._backend.close()
-            self._backend = backend
-            self._fallback = request.fallback
-            self._input_shape = request.input_shape
-            if request.sinks is not None:
-                for sink in self._sinks:
+            with self._swap_lock:
+                if not request.cancelled:
+                    request.applied = True
+                    backend, self._backend = self._backend, backend  # from here on `backend` is the old one
+                    self._fallback = request.fallback
+                    self._input_shape = request.input_shape
+                    if request.sinks is not None:
+                        request.sinks, self._sinks = self._sinks, list(request.sinks)  # likewise
+            if not request.applied:  # the caller gave up and reported "rejected": what was built is not kept
+                log.warning("a reload's backend was built after its swap timed out; closing it unused")
+            backend.close()
+            if request.applied:
+                for sink in request.sinks or []:
                     sink.close()
-                self._sinks = list(request.sinks)
         request.done.set()
+        return True
 
     def _drop(self, reason: str, n: int) -> None:
         self._dropped[reason] += n
