@@ -36,6 +36,7 @@ from .config import BACKENDS
 from .daemon import Daemon
 from .emulator import PtyPort, SensorEmulator
 from .errors import ConfigError
+from .interrupts import stop_on_signals
 from .sdnotify import Notifier
 
 BUNDLE_NAME = "mnist-zeroaware"
@@ -285,8 +286,8 @@ def run(args: argparse.Namespace) -> int:
     if not mnist.cache_path().exists():
         print("fetching MNIST into the cache (once)...", flush=True)
     data = mnist.load_mnist()
-    # A harness's SIGTERM ends the demo like Ctrl-C: with a drained daemon and the summary.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C, and a harness's SIGTERM, end the demo with a drained daemon and the summary.
+    stop_on_signals()
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as scratch, PtyPort() as port:
         log_path = Path(scratch) / "predictions.jsonl"
         daemon = Daemon(None, {
