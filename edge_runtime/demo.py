@@ -283,7 +283,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     bundle_dir = args.model if args.model is not None else default_bundle()
-    if not mnist.cache_path().exists():
+    if not mnist.cache_exists(mnist.cache_path()):
         print("fetching MNIST into the cache (once)...", flush=True)
     data = mnist.load_mnist()
     # Ctrl-C, and a harness's SIGTERM, end the demo with a drained daemon and the summary.
