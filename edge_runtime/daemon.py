@@ -40,6 +40,7 @@ from .pipeline import (
     SourceListener,
     limit_blas_threads,
     prompt_thread_switches,
+    stale_after,
 )
 from .sdnotify import Notifier
 from .sinks import JsonLinesSink, Sink, StdoutSink, prediction_records
@@ -149,6 +150,7 @@ class Daemon:
             host, port = parse_listen(config.metrics.listen)
             self._http = HttpServer(make_app(self.registry, self._health.readiness), host, port)
             spec = parse_source_spec(config.source.spec)
+            self._watch_staleness(spec.rate)
             source = open_source(spec, self._listener, mnist_cache_dir=self._mnist_cache_dir,
                                  frame_shape=bundle.model.input_shape)
         except BaseException:
@@ -181,6 +183,12 @@ class Daemon:
         log.info("serving %s on %s; metrics at %s/metrics; source %s", describe(bundle), backend.name,
                  self.url, config.source.spec)
         self._notifier.status(f"waiting for the source {config.source.spec}")
+
+    def _watch_staleness(self, expected_rate: float | None) -> None:
+        """Export the time since the last good frame, and judge it against the source's expected rate."""
+        self._health.expected_rate = expected_rate
+        self.metrics.sensor_stale_after.set(stale_after(expected_rate))
+        self.metrics.sensor_silence.set_function(self._health.silence_s)
 
     def _open_backend(self, bundle: Bundle, config: ServeConfig, energy: EnergyModel) -> Backend:
         """The configured backend, checked against the bundle's golden vectors before it serves.
@@ -341,6 +349,9 @@ class Daemon:
                 dropped[reason] = dropped.get(reason, 0) + n
             text = ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items())) or "none"
             log.info("stopped: %d frames received, %d inferred, dropped: %s", totals.received, totals.inferred, text)
+            if self._listener.bad_packet_counts:  # packets, not frames: the frames they cost are in seq_gap
+                bad = ", ".join(f"{kind} {n}" for kind, n in sorted(self._listener.bad_packet_counts.items()))
+                log.info("bad packets from the sensor: %s", bad)
         if self._http is not None:
             self._http.close()
         self.mailbox.close()

@@ -72,7 +72,7 @@ def test_emulator_count_loop_and_faults() -> None:
     frames, bad = decode(b"".join(written))
     assert bad == 2  # packets 4 and 8 (seqs 3 and 8)
     assert [f.seq for f in frames] == [0, 1, 2, 5, 6, 7]
-    assert [f.missing for f in frames] == [0, 0, 0, 1, 0, 0]  # 3 corrupt + 4 skipped: one is a gap
+    assert [f.missing for f in frames] == [0, 0, 0, 2, 0, 0]  # 3 corrupt + 4 skipped: a gap of 2
 
 
 def test_stop_ends_a_looping_emulator_from_another_thread() -> None:
