@@ -155,7 +155,7 @@ class RecordReader:
         self._limit = max(max_frames_bytes, MAX_TEXT_BYTES) + FRAMES_HEAD.size
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> list[Record]:
+    def feed(self, data: bytes | memoryview) -> list[Record]:
         self._buffer += data
         records: list[Record] = []
         start, end = 0, len(self._buffer)
