@@ -461,20 +461,20 @@ class Pipeline:
             with self._swap_lock:
                 request.error = error
         else:
+            retired, retired_sinks = backend, []  # what this swap leaves to close: the new one, unless applied
             with self._swap_lock:
-                if not request.cancelled:
-                    request.applied = True
-                    backend, self._backend = self._backend, backend  # from here on `backend` is the old one
+                request.applied = not request.cancelled
+                if request.applied:
+                    retired, self._backend = self._backend, backend
                     self._fallback = request.fallback
                     self._input_shape = request.input_shape
                     if request.sinks is not None:
-                        request.sinks, self._sinks = self._sinks, list(request.sinks)  # likewise
+                        retired_sinks, self._sinks = self._sinks, list(request.sinks)
             if not request.applied:  # the caller gave up and reported "rejected": what was built is not kept
                 log.warning("a reload's backend was built after its swap timed out; closing it unused")
-            backend.close()
-            if request.applied:
-                for sink in request.sinks or []:
-                    sink.close()
+            retired.close()
+            for sink in retired_sinks:
+                sink.close()
         request.done.set()
         return True
 
