@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import ModelError
+from .fbz_check import check_fbz
 
 Padding = Literal["same", "valid"]
 Shape3 = tuple[int, int, int]
@@ -205,6 +206,7 @@ def load_model(path: str | Path) -> AkidaModel:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
+    check_fbz(path)  # a damaged file must not crash this process inside akida
     import akida  # lazy: only loading a .fbz needs the engine
 
     try:

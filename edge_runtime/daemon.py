@@ -15,9 +15,10 @@ arrives mid-reload cannot re-enter it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,17 +40,17 @@ from .pipeline import (
     SourceListener,
     limit_blas_threads,
     prompt_thread_switches,
+    stale_after,
 )
 from .sdnotify import Notifier
 from .sinks import JsonLinesSink, Sink, StdoutSink, prediction_records
 from .sources import SOURCE_DROP_REASONS, ReplaySpec, open_source, parse_source_spec
+from .timeouts import RELOAD_ALLOWANCE_S, SWAP_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
 DROP_REASONS = tuple(dict.fromkeys((*SOURCE_DROP_REASONS, *PIPELINE_DROP_REASONS)))
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# Building a backend may map a model onto the board; allow for a slow device, not a hung one.
-SWAP_TIMEOUT_S = 60.0
 
 
 def backend_settings(config: ServeConfig) -> BackendSettings:
@@ -156,6 +157,7 @@ class Daemon:
             host, port = parse_listen(config.metrics.listen)
             self._http = HttpServer(make_app(self.registry, self._health.readiness), host, port)
             spec = parse_source_spec(config.source.spec)
+            self._watch_staleness(spec.rate)
             source = open_source(spec, self._listener, mnist_cache_dir=self._mnist_cache_dir,
                                  frame_shape=bundle.model.input_shape, frame_max=bundle.model.input_max)
         except BaseException:
@@ -188,6 +190,12 @@ class Daemon:
         log.info("serving %s on %s; metrics at %s/metrics; source %s", describe(bundle), backend.name,
                  self.url, config.source.spec)
         self._notifier.status(f"waiting for the source {config.source.spec}")
+
+    def _watch_staleness(self, expected_rate: float | None) -> None:
+        """Export the time since the last good frame, and judge it against the source's expected rate."""
+        self._health.expected_rate = expected_rate
+        self.metrics.sensor_stale_after.set(stale_after(expected_rate))
+        self.metrics.sensor_silence.set_function(self._health.silence_s)
 
     def _open_backend(self, bundle: Bundle, config: ServeConfig, energy: DeviceProfile) -> Backend:
         """The configured backend, checked against the bundle's golden vectors before it serves.
@@ -290,13 +298,14 @@ class Daemon:
             energy = load_energy_model(new)
             if new.predictions != self.config.predictions:
                 sinks = open_sinks(new, self.metrics)
-            backend = self._pipeline.swap(
-                lambda: self._open_backend(bundle, new, energy),
-                self._fallback_factory(bundle, new, energy),
-                bundle.model.input_shape,
-                sinks,
-                SWAP_TIMEOUT_S,
-            )
+            with self._slow_step_allowed(RELOAD_ALLOWANCE_S):
+                backend = self._pipeline.swap(
+                    lambda: self._open_backend(bundle, new, energy),
+                    self._fallback_factory(bundle, new, energy),
+                    bundle.model.input_shape,
+                    sinks,
+                    SWAP_TIMEOUT_S,
+                )
         except (EdgeError, OSError, ValueError) as error:
             # EdgeError is every mistake we name; OSError and ValueError (e.g. UnicodeDecodeError)
             # are reading failures something below did not turn into one. Either way the reload is
@@ -313,6 +322,24 @@ class Daemon:
         self.metrics.reloads.labels("ok").inc()
         log.info("reloaded: serving %s on %s (was %s)", describe(bundle), backend, describe(old))
         self._reloaded()
+
+    @contextlib.contextmanager
+    def _slow_step_allowed(self, seconds: float) -> Iterator[None]:
+        """Tell systemd that the next ``seconds`` may pass without a watchdog ping, then restore it.
+
+        Why: the new backend is built on the inference thread, which is also the one that pings the
+        watchdog (so a hung accelerator stops the pings); a board mapping can outlast the unit's
+        ``WatchdogSec`` without anything being wrong. ``EXTEND_TIMEOUT_USEC`` covers the reload
+        state's own timeout and ``WATCHDOG_USEC`` the watchdog (sd_notify(3)).
+        """
+        interval = self._notifier.watchdog_interval
+        usec = int(seconds * 1e6)
+        self._notifier.notify(EXTEND_TIMEOUT_USEC=usec, **({"WATCHDOG_USEC": usec} if interval else {}))
+        try:
+            yield
+        finally:
+            if interval:
+                self._notifier.notify(WATCHDOG_USEC=int(interval * 2e6))
 
     def _reloaded(self) -> None:
         """End a reload as systemd expects: READY=1 after RELOADING=1, or only a STATUS before start-up ended."""
@@ -333,6 +360,9 @@ class Daemon:
                 dropped[reason] = dropped.get(reason, 0) + n
             text = ", ".join(f"{reason} {n}" for reason, n in sorted(dropped.items())) or "none"
             log.info("stopped: %d frames received, %d inferred, dropped: %s", totals.received, totals.inferred, text)
+            if self._listener.bad_packet_counts:  # packets, not frames: the frames they cost are in seq_gap
+                bad = ", ".join(f"{kind} {n}" for kind, n in sorted(self._listener.bad_packet_counts.items()))
+                log.info("bad packets from the sensor: %s", bad)
         if self._http is not None:
             self._http.close()
         self.mailbox.close()

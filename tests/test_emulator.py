@@ -72,7 +72,7 @@ def test_emulator_count_loop_and_faults() -> None:
     frames, bad = decode(b"".join(written))
     assert bad == 2  # packets 4 and 8 (seqs 3 and 8)
     assert [f.seq for f in frames] == [0, 1, 2, 5, 6, 7]
-    assert [f.missing for f in frames] == [0, 0, 0, 1, 0, 0]  # 3 corrupt + 4 skipped: one is a gap
+    assert [f.missing for f in frames] == [0, 0, 0, 2, 0, 0]  # 3 corrupt + 4 skipped: a gap of 2
 
 
 def test_stop_ends_a_looping_emulator_from_another_thread() -> None:
@@ -155,7 +155,7 @@ def test_command_pty_mode_serves_a_reader_until_terminated(frames_file: Path, tm
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=TIMEOUT)
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    assert process.returncode == 130 and "interrupted" in stderr
+    assert process.returncode == 0 and "Traceback" not in stderr  # SIGTERM: a request to stop (issue 15)
     assert not os.path.lexists(link)
 
 

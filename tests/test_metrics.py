@@ -42,7 +42,7 @@ def metrics(registry: CollectorRegistry) -> Metrics:
 
 def test_known_series_exist_at_zero_before_anything_happens(registry: CollectorRegistry, metrics: Metrics) -> None:
     get = registry.get_sample_value
-    assert set(DROP_REASONS) == {"corrupt", "seq_gap", "queue_full", "bad_shape", "inference_error"}
+    assert set(DROP_REASONS) == {"seq_gap", "queue_full", "bad_shape", "inference_error"}
     for reason in DROP_REASONS:
         assert get("edge_frames_dropped_total", {"reason": reason}) == 0
     for backend in ("akida", "simulator", "onnx"):

@@ -210,8 +210,8 @@ def test_damage_mid_stream_loses_only_the_damaged_frame() -> None:
     results = FrameDecoder().feed(DELIMITER + b"".join(packets))
     assert [f.seq for f in frames_of(results)] == [0, 1, 3, 4]
     assert len(bad_of(results)) == 1
-    # The lost frame was counted as corrupt, so it is not counted again as a gap.
-    assert [f.missing for f in frames_of(results)] == [0, 0, 0, 0]
+    # Frames lost are the sequence gap; the damaged packet is reported apart, as a packet (issue 15).
+    assert [f.missing for f in frames_of(results)] == [0, 0, 1, 0]
 
 
 def test_decoder_resyncs_after_garbage_and_ignores_empty_packets() -> None:
@@ -285,11 +285,12 @@ def test_decoder_counts_gaps_across_wraparound_and_restarts() -> None:
     ]
 
 
-def test_corrupt_packets_are_subtracted_from_the_following_gap() -> None:
+def test_bad_packets_do_not_change_the_following_gap() -> None:
+    """Noise between frames is a bad packet, not a lost frame: the gap alone counts frames (issue 15)."""
     good = [encode_frame(seq, frame_image(seq)) for seq in (0, 4)]
     results = FrameDecoder().feed(DELIMITER + good[0] + b"\x05junk" + DELIMITER + good[1])
     assert len(bad_of(results)) == 1
-    assert [(f.seq, f.missing) for f in frames_of(results)] == [(0, 0), (4, 2)]  # 3 lost, 1 corrupt
+    assert [(f.seq, f.missing) for f in frames_of(results)] == [(0, 0), (4, 3)]  # 1, 2 and 3 lost
 
 
 # --- fuzzing ---------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from edge_runtime.sources import (
     open_source,
     parse_source_spec,
 )
+from edge_runtime.sources import reader_wire as wire
 from edge_runtime.sources.replay_source import next_due
 from edge_runtime.sources.serial_reader import add_records
 from edge_runtime.sources.serial_source import PACKAGE_ROOT, READER_BOOT
@@ -57,6 +58,8 @@ class RecordingEvents:
         self.drops: Counter[str] = Counter()
         self.ups: list[bool] = []
         self.bytes = 0
+        self.bad: Counter[str] = Counter()
+        self.flushed = 0
 
     def dropped(self, reason: str, n: int = 1) -> None:
         assert reason in SOURCE_DROP_REASONS
@@ -67,6 +70,12 @@ class RecordingEvents:
 
     def bytes_received(self, n: int) -> None:
         self._record(lambda: setattr(self, "bytes", self.bytes + n))
+
+    def bad_packet(self, kind: str) -> None:
+        self._record(lambda: self.bad.update({kind: 1}))
+
+    def bytes_flushed(self, n: int) -> None:
+        self._record(lambda: setattr(self, "flushed", self.flushed + n))
 
     def _record(self, change: Callable[[], object]) -> None:
         with self._changed:
@@ -257,9 +266,11 @@ def test_serial_source_counts_corrupt_packets_and_gaps(tmp_path: Path) -> None:
         # seqs 0..11; 3, 7, 11 never sent; sent packets 3, 6, 9 (seqs 2, 6, 10) damaged.
         SensorEmulator(port.write, sample_images(12), corrupt_every=3, drop_every=4).run()
         frames = take(received, 6)
-        events.wait_for(lambda e: e.drops["corrupt"] == 3)
+        events.wait_for(lambda e: e.bad["crc"] == 3)
     assert [f.seq for f in frames] == [0, 1, 4, 5, 8, 9]
-    assert events.drops == {"corrupt": 3, "seq_gap": 2}  # 11 is lost unseen: nothing came after it
+    # Frames lost are the gaps (2, 3 and 6, 7; 10 and 11 are lost unseen: nothing came after them);
+    # the three damaged packets are counted apart, as packets (issue 15).
+    assert events.drops == {"seq_gap": 4} and events.bad == {"crc": 3}
 
 
 def test_serial_source_reconnects_when_the_port_vanishes(tmp_path: Path) -> None:
@@ -314,18 +325,19 @@ def test_a_read_becomes_byte_count_then_bad_packets_and_runs_of_one_shape_in_ord
                DecodedFrame(5, small + 2), DecodedFrame(6, large)]
     out: list = []
     assert add_records(out, 99, decoded, 7.5) == 4
-    assert [record[0] for record in out] == ["bytes", "frames", "corrupt", "frames", "frames"]
-    assert out[0] == ("bytes", 99) and out[2] == ("corrupt", "crc", "CRC32 mismatch")
-    assert out[1] == ("frames", 7.5, (2, 2, 1), bytes(4) + bytes([1] * 4), [(1, 0), (2, 3)])
-    assert out[3][2:] == ((2, 2, 1), bytes([2] * 4), [(5, 0)])
-    assert out[4][2:] == ((3, 4, 1), large.tobytes(), [(6, 0)])
+    records = wire.RecordReader(1 << 20).feed(b"".join(out))
+    assert [type(r).__name__ for r in records] == ["Received", "Frames", "Bad", "Frames", "Frames"]
+    assert records[0] == wire.Received(99) and records[2] == wire.Bad("crc", "CRC32 mismatch")
+    assert records[1] == wire.Frames(7.5, (2, 2, 1), [(1, 0), (2, 3)], bytes(4) + bytes([1] * 4))
+    assert records[3][1:] == ((2, 2, 1), [(5, 0)], bytes([2] * 4))
+    assert records[4][1:] == ((3, 4, 1), [(6, 0)], large.tobytes())
 
 
 def test_gaps_within_one_run_of_frames_are_reported_together_before_the_run() -> None:
     events = RecordingEvents()
     source = SerialSource("/dev/null", events=events)
     pixels = bytes(range(12))
-    frames = source._frames(2.5, (2, 2, 1), pixels, [(5, 0), (8, 2), (10, 1)])
+    frames = source._frames(wire.Frames(2.5, (2, 2, 1), [(5, 0), (8, 2), (10, 1)], pixels))
     assert events.drops == {"seq_gap": 3}
     assert [f.seq for f in frames] == [5, 8, 10] and all(f.received_at == 2.5 for f in frames)
     assert [f.image.ravel().tolist() for f in frames] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
@@ -374,18 +386,17 @@ def test_frames_raises_when_the_reader_process_dies(tmp_path: Path) -> None:
 
 def test_the_reader_process_stops_when_the_daemon_is_gone(tmp_path: Path) -> None:
     """Without close(), e.g. the daemon was killed: its end of the socket closes and the reader exits."""
-    from multiprocessing.connection import Connection
-
     ours, theirs = socket.socketpair()
     with theirs:
         process = subprocess.Popen([sys.executable, "-c", READER_BOOT, str(PACKAGE_ROOT), str(theirs.fileno())],
                                    pass_fds=[theirs.fileno()])
-    connection = Connection(ours.detach())
+    connection = ours
     try:
-        connection.send({"url": str(tmp_path / "absent"), "baudrate": DEFAULT_BAUD, "read_timeout": 0.05,
-                         "backoff": (5.0, 5.0, 2.0), "max_payload": 1024})
-        assert connection.poll(TIMEOUT)
-        assert connection.recv()[0][:2] == ("up", False)  # now waiting 5 s before it retries
+        connection.sendall(wire.settings({"url": str(tmp_path / "absent"), "baudrate": DEFAULT_BAUD,
+                                          "read_timeout": 0.05, "backoff": (5.0, 5.0, 2.0), "max_payload": 1024}))
+        connection.settimeout(TIMEOUT)
+        [record] = wire.RecordReader(1 << 20).feed(connection.recv(1 << 16))
+        assert isinstance(record, wire.Up) and not record.up  # now waiting 5 s before it retries
         connection.close()
         assert process.wait(TIMEOUT) == 0
     finally:

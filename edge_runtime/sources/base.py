@@ -12,7 +12,9 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 # Why a source dropped frames; a tuple so metrics can create every labelled series up front.
-SOURCE_DROP_REASONS: tuple[str, ...] = ("corrupt", "seq_gap")
+# Frames lost on the wire are the sequence numbers that never arrived (damaged packets are counted
+# apart, as packets: see SourceEvents.bad_packet).
+SOURCE_DROP_REASONS: tuple[str, ...] = ("seq_gap",)
 
 
 class Frame(NamedTuple):
@@ -58,6 +60,14 @@ class SourceEvents(Protocol):
         """``n`` raw bytes arrived (serial only), so a dead link and a silent sensor differ."""
         ...
 
+    def bad_packet(self, kind: str) -> None:
+        """A packet was dropped (serial only); ``kind`` is one of protocol.BAD_PACKET_KINDS."""
+        ...
+
+    def bytes_flushed(self, n: int) -> None:
+        """``n`` bytes sent before the port opened were discarded by opening it (serial only)."""
+        ...
+
 
 class NullEvents:
     """Ignores every report: for tests and offline commands that do not export metrics."""
@@ -69,4 +79,10 @@ class NullEvents:
         pass
 
     def bytes_received(self, n: int) -> None:
+        pass
+
+    def bad_packet(self, kind: str) -> None:
+        pass
+
+    def bytes_flushed(self, n: int) -> None:
         pass

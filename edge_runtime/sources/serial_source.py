@@ -5,11 +5,12 @@ is the daemon's side of it. Why a process and not the pipeline's reader thread: 
 (COBS and the protocol checks, edge_runtime.protocol) is Python code, 25-30 µs of CPU per MNIST
 frame, and a Python process runs one thread at a time (the GIL). In the reader thread it held the
 GIL for 30-45 µs a frame, time the inference thread could not use even with a second core idle.
-In its own process decoding runs beside inference, and the daemon's process spends 5-7 µs a frame
-on the source: unpickling one message per batch of reads (up to 64 frames) and wrapping the pixels
-without copying them (bench/daemon.py; 2-core host). The reader process costs as much CPU as the
-thread did, so this pays where a core is free, as on an edge host serving one sensor; on a host
-whose every core is busy, throughput follows the total CPU per frame either way.
+In its own process decoding runs beside inference, and the daemon's process spends a few µs a frame
+on the source: parsing one binary record per run of frames (up to 64; :mod:`.reader_wire`, no
+pickle, because the reader parses untrusted bytes) and wrapping the pixels in one array
+(bench/daemon.py). The reader process costs as much CPU as the thread did, so this pays where a
+core is free, as on an edge host serving one sensor; on a host whose every core is busy,
+throughput follows the total CPU per frame either way.
 
 What stays the same: :meth:`SerialSource.batches` yields the frames and reports every fault
 through :class:`~.base.SourceEvents` from the thread iterating it, in order (the sequence gaps
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import signal
 import socket
 import subprocess
@@ -35,15 +37,14 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import serial
 
 from ..errors import ConfigError, SourceError
 from ..protocol import MAX_PAYLOAD_BYTES
+from . import reader_wire as wire
 from .base import Frame, NullEvents, SourceEvents
 from .spec import DEFAULT_BAUD
 
@@ -61,6 +62,11 @@ READER_IGNORES = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 STOP_GRACE_S = 5.0
 # How often the receiving loop looks at close() and the grace deadline when no message comes.
 POLL_S = 0.5
+# One recv from the reader: a full batch of MNIST frames (64 x ~800 bytes) in one call.
+RECV_BYTES = 1 << 20
+# The reader sends at most this many frames per record (serial_reader.MAX_BATCH_FRAMES, kept here
+# because that module imports this one); it bounds what the daemon buffers for one record.
+MAX_BATCH_FRAMES = 64
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ class SerialSource:
         self._events = events or NullEvents()
         self._closed = threading.Event()
         self._lock = threading.Lock()  # close() (any thread) and batches() both send to the reader
-        self._connection: Connection | None = None
+        self._connection: socket.socket | None = None
         self._pid: int | None = None
         self._up: bool | None = None
 
@@ -136,9 +142,9 @@ class SerialSource:
 
     # --- the reader process ------------------------------------------------------------------
 
-    def _start_reader(self) -> tuple[subprocess.Popen[bytes], Connection]:
-        ours, theirs = socket.socketpair()
-        with ours, theirs:
+    def _start_reader(self) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        connection, theirs = socket.socketpair()
+        with theirs:
             # The reader ignores the stop signals (see serial_reader); blocked from before it
             # exists, a Ctrl-C or SIGTERM to the process group cannot kill it while it starts up.
             # The mask is this thread's only and is inherited across exec.
@@ -150,9 +156,8 @@ class SerialSource:
                 )
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            connection = Connection(ours.detach())
         with contextlib.suppress(OSError):  # it died at once: batches() says so when it reads the end
-            connection.send(self._settings)
+            connection.sendall(wire.settings(self._settings))
         with self._lock:
             self._connection = connection
             self._pid = process.pid
@@ -161,11 +166,11 @@ class SerialSource:
         return process, connection
 
     @staticmethod
-    def _ask_to_stop(connection: Connection) -> None:
+    def _ask_to_stop(connection: socket.socket) -> None:
         with contextlib.suppress(OSError):  # the reader is gone already
-            connection.send(None)
+            connection.sendall(b"\x00")
 
-    def _stop_reader(self, process: subprocess.Popen[bytes], connection: Connection) -> None:
+    def _stop_reader(self, process: subprocess.Popen[bytes], connection: socket.socket) -> None:
         with self._lock:
             self._connection = None
             self._pid = None
@@ -177,50 +182,58 @@ class SerialSource:
             process.kill()
             process.wait()
 
-    def _receive(self, connection: Connection) -> Iterator[list[Frame]]:
-        """Yield frames and report events from the reader's messages until it says "end"."""
+    def _receive(self, connection: socket.socket) -> Iterator[list[Frame]]:
+        """Yield frames and report events from the reader's records until it says END."""
+        records = wire.RecordReader(MAX_BATCH_FRAMES * self._settings["max_payload"])
+        # recv_into one buffer: recv(1 MiB) allocates 1 MiB per call, ~30 us, more than parsing a frame.
+        scratch = bytearray(RECV_BYTES)
         deadline: float | None = None
         while True:
             if deadline is None and self._closed.is_set():
                 deadline = time.monotonic() + STOP_GRACE_S
-            if not connection.poll(POLL_S):
+            if not select.select([connection], [], [], POLL_S)[0]:
                 if deadline is not None and time.monotonic() > deadline:
                     log.warning("serial reader did not finish within %.0f s of close()", STOP_GRACE_S)
                     return
                 continue
-            try:
-                message: list[tuple[Any, ...]] = connection.recv()
-            except EOFError:
+            received = connection.recv_into(scratch)
+            if not received:
                 if self._closed.is_set():
                     return  # killed while we were stopping anyway
-                raise SourceError(f"the serial reader process for {self._url} exited unexpectedly") from None
-            for record in message:
-                kind = record[0]
-                if kind == "frames":
-                    yield self._frames(*record[1:])
-                elif kind == "bytes":
-                    self._events.bytes_received(record[1])
-                elif kind == "corrupt":
-                    log.debug("dropped packet from %s: %s (%s)", self._url, record[1], record[2])
-                    self._events.dropped("corrupt")
-                elif kind == "up":
-                    self._set_up(record[1], record[2])
-                elif kind == "end":
+                raise SourceError(f"the serial reader process for {self._url} exited unexpectedly")
+            try:
+                batch = records.feed(memoryview(scratch)[:received])
+            except wire.WireError as error:
+                raise SourceError(f"the serial reader process for {self._url} sent a malformed record "
+                                  f"({error}); stopping it") from None
+            for record in batch:
+                if isinstance(record, wire.Frames):
+                    yield self._frames(record)
+                elif isinstance(record, wire.Received):
+                    self._events.bytes_received(record.n)
+                elif isinstance(record, wire.Bad):
+                    log.debug("dropped packet from %s: %s (%s)", self._url, record.kind, record.detail)
+                    self._events.bad_packet(record.kind)
+                elif isinstance(record, wire.Flushed):
+                    log.warning("%d bytes were waiting in %s when it opened (sent before we listened); "
+                                "discarded", record.n, self._url)
+                    self._events.bytes_flushed(record.n)
+                elif isinstance(record, wire.Up):
+                    self._set_up(record.up, record.text)
+                elif isinstance(record, wire.End):
                     return
-                elif kind == "error":
-                    raise RuntimeError(f"the serial reader process for {self._url} failed:\n{record[1]}")
                 else:
-                    raise RuntimeError(f"unknown message from the serial reader: {record!r}")
+                    raise RuntimeError(f"the serial reader process for {self._url} failed:\n{record.text}")
 
-    def _frames(self, received_at: float, shape: tuple[int, ...], pixels: bytes,
-                frames: list[tuple[int, int]]) -> list[Frame]:
+    def _frames(self, record: wire.Frames) -> list[Frame]:
         """One run of frames; a gap before any of them is reported before the run is yielded."""
-        # Read-only views into the message: no copy per frame.
-        images = np.frombuffer(pixels, np.uint8).reshape(len(frames), *shape)
-        missing = sum(gap for _, gap in frames)
+        # Read-only views into the record's pixels: no copy per frame.
+        images = np.frombuffer(record.pixels, np.uint8).reshape(len(record.ids), *record.shape)
+        missing = sum(gap for _, gap in record.ids)
         if missing:
             self._events.dropped("seq_gap", missing)
-        return [Frame(seq, image, received_at) for (seq, _), image in zip(frames, images, strict=True)]
+        at = record.received_at
+        return [Frame(seq, image, at) for (seq, _), image in zip(record.ids, images, strict=True)]
 
     def _set_up(self, up: bool, message: str) -> None:
         """Report and log link changes only, so a sensor unplugged for hours is one log line."""

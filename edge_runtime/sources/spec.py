@@ -17,7 +17,8 @@ from ..errors import ConfigError
 DEFAULT_BAUD = 115200
 MNIST_TEST = "mnist-test"
 VALID_FORMS = (
-    "serial:PORT_OR_PYSERIAL_URL[?baud=N] (e.g. serial:/dev/ttyUSB0?baud=921600, serial:socket://HOST:PORT)"
+    "serial:PORT_OR_PYSERIAL_URL[?baud=N&rate=HZ] (e.g. serial:/dev/ttyUSB0?baud=921600&rate=30,"
+    " serial:socket://HOST:PORT)"
     f" or replay:FRAMES.npy|{MNIST_TEST}[?rate=HZ&loop=1]"
 )
 
@@ -26,6 +27,7 @@ VALID_FORMS = (
 class SerialSpec:
     url: str  # a device path or any pyserial URL (loop://, socket://, rfc2217://...)
     baudrate: int = DEFAULT_BAUD
+    rate: float | None = None  # frames per second the sensor sends; None: unknown (staleness not judged)
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,13 @@ def _parse_serial(spec: str, target: str, params: dict[str, str]) -> SerialSpec:
     baud = params.pop("baud", str(DEFAULT_BAUD))
     if not baud.isdigit() or int(baud) <= 0:
         raise _bad(spec, f"baud must be a positive integer, got {baud!r}; ")
+    rate = _rate(spec, params.pop("rate")) if "rate" in params else None
     if params:
         if "://" not in target:
-            raise _bad(spec, f"unknown option(s) {', '.join(sorted(params))} (serial takes baud); ")
+            raise _bad(spec, f"unknown option(s) {', '.join(sorted(params))} (serial takes baud, rate); ")
         # Other options belong to the pyserial URL handler (e.g. socket://h:p?logging=debug).
         target = f"{target}?{urlencode(params)}"
-    return SerialSpec(target, int(baud))
+    return SerialSpec(target, int(baud), rate)
 
 
 def _parse_replay(spec: str, target: str, params: dict[str, str]) -> ReplaySpec:
