@@ -238,6 +238,11 @@ class Daemon:
             energy_sources=[(backend, s) for s in energy_sources] + [("simulator", s) for s in fallback_energy],
             layers=[(name, s) for name in layer_names for s in {*layer_sources, *fallback_layers}],
         )
+        mapping = manifest.mappings.get(self._energy.device)
+        if mapping is not None and mapping.multi_pass:
+            log.warning("%s maps in %d passes on %s: its modelled energy and latency are the least certain "
+                        "(docs/energy-model.md); calibrate on the board to trust them", manifest.name,
+                        mapping.passes, self._energy.device.upper())
         self.metrics.set_energy_model(
             self._energy.device, self._energy.version, None if energy is None else energy.dynamic_j,
             None if energy is None else energy.chip_s,
