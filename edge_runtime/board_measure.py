@@ -57,10 +57,12 @@ def sub_models(model: Any, load: Callable[..., Any]) -> list[tuple[str, Any]]:
     """``model[:1]``, ``model[:2]``, ... (every sub-model's last layer silenced unless it emits potentials),
     then the whole model as it is."""
     out = []
-    for end in range(1, len(model.layers)):
+    # An InputData layer computes nothing: a sub-model must end on a layer that runs on the chip.
+    first = 1 if model.layers[0].parameters.layer_type.name == "InputData" else 0
+    for end in range(first + 1, len(model.layers)):
         sub = load(layers=model.layers[:end])
         last = sub.layers[-1]
-        if last.parameters.activation:
+        if _fires(last):
             last.set_variable("threshold", np.full_like(last.get_variable("threshold"), SILENT_THRESHOLD))
             last.set_variable("act_step", np.full_like(last.get_variable("act_step"), SILENT_ACT_STEP))
         out.append((f"layers 1-{end}", sub))
@@ -73,9 +75,14 @@ def shifted(model: Any, shift: int, load: Callable[..., Any]) -> Any:
     ``shift_thresholds``): fewer neurons fire for a positive shift, more for a negative one."""
     copy = load(layers=list(model.layers))
     for layer in copy.layers:
-        if layer.parameters.activation:
+        if _fires(layer):
             layer.set_variable("threshold", layer.get_variable("threshold") + shift)
     return copy
+
+
+def _fires(layer: Any) -> bool:
+    """Whether the layer has a firing threshold (InputData has no ``activation`` parameter at all)."""
+    return layer.parameters.layer_type.name != "InputData" and bool(layer.parameters.activation)
 
 
 def read_board(model: Any, device: Any, frames: np.ndarray, mode: str,

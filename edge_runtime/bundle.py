@@ -128,6 +128,8 @@ class EnergyMetrics:
     ``total_j`` as akida's ``model.statistics`` prints it (floor power x host-inclusive frame time +
     dynamic, a long ``forward`` call); ``dynamic_j`` floor subtracted (the devhub's convention);
     ``chip_s`` on-chip latency of one frame; ``frame_s`` host-inclusive time per frame in a long call.
+    ``*_one_per_call``: the same when every frame is its own ``forward`` call (no overlap, the whole
+    per-call host overhead on each frame): what a daemon serving one frame at a time pays.
     """
 
     profile: str  # the device profile's version, e.g. "akd1000-v2"
@@ -135,6 +137,8 @@ class EnergyMetrics:
     frame_s: float
     dynamic_j: float
     total_j: float
+    frame_s_one_per_call: float
+    total_j_one_per_call: float
 
 
 @dataclass(frozen=True)

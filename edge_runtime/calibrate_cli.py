@@ -140,8 +140,9 @@ def load_samples(path: Path, device: str) -> list[Sample]:
         layers = load_counters(path.parent / row["counters"]).layers
         if [layer.name for layer in layers] != [p.name for p in mapping.layers]:
             raise DataError(f"{where}: the counters' layers do not match {row['model']}'s")
-        activity = tuple(Activity(np.array([np.mean(layer.input_events)], np.float64),
-                                  np.array([np.mean(layer.synaptic_ops)], np.float64)) for layer in layers)
+        # per frame, not means: a layer's fixed cost is paid on the frames where it receives an event
+        activity = tuple(Activity(np.asarray(layer.input_events, np.float64),
+                                  np.asarray(layer.synaptic_ops, np.float64)) for layer in layers)
         energy, floor, frame = values["energy_j"], values["floor_w"], values["frame_time_s"]
         dynamic = energy - floor * frame if None not in (energy, floor, frame) else None
         if dynamic is not None and dynamic <= 0:
@@ -185,14 +186,6 @@ def load_counters(path: Path) -> counters.Counters:
         )
         for name in names
     ))
-
-
-def _check_counter(path: Path, key: str, array: np.ndarray, *, static: bool) -> None:
-    """Static counts are integer scalars, per-frame ones 1-D numbers."""
-    if static and (array.ndim != 0 or array.dtype.kind not in "iu"):
-        raise DataError(f"{path}: {key} must be one integer, got {array.dtype} {array.shape}")
-    if not static and (array.ndim != 1 or array.dtype.kind not in "iuf"):
-        raise DataError(f"{path}: {key} must be one number per frame (1-D), got {array.dtype} {array.shape}")
 
 
 def _check_counter(path: Path, key: str, array: np.ndarray, *, static: bool) -> None:

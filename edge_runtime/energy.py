@@ -203,7 +203,7 @@ def layer_features(place: Placement, activity: Activity) -> dict[str, np.ndarray
     if place.unit == "FNP":
         work = events * place.width
         kind = "fnp2" if "FNP2" in place.np_types else "fnp3"
-        return {f"{kind}_clk_per_event_unit": work / place.nps, "fnp_clk_per_layer": active / place.nps,
+        return {f"{kind}_clk_per_event_unit": work / place.nps, "fnp_clk_per_layer": active,
                 "dyn_pj_per_fnp_event_unit": work, "dyn_pj_per_synop": synops}
     return {}
 
@@ -285,7 +285,8 @@ class ModelCost:
     @classmethod
     def bind(cls, profile: DeviceProfile, mapping: ModelMapping) -> ModelCost:
         c = profile.coefficients
-        # probe frames: silent; active with 0 events (only the step); 1 event; 1 synop, nothing else
+        # probe frames: 0 events; 1 event; 2 events (the slope and, from it, the step at the first event);
+        # 1 synop and no event (not physical, but the form is linear in it)
         events, synops = np.array([0.0, 1.0, 2.0, 0.0]), np.array([0.0, 0.0, 0.0, 1.0])
         clk, pj = np.zeros((3, len(mapping.layers))), np.zeros((4, len(mapping.layers)))
         for i, place in enumerate(mapping.layers):
@@ -304,6 +305,8 @@ class ModelCost:
         the pipeline's fill are spread (default: a long batch).
         """
         c = self.profile.coefficients
+        if not frames_per_call >= 1:
+            raise DataError(f"frames per call must be at least 1, got {frames_per_call}")
         events = np.asarray(events, dtype=np.float64)
         synops = np.asarray(synops, dtype=np.float64)
         if events.ndim != 2 or events.shape[1] != self.clk.shape[1] or synops.shape != events.shape:

@@ -272,9 +272,11 @@ def modelled_energy(profiles: Mapping[str, DeviceProfile], mappings: Mapping[str
     """Per device: the v2 model's time and energy per frame (means over the counters' frames)."""
     out = {}
     for device, profile in profiles.items():
-        estimate = profile.bind(mappings[device]).evaluate_counters(counters.layers)
+        cost = profile.bind(mappings[device])
+        estimate, single = cost.evaluate_counters(counters.layers), cost.evaluate_counters(counters.layers, 1)
         out[device] = EnergyMetrics(profile.version, float(np.mean(estimate.chip_s)), float(np.mean(estimate.frame_s)),
-                                    float(np.mean(estimate.dynamic_j)), float(np.mean(estimate.total_j)))
+                                    float(np.mean(estimate.dynamic_j)), float(np.mean(estimate.total_j)),
+                                    float(np.mean(single.frame_s)), float(np.mean(single.total_j)))
     return out
 
 

@@ -186,7 +186,8 @@ def format_metrics(manifest: Manifest) -> str:
         lines.append(f"modelled on {device.upper()} ({e.profile}, {mapping.mode if mapping else '?'} mapping{passes}): "
                      f"total {e.total_j * 1e6:.1f} uJ/frame (model.statistics convention: floor x frame time + "
                      f"dynamic), dynamic {e.dynamic_j * 1e6:.2f} uJ/frame, on-chip latency {e.chip_s * 1e6:.1f} us, "
-                     f"frame time {e.frame_s * 1e6:.1f} us in a long batch")
+                     f"frame time {e.frame_s * 1e6:.1f} us in a long batch; one frame per call: total "
+                     f"{e.total_j_one_per_call * 1e6:.1f} uJ/frame, {e.frame_s_one_per_call * 1e6:.1f} us/frame")
     return "\n".join(lines)
 
 

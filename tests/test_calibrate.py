@@ -272,3 +272,21 @@ def test_fit_refuses_data_that_cannot_pin_the_coefficients() -> None:
         energy_fit.fit([Row("a", {"x": 1.0}, 1.0), Row("b", {"x": 2.0}, 2.0)], ["x", "y"], {})
     with pytest.raises(DataError, match="positive finite"):
         energy_fit.fit([Row("a", {"x": 1.0}, -1.0)], ["x"], {})
+
+
+def test_a_model_that_starts_with_input_data_is_measured_from_its_first_computing_layer(tmp_path) -> None:
+    """InputData computes nothing and has no firing threshold: sub-models start after it."""
+    rng = np.random.default_rng(8)
+    model = akida.Model()
+    model.add(akida.InputData((12, 12, 1), input_bits=4, name="input"))
+    model.add(akida.Convolutional((3, 3), 8, name="conv", weights_bits=4, act_bits=4))
+    model.add(akida.FullyConnected(10, name="fc", weights_bits=4, activation=False))
+    for layer in model.layers[1:]:
+        set_random_variables(rng, layer)
+    model.save(str(tmp_path / "m.fbz"))
+    board = FakeBoard(HIDDEN)
+    frames = rng.integers(0, 16, size=(6, 12, 12, 1)).astype(np.uint8)
+    samples = measure(tmp_path / "m.fbz", frames, tmp_path / "out", device=board, mode="Minimal", shifts=(1,),
+                      load=board.Model, clock=board.clock)
+    labels = [row["label"] for row in csv.DictReader(samples.open())][::2]
+    assert labels == ["layers 1-2", "whole model", "threshold shift +1"]

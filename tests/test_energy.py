@@ -246,29 +246,31 @@ def test_load_refuses_a_file_that_is_not_an_object_or_not_json(tmp_path) -> None
 
 
 @pytest.mark.slow
-def test_packaged_profiles_are_what_the_fit_to_silicon_gives_and_meet_its_targets(capsys) -> None:
-    """Re-run bench/energy_fit.py: the shipped coefficients must be the ones it fits from the
-    measurement set (a stale profile file fails here), and the fit must reproduce the devhub's
-    per-layer clocks (median within 15%) and single-pass latencies (each within 25%)."""
+def test_packaged_profiles_are_what_the_fit_to_silicon_gives_and_meet_its_targets() -> None:
+    """Re-run bench/energy_fit.py: both shipped profiles, every coefficient and source, must be what it
+    fits from the measurement set (a stale or hand-edited file fails here), and its report must be the
+    committed docs/results/energy-fit.md. Then the fit's own quality, as regression guards: the devhub's
+    per-layer clocks within a median 15% (the target), single-pass latencies within 25% (the target is
+    20%, missed by two small AllNps models: docs/energy-model.md)."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         import energy_fit
     finally:
         sys.path.remove(str(ROOT / "bench"))
+    akd1500, akd1000, report = energy_fit.fit_profiles()
+    for fitted in (akd1500, akd1000):
+        assert fitted.to_document() == DeviceProfile.packaged(fitted.device).to_document(), fitted.device
+    assert report == (ROOT / "docs" / "results" / "energy-fit.md").read_text()
     doc = json.loads(energy_fit.DATA.read_text())
     built = energy_fit.build_all(doc)
     fit_rows, _, end_to_end = energy_fit.clock_rows(doc, built)
     clocks = energy_fit.fit_clocks(fit_rows)
-    packaged = DeviceProfile.packaged("akd1500").coefficients
-    for name in energy.CLOCK_COEFFICIENTS:
-        assert getattr(packaged, name) == pytest.approx(clocks.values[name], rel=1e-9), name
     layers = [abs(e) for r, e in zip(fit_rows, clocks.relative_errors, strict=True) if "/" in r.label]
     assert np.median(layers) <= 0.15
-    single = [(r, p) for (r, _), p in zip(end_to_end, energy_fit.energy_fit.predict([r for r, _ in end_to_end],
-                                                                                        clocks.values), strict=True)
+    rows = [r for r, _ in end_to_end]
+    single = [(r, p) for r, p in zip(rows, energy_fit.energy_fit.predict(rows, clocks.values), strict=True)
               if "HwPr" not in r.label and not energy_fit._multi(r.label)]
     assert max(abs(p / r.target - 1) for r, p in single) <= 0.25
-    assert energy_fit.main([]) == 0 and "Summary" in capsys.readouterr().out
 
 
 def test_the_one_frame_path_equals_the_array_path() -> None:
