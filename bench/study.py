@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime import mnist
 from edge_runtime.energy import EnergyModel
+from exporter import mnist_fetch
 from exporter.qat import to_akida
 from exporter.train import layers_from_arrays, simulate
 
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="an `edge-export sweep` over penalty.form to include, if present")
     args = parser.parse_args(argv)
     wall = {} if args.skip_train else {name: train(name, args.runs) for name in MODELS}
-    data = mnist.load_mnist()
+    data = mnist_fetch.load_mnist()
     energy = EnergyModel.load_default()
     results = {name: measure(args.runs / f"mnist-{name}", data.test_images, data.test_labels.astype(np.int64), energy)
                for name in MODELS}

@@ -282,9 +282,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     bundle_dir = args.model if args.model is not None else default_bundle()
-    if not mnist.cache_path().exists():
-        print("fetching MNIST into the cache (once)...", flush=True)
-    data = mnist.load_mnist()
+    data = mnist.load_mnist()  # ./dev demo fills the cache first (edge-export data fetch)
     # A harness's SIGTERM ends the demo like Ctrl-C: with a drained daemon and the summary.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as scratch, PtyPort() as port:

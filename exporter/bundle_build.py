@@ -30,7 +30,6 @@ import akida
 import numpy as np
 import onnx
 
-from edge_runtime import mnist
 from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer, MaxPool, load_model
 from edge_runtime.bundle import (
     FBZ,
@@ -64,6 +63,7 @@ from edge_runtime.errors import BundleError, DataError, ModelError
 from edge_runtime.onnx_session import OnnxSession
 from edge_runtime.simulator import Simulator, window_geometry
 
+from . import mnist_fetch
 from .akida_build import DeviceMapping, map_on_akd1000, to_akida
 from .onnx_build import OPSET, check_exact, to_onnx
 
@@ -111,7 +111,7 @@ class VerifyReport:
 
 def mnist_eval_set(cache_dir: Path | None = None) -> EvalSet:
     """The MNIST test split (10,000 frames), fetched into the cache if needed."""
-    data = mnist.load_mnist(cache_dir)
+    data = mnist_fetch.load_mnist(cache_dir)
     return EvalSet(MNIST_TEST, data.test_images[..., None], data.test_labels.astype(np.int64),
                    tuple(str(d) for d in range(10)), MNIST_PREPROCESSING)
 

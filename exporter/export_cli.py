@@ -13,8 +13,6 @@ from edge_runtime.bundle import Manifest, file_problems, read_manifest
 from edge_runtime.energy import EnergyModel
 from edge_runtime.errors import BundleError, DataError
 
-from .bundle_build import export_run, mnist_eval_set, verify_bundle
-
 log = logging.getLogger(__name__)
 
 CACHE_HELP = "MNIST cache directory (default: as for `edge-export data fetch`)"
@@ -58,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from .bundle_build import export_run, mnist_eval_set  # onnx and onnxruntime: the export extra
+
     energy_model = EnergyModel.load(args.energy_model) if args.energy_model else EnergyModel.load_default()
     manifest = export_run(args.run_dir, args.out, mnist_eval_set(args.cache_dir), name=args.name,
                           energy_model=energy_model, force=args.force)
@@ -84,6 +84,8 @@ def _load_frames(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .bundle_build import verify_bundle  # onnxruntime: the export extra
+
     manifest, _ = read_manifest(args.bundle)
     frames, source = None, ""
     if args.frames is not None:

@@ -28,13 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from edge_runtime import mnist
 from edge_runtime.akida_model import from_akida
 from edge_runtime.counters import LayerCounters
 from edge_runtime.errors import ConfigError
 from edge_runtime.simulator import Simulator
 
-from . import penalties
+from . import mnist_fetch, penalties
 from .config import Config, ModelConfig, config_to_dict
 from .qat import (
     ACT_BITS,
@@ -66,7 +65,7 @@ class Data:
 def load_data(config: Config) -> Data:
     """MNIST from the shared cache, cut to the configured limits (tests train on small slices)."""
     cache = Path(config.data.cache_dir) if config.data.cache_dir else None
-    split = mnist.load_mnist(cache)
+    split = mnist_fetch.load_mnist(cache)
     return data_from_arrays(split.train_images, split.train_labels, split.test_images, split.test_labels,
                             config.data.train_limit, config.data.test_limit)
 
