@@ -123,8 +123,8 @@ def load_counters(path: Path) -> counters.Counters:
     return counters.Counters(tuple(
         counters.LayerCounters(
             name=name,
-            **{counter: int(arrays[f"{name}/{counter}"]) for counter in counters.STATIC},
-            **{counter: arrays[f"{name}/{counter}"] for counter in counters.PER_FRAME},
+            **{counter: int(arrays[f"{name}/{counter}"]) for counter in counters.STATIC},  # type: ignore[arg-type]
+            **{counter: arrays[f"{name}/{counter}"] for counter in counters.PER_FRAME},  # type: ignore[arg-type]
         )
         for name in names
     ))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     frames = load_frames(args.frames, model.input_shape)
     result = Simulator(model).run(frames)
-    files.atomic_write(args.out, lambda f: np.savez(f, outputs=result.outputs, **result.counters.to_arrays()))
+    arrays: dict[str, Any] = {"outputs": result.outputs, **result.counters.to_arrays()}
+    files.atomic_write(args.out, lambda f: np.savez(f, **arrays))
     if args.stats is not None:
         document = {"model": str(args.model), "frames_file": str(args.frames), **stats(result.counters)}
         files.atomic_write(args.stats, lambda f: f.write((json.dumps(document, indent=2) + "\n").encode()))

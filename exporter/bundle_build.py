@@ -120,7 +120,7 @@ def mnist_eval_set(cache_dir: Path | None = None) -> EvalSet:
 
 
 def _read_only(array: np.ndarray, dtype: type) -> np.ndarray:
-    out = np.array(array, dtype=dtype, copy=True)
+    out: np.ndarray = np.array(array, dtype=dtype, copy=True)
     out.setflags(write=False)
     return out
 
@@ -139,7 +139,7 @@ def model_from_spec(layers: Sequence[Mapping[str, Any]], input_shape: Sequence[i
     """Build the AkidaModel a run describes: layer hyper-parameters from ``spec.json`` and
     ``<name>.weights|threshold|act_step`` arrays in akida's layouts (FC weights (1, 1, inputs, units)).
     Layers without activation may omit threshold and act_step (akida's defaults, 0 and 1, are used)."""
-    shape = tuple(int(v) for v in input_shape)
+    shape: tuple[int, int, int] = tuple(int(v) for v in input_shape)  # type: ignore[assignment]  # (x, y, c)
     input_bits = 8
     built: list[Layer] = []
     for spec in layers:

@@ -215,7 +215,7 @@ def train_one_epoch(model: ZeroAwareNet, optimizer: torch.optim.Optimizer, data:
             strength = ramp(qat_progress, p.start_epoch, p.ramp_epochs)
             if strength > 0 and p.activations > 0:
                 counts = penalties.activation_counts(result.acts, result.pre, p.form, p.width)
-                costs = [1.0, 1.0, 1.0]
+                costs: list[Tensor | float] = [1.0, 1.0, 1.0]
                 if p.energy_weighted:
                     fanouts = penalties.mean_fanouts(result.weight_ratios, model.widths, p.width)
                     costs = event_costs(fanouts, energy_model, p.through_weights)
@@ -374,7 +374,7 @@ def write_run(out: Path, model: ZeroAwareNet, config: Config, layers: list[Integ
               report: dict[str, Any], eval_scores: np.ndarray) -> None:
     """Everything the exporter needs: integer params + spec, golden scores, config, model, report."""
     out.mkdir(parents=True, exist_ok=True)
-    arrays = params_arrays(layers)
+    arrays: dict[str, Any] = params_arrays(layers)
     tmp = out / "params.tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, out / "params.npz")
