@@ -109,7 +109,7 @@ def _with_floor_power(model: energy.EnergyModel, watts: float) -> energy.EnergyM
 def load_counters(path: Path) -> counters.Counters:
     """Read counters saved from :meth:`counters.Counters.to_arrays`: ``<layer>/<counter>`` arrays, layers
     in model order (the order they first appear in the file). Arrays not named so are ignored."""
-    what = "counters (an .npz of <layer>/<counter> arrays, as `simulate --out` writes)"
+    what = "counters (an .npz of <layer>/<counter> arrays, as 'simulate --out' writes)"
     arrays = {key: value for key, value in files.load_arrays(path, what).items() if "/" in key}
     names = list(dict.fromkeys(key.rpartition("/")[0] for key in arrays))
     if not names:

@@ -38,6 +38,13 @@ from .emulator import PtyPort, SensorEmulator
 from .errors import ConfigError
 from .sdnotify import Notifier
 
+DESCRIPTION = """\
+The whole edge path on one machine, with nothing to plug in: a sensor emulator sends MNIST test
+frames over a pseudo-terminal with the serial protocol, and the real daemon reads them as it would
+read /dev/ttyUSB0 and serves the zero-aware bundle on the Akida board if one is attached, else on the
+simulator. Once a second it prints throughput, energy per inference, activation sparsity and
+accuracy so far, read from the daemon's own metrics. Needs the MNIST cache (edge-export data fetch).
+"""
 BUNDLE_NAME = "mnist-zeroaware"
 DEFAULT_SECONDS = 20.0
 # A fast serial sensor's pace (921600 baud carries ~110 MNIST frames/s); the simulator keeps up.
@@ -264,7 +271,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "demo",
         help="serve the zero-aware MNIST bundle to an emulated serial sensor and show energy, sparsity, accuracy",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", type=Path, metavar="BUNDLE_DIR",

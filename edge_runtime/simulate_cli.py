@@ -21,12 +21,19 @@ from .energy import EnergyModel
 from .errors import DataError
 from .simulator import Simulator
 
+DESCRIPTION = """\
+Run MODEL.fbz on FRAMES.npy with our bit-exact simulator, offline. Writes what
+akida.Model(MODEL).forward(FRAMES) would return ("outputs") and every layer's per-frame counters
+to one .npz (keys LAYER/COUNTER, as "edge-runtime calibrate --counters" reads them), and optionally
+a JSON summary with per-layer means and the modelled energy per frame.
+"""
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "simulate",
         help="run a .fbz model on frames with the NumPy simulator (no board needed)",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", type=Path, metavar="MODEL.fbz", help="Akida 1.0 model saved by akida")

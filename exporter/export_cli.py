@@ -15,7 +15,7 @@ from edge_runtime.errors import BundleError, DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_HELP = "MNIST cache directory (default: as for `edge-export data fetch`)"
+CACHE_HELP = "MNIST cache directory (default: as for 'edge-export data fetch')"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "agree on all 10,000 MNIST test frames, measure accuracy, sparsity and modelled energy, then write the "
         "bundle atomically. Nothing is written if any check fails.",
     )
-    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory from `edge-export train`")
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory from 'edge-export train'")
     export.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR", help="bundle directory to write")
     export.add_argument("--name", default=None, help="model name in the manifest (default: the --out directory's name)")
     export.add_argument("--force", action="store_true", help="replace an existing bundle at --out")

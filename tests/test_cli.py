@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +117,27 @@ def test_a_command_whose_extra_is_missing_names_it(
     assert code == 2
     assert err == ("edge-export: error: `edge-export train` needs the train extra (no module 'torch'): "
                    "pip install 'akida-edge[train]'\n")
+
+
+def _parsers(main_parser):
+    """The top-level parser and every sub(sub)command parser under it."""
+    yield main_parser
+    for action in main_parser._actions:  # argparse keeps subparsers here; there is no public accessor
+        if isinstance(action.choices, dict):  # a subcommand action: {name: parser}
+            for child in action.choices.values():
+                yield from _parsers(child)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(("prog", "registrars"), [("edge-runtime", runtime_cli.REGISTRARS),
+                                                  ("edge-export", export_cli.REGISTRARS)])
+def test_help_texts_have_no_developer_markup_and_their_examples_exist(prog: str, registrars) -> None:
+    for parser in _parsers(cliutil.build_parser(prog, "", registrars)):
+        text = parser.format_help()
+        for markup in ("``", ":class:", ":mod:", ":func:", ":meth:", "`"):
+            assert markup not in text, f"{parser.prog}: {markup} in --help"
+        # Paths in examples (--model DIR, --config FILE) are files of this repository.
+        for match in re.finditer(r"--(?:model|config) ((?:models|config)/\S+)", text):
+            assert (ROOT / match.group(1)).exists(), f"{parser.prog}: example {match.group(1)} does not exist"
