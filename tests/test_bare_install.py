@@ -113,3 +113,10 @@ print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))
     assert result.returncode == 0 and result.stdout == "[]\n", result.stderr
     control = _run([sys.executable, "-c", "import onnxruntime, sys; print('onnxruntime' in sys.modules)"])
     assert control.stdout == "True\n"  # it is installed here, so its absence above means something
+
+
+@pytest.mark.slow
+def test_the_data_commands_need_no_extra(bare_venv: Path, mnist_data: Mnist) -> None:
+    """`edge-export data` fills and checks the cache the runtime reads: an edge host can run it."""
+    result = _run([str(bare_venv / "bin" / "edge-export"), "data", "info"])
+    assert result.returncode == 0 and "labels begin [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]" in result.stdout, result.stderr
