@@ -31,11 +31,11 @@ from typing import Any
 import akida
 import numpy as np
 
-from edge_runtime import mnist
 from edge_runtime.akida_model import load_model
 from edge_runtime.energy import DEVICES, DeviceProfile
 from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
 from edge_runtime.simulator import Simulator
+from exporter import mnist_fetch
 from exporter.qat import to_akida
 from exporter.train import layers_from_arrays
 
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="an `edge-export sweep` over penalty.form to include, if present")
     args = parser.parse_args(argv)
     wall = {} if args.skip_train or args.bundles else {name: train(name, args.runs) for name in MODELS}
-    data = mnist.load_mnist()
+    data = mnist_fetch.load_mnist()
     where = args.bundles if args.bundles is not None else args.runs
     results = {name: measure(where / f"mnist-{name}", data.test_images, data.test_labels.astype(np.int64))
                for name in MODELS}

@@ -167,7 +167,7 @@ def _number(where: str, name: str, text: str | None) -> float | None:
 def load_counters(path: Path) -> counters.Counters:
     """Read counters saved from :meth:`counters.Counters.to_arrays`: ``<layer>/<counter>`` arrays, layers
     in model order (the order they first appear in the file). Arrays not named so are ignored."""
-    what = "counters (an .npz of <layer>/<counter> arrays, as `simulate --out` writes)"
+    what = "counters (an .npz of <layer>/<counter> arrays, as 'simulate --out' writes)"
     arrays = {key: value for key, value in files.load_arrays(path, what).items() if "/" in key}
     names = list(dict.fromkeys(key.rpartition("/")[0] for key in arrays))
     if not names:
@@ -181,8 +181,8 @@ def load_counters(path: Path) -> counters.Counters:
     return counters.Counters(tuple(
         counters.LayerCounters(
             name=name,
-            **{counter: int(arrays[f"{name}/{counter}"]) for counter in counters.STATIC},
-            **{counter: arrays[f"{name}/{counter}"] for counter in counters.PER_FRAME},
+            **{counter: int(arrays[f"{name}/{counter}"]) for counter in counters.STATIC},  # type: ignore[arg-type]
+            **{counter: arrays[f"{name}/{counter}"] for counter in counters.PER_FRAME},  # type: ignore[arg-type]
         )
         for name in names
     ))

@@ -17,8 +17,12 @@ REGISTRARS: list[cliutil.Registrar] = [
 ]
 
 
+# Modules a command imports only when it runs, and the extra that installs each.
+EXTRAS = {"onnxruntime": "onnx"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return cliutil.run("edge-runtime", DESCRIPTION, REGISTRARS, argv)
+    return cliutil.run("edge-runtime", DESCRIPTION, REGISTRARS, argv, EXTRAS)
 
 
 if __name__ == "__main__":

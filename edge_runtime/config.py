@@ -4,7 +4,11 @@ Why frozen dataclasses: a typo in a key fails at start (and at SIGHUP, before an
 the list of allowed keys, instead of being silently ignored in production. Every problem in a file
 is collected and reported in one line with the file path. Command-line flags override single keys
 for quick use; the result is validated exactly like a file. The shipped, commented example is
-``config/edge-runtime.toml``; paths are used as written (give absolute paths under systemd).
+``config/edge-runtime.toml`` (for an edge host) and ``config/local.toml`` (from a clone).
+
+Relative paths in a file are relative to that file, not to the directory the daemon was started
+in: a config means the same whoever starts it (systemd starts units in /). Paths given as flags are
+relative to the current directory, as on any command line.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from .energy import DEVICES
 from .errors import ConfigError
 from .sources import parse_source_spec
+from .sources.spec import MNIST_TEST
 from .tomlconfig import read_toml, validate
 
 BACKENDS = ("auto", "akida", "simulator", "onnx")
@@ -120,6 +125,27 @@ def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> ServeC
     return validate(ServeConfig, raw, origin, _check)
 
 
+# Keys whose value is a path ("" = unset), as (section, key).
+PATH_KEYS = (("model", "bundle"), ("inference", "device_profile"), ("predictions", "path"))
+
+
+def resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the file's relative paths (and a ``replay:`` file in source.spec) relative to ``base``."""
+    for section, key in PATH_KEYS:
+        table = raw.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
+            table[key] = str(base / table[key])  # an absolute value stays as it is
+    source = raw.get("source")
+    spec = source.get("spec") if isinstance(source, dict) else None
+    if isinstance(spec, str) and spec.startswith("replay:"):
+        target, query = spec.removeprefix("replay:"), ""
+        if "?" in target:
+            target, query = target.split("?", 1)
+            query = "?" + query
+        if target and target != MNIST_TEST:
+            source["spec"] = f"replay:{base / target}{query}"  # type: ignore[index]  # source is a dict here
+
+
 def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -> ServeConfig:
     """Read ``path`` (or start from defaults), apply ``{"section.key": value}`` overrides, validate.
 
@@ -127,6 +153,8 @@ def load_config(path: Path | None, overrides: Mapping[str, Any] | None = None) -
     the key it replaces and the error names that key.
     """
     raw = read_toml(path) if path is not None else {}
+    if path is not None:
+        resolve_paths(raw, path.absolute().parent)
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         table = raw.setdefault(section, {})

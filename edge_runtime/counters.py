@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -161,6 +162,8 @@ def concatenate(parts: Sequence[Counters]) -> Counters:
     """Join the counters of consecutive batches of the same model (frames in order)."""
     layers = []
     for index, layer in enumerate(parts[0].layers):
-        joined = {key: np.concatenate([getattr(part.layers[index], key) for part in parts]) for key in PER_FRAME}
+        joined: dict[str, Any] = {
+            key: np.concatenate([getattr(part.layers[index], key) for part in parts]) for key in PER_FRAME
+        }
         layers.append(replace(layer, **joined))
     return Counters(tuple(layers))

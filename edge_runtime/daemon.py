@@ -102,7 +102,8 @@ class Daemon:
     """One ``edge-runtime serve`` process. ``start`` raises user errors; ``wait`` runs until stopped.
 
     ``config_path`` and ``overrides`` are kept so SIGHUP re-reads the file and re-applies the
-    same flags. ``board`` reaches the Akida device (tests pass a fake one).
+    same flags. ``board`` reaches the Akida device (tests pass a fake one). ``exit_when_done``: a
+    source that ends (a replay without loop) stops the daemon, after the queue drains, with status 0.
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class Daemon:
         notifier: Notifier | None = None,
         board: Board | None = None,
         mnist_cache_dir: Path | None = None,
+        exit_when_done: bool = False,
     ) -> None:
         self._config_path = config_path
         self._overrides = dict(overrides)
@@ -123,6 +125,8 @@ class Daemon:
         self._notifier = notifier if notifier is not None else Notifier()
         self._board = board if board is not None else Board()
         self._mnist_cache_dir = mnist_cache_dir
+        self._exit_when_done = exit_when_done
+        self._finish_logged = False
         self._energy = load_energy_model(self.config)
         self._health = Health()
         self.mailbox = Mailbox()
@@ -151,7 +155,7 @@ class Daemon:
         limit_blas_threads(config.inference.blas_threads)
         prompt_thread_switches()
         try:
-            bundle = verify(config.model.bundle)
+            bundle = self._verify(config)
             backend = self._open_backend(bundle, config, self._energy)
             self._announce(bundle, backend.name, config)
             host, port = parse_listen(config.metrics.listen)
@@ -196,6 +200,14 @@ class Daemon:
         self._health.expected_rate = expected_rate
         self.metrics.sensor_stale_after.set(stale_after(expected_rate))
         self.metrics.sensor_silence.set_function(self._health.silence_s)
+
+    def _verify(self, config: ServeConfig) -> Bundle:
+        """:func:`verify` the configured bundle; a missing directory names the key and the flag to fix it."""
+        if not Path(config.model.bundle).is_dir():
+            origin = self._config_path or "the command line"
+            raise ConfigError(f"{config.model.bundle}: no such bundle directory (model.bundle, from {origin}; "
+                              "set it or pass --model BUNDLE_DIR)")
+        return verify(config.model.bundle)
 
     def _open_backend(self, bundle: Bundle, config: ServeConfig, energy: DeviceProfile) -> Backend:
         """The configured backend, checked against the bundle's golden vectors before it serves.
@@ -269,9 +281,16 @@ class Daemon:
                     self._reload()
                 elif code == Mailbox.SOURCE_CHANGED:
                     self._source_changed()
+                    if self._health.source_finished and self._exit_when_done:
+                        return self.stop(0)
 
     def _source_changed(self) -> None:
         health = self._health
+        if health.source_finished and not self._finish_logged:
+            self._finish_logged = True
+            then = ("draining the queue, then exiting" if self._exit_when_done
+                    else "still serving /metrics until stopped (serve --exit-when-done exits instead)")
+            log.info("source %s finished: no more frames; %s", self.config.source.spec, then)
         if not self._ready_sent and health.source_seen and self.bundle is not None:
             self._ready_sent = True
             self._notifier.ready(self._status())
@@ -299,7 +318,7 @@ class Daemon:
             if kept:
                 log.warning("reload: changes to %s need a restart; keeping the running ones", ", ".join(kept))
                 new = replace(new, source=self.config.source, metrics=self.config.metrics)
-            bundle = verify(new.model.bundle)
+            bundle = self._verify(new)
             energy = load_energy_model(new)
             if new.predictions != self.config.predictions:
                 sinks = open_sinks(new, self.metrics)

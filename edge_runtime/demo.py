@@ -43,6 +43,13 @@ from .sdnotify import Notifier
 
 logger = logging.getLogger(__name__)
 
+DESCRIPTION = """\
+The whole edge path on one machine, with nothing to plug in: a sensor emulator sends MNIST test
+frames over a pseudo-terminal with the serial protocol, and the real daemon reads them as it would
+read /dev/ttyUSB0 and serves the zero-aware bundle on the Akida board if one is attached, else on the
+simulator. Once a second it prints throughput, energy per inference, activation sparsity and
+accuracy so far, read from the daemon's own metrics. Needs the MNIST cache (edge-export data fetch).
+"""
 BUNDLE_NAME = "mnist-zeroaware"
 BASELINE_NAME = "mnist-baseline"  # what the demo reports the zero-aware saving against
 DEFAULT_SECONDS = 20.0
@@ -315,7 +322,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "demo",
         help="serve the zero-aware MNIST bundle to an emulated serial sensor and show energy, sparsity, accuracy",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", type=Path, metavar="BUNDLE_DIR",
@@ -334,9 +341,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     bundle_dir = args.model if args.model is not None else default_bundle()
     check_demo_bundle(Path(bundle_dir), (28, 28, 1), "28x28x1 MNIST test frames")
-    if not mnist.cache_exists(mnist.cache_path()):
-        print("fetching MNIST into the cache (once)...", flush=True)
-    data = mnist.load_mnist()
+    data = mnist.load_mnist()  # ./dev demo fills the cache first (edge-export data fetch)
     # Ctrl-C, and a harness's SIGTERM, end the demo with a drained daemon and the summary.
     stop_on_signals()
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as scratch, PtyPort() as port:

@@ -32,6 +32,12 @@ from .sources import DEFAULT_BAUD, MNIST_TEST, ReplaySource, load_frames
 
 log = logging.getLogger(__name__)
 
+DESCRIPTION = """\
+A sensor in software: sends frames with the serial protocol (docs/protocol.md) to a serial port, a
+pyserial URL or a pseudo-terminal it creates (--pty), and can damage packets or skip sequence
+numbers on purpose to show that the daemon counts both.
+"""
+
 PTY_DIR = "/dev/pts/"
 
 
@@ -193,7 +199,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser = subparsers.add_parser(
         "emulate-sensor",
         help="send frames like a serial sensor (to a port, a pyserial URL or a new pty)",
-        description=__doc__.split("\n\n", 1)[1],
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     target = parser.add_mutually_exclusive_group(required=True)

@@ -15,7 +15,7 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -34,10 +34,18 @@ def _reason(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def _np_load(path: Path | str) -> Any:
+    """``np.load`` without pickles. An empty file is an EOFError on every NumPy we support (1.x reads
+    it as pickled data and raises a ValueError that says so, which would mislead the user)."""
+    if os.path.getsize(path) == 0:
+        raise EOFError
+    return np.load(path, allow_pickle=False)
+
+
 def load_array(path: Path | str, what: str) -> np.ndarray:
     """One ``.npy`` array from ``path`` (no pickles); a one-line DataError otherwise."""
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = _np_load(path)
     except LOAD_ERRORS as error:
         raise DataError(f"{path}: not a readable .npy array ({_reason(error)}); expected {what}") from None
     if not isinstance(loaded, np.ndarray):
@@ -49,7 +57,7 @@ def load_array(path: Path | str, what: str) -> np.ndarray:
 def load_arrays(path: Path | str, what: str) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` archive, read now (so a damaged member fails here, as a DataError)."""
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = _np_load(path)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise DataError(f"{path}: one .npy array; expected {what} (an .npz archive)")
         with loaded:

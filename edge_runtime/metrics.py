@@ -14,6 +14,7 @@ The HTTP side is here too: ``/metrics`` plus ``/healthz`` and ``/readyz`` on the
 from __future__ import annotations
 
 import bisect
+import math
 import platform
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,7 +23,6 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, make_wsgi_app
 from prometheus_client.core import HistogramMetricFamily
-from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .backends.base import BACKEND_NAMES, EnergyReport, LayerStats
@@ -62,6 +62,19 @@ def buckets_around(expected: float | None, fallback: Sequence[float] = ENERGY_BU
     return tuple(float(f"{expected * factor:.6g}") for factor in ENERGY_BUCKET_FACTORS)
 
 
+def bucket_label(bound: float) -> str:
+    """The ``le`` label of a bucket bound, exactly as prometheus_client's own Histogram writes it.
+
+    Why our own: the library's formatter (``floatToGoString``) is not part of its public API. For
+    finite bounds below 1e6 it is Python's ``repr`` of the float (Go switches to exponents later
+    than Python only above that), which is all this needs; larger bounds are refused, not guessed.
+    """
+    value = float(bound)
+    if not (math.isfinite(value) and abs(value) < 1e6):
+        raise ValueError(f"bucket bound {bound!r}: only finite bounds below 1e6 are supported")
+    return repr(value)
+
+
 # Batches up to this size are counted value by value in Python (see BatchHistogram._observe_few).
 SMALL_BATCH = 8
 
@@ -81,7 +94,7 @@ class BatchHistogram:
         self._name, self._documentation, self._labelnames = name, documentation, tuple(labelnames)
         self._bounds = np.asarray(buckets, dtype=np.float64)
         self._bounds_list = self._bounds.tolist()
-        self._les = [floatToGoString(b) for b in buckets] + ["+Inf"]
+        self._les = [bucket_label(b) for b in buckets] + ["+Inf"]
         self._series: dict[tuple[str, ...], tuple[np.ndarray, list[float]]] = {}
         self._lock = threading.Lock()  # observed by the inference thread, collected by HTTP threads
         registry.register(self)
@@ -133,7 +146,7 @@ class BatchHistogram:
                 return
             self._bounds = np.asarray(buckets, dtype=np.float64)
             self._bounds_list = self._bounds.tolist()
-            self._les = [floatToGoString(b) for b in buckets] + ["+Inf"]
+            self._les = [bucket_label(b) for b in buckets] + ["+Inf"]
             for labels in self._series:
                 self._series[labels] = (np.zeros(len(self._les), np.int64), [0.0])
 

@@ -78,7 +78,7 @@ def cobs_decode(encoded: bytes) -> bytes:
     while i < n:
         code = encoded[i]
         if code == 1:
-            end = _ONES.match(encoded, i).end()
+            end = _ONES.match(encoded, i).end()  # type: ignore[union-attr]  # encoded[i] == 1: it matches
             # Each 0x01 stands for one zero, except a final one, which ends the data without a zero.
             out += bytes(end - i if end < n else end - i - 1)
             i = end

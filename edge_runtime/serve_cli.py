@@ -17,8 +17,9 @@ verifying them. Under systemd (Type=notify) it reports readiness and pings the w
 
 Examples:
   edge-runtime serve --config /etc/edge-runtime/config.toml
-  edge-runtime serve --model bundles/mnist --source replay:mnist-test --predictions-stdout
-  edge-runtime serve --model bundles/mnist --source serial:/dev/ttyACM0?baud=921600
+  edge-runtime serve --config config/local.toml
+  edge-runtime serve --model models/mnist-zeroaware --source replay:mnist-test --predictions-stdout --exit-when-done
+  edge-runtime serve --model models/mnist-zeroaware --source serial:/dev/ttyACM0?baud=921600
 """
 
 
@@ -35,6 +36,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--backend", choices=BACKENDS, help="inference backend (inference.backend; default auto)")
     parser.add_argument("--predictions-stdout", action="store_true",
                         help="print one JSON object per inference on stdout (predictions.stdout)")
+    parser.add_argument("--exit-when-done", action="store_true",
+                        help="exit (status 0, queue drained) when the source ends, e.g. a replay without loop=1")
     parser.set_defaults(func=serve)
 
 
@@ -51,7 +54,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def serve(args: argparse.Namespace) -> int:
-    daemon = Daemon(args.config, overrides(args))
+    daemon = Daemon(args.config, overrides(args), exit_when_done=args.exit_when_done)
     daemon.start()
     # After start: a signal during start-up keeps its default action (nothing to drain yet), and a
     # start that fails leaves the caller's handlers as they were.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,12 +25,19 @@ from .errors import ConfigError, DataError
 from .mapping import DEFAULT_MAP_MODE, MAP_MODES, map_model
 from .simulator import Simulator
 
+DESCRIPTION = """\
+Run MODEL.fbz on FRAMES.npy with our bit-exact simulator, offline. Writes what
+akida.Model(MODEL).forward(FRAMES) would return ("outputs") and every layer's per-frame counters
+to one .npz (keys LAYER/COUNTER, as "edge-runtime calibrate --counters" reads them), and optionally
+a JSON summary with per-layer means and the modelled energy per frame.
+"""
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "simulate",
         help="run a .fbz model on frames with the NumPy simulator (no board needed)",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", type=Path, metavar="MODEL.fbz", help="Akida 1.0 model saved by akida")
@@ -62,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.device_profile}: a profile for {profile.device}; pass --device {profile.device}")
     mapping = device_mapping(args) if args.stats is not None else None
     result = Simulator(model).run(frames)
-    files.atomic_write(args.out, lambda f: np.savez(f, outputs=result.outputs, **result.counters.to_arrays()))
+    arrays: dict[str, Any] = {"outputs": result.outputs, **result.counters.to_arrays()}
+    files.atomic_write(args.out, lambda f: np.savez(f, **arrays))
     if args.stats is not None:
         assert mapping is not None
         document = {"model": str(args.model), "frames_file": str(args.frames),

@@ -31,7 +31,6 @@ import akida
 import numpy as np
 import onnx
 
-from edge_runtime import mnist
 from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer, MaxPool, load_model
 from edge_runtime.bundle import (
     FBZ,
@@ -66,6 +65,7 @@ from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
 from edge_runtime.onnx_session import OnnxSession
 from edge_runtime.simulator import Simulator, window_geometry
 
+from . import mnist_fetch
 from .akida_build import DeviceMapping, map_on_akd1000, to_akida
 from .onnx_build import OPSET, check_exact, to_onnx
 
@@ -113,7 +113,7 @@ class VerifyReport:
 
 def mnist_eval_set(cache_dir: Path | None = None) -> EvalSet:
     """The MNIST test split (10,000 frames), fetched into the cache if needed."""
-    data = mnist.load_mnist(cache_dir)
+    data = mnist_fetch.load_mnist(cache_dir)
     return EvalSet(MNIST_TEST, data.test_images[..., None], data.test_labels.astype(np.int64),
                    tuple(str(d) for d in range(10)), MNIST_PREPROCESSING)
 
@@ -122,7 +122,7 @@ def mnist_eval_set(cache_dir: Path | None = None) -> EvalSet:
 
 
 def _read_only(array: np.ndarray, dtype: type) -> np.ndarray:
-    out = np.array(array, dtype=dtype, copy=True)
+    out: np.ndarray = np.array(array, dtype=dtype, copy=True)
     out.setflags(write=False)
     return out
 
@@ -141,7 +141,7 @@ def model_from_spec(layers: Sequence[Mapping[str, Any]], input_shape: Sequence[i
     """Build the AkidaModel a run describes: layer hyper-parameters from ``spec.json`` and
     ``<name>.weights|threshold|act_step`` arrays in akida's layouts (FC weights (1, 1, inputs, units)).
     Layers without activation may omit threshold and act_step (akida's defaults, 0 and 1, are used)."""
-    shape = tuple(int(v) for v in input_shape)
+    shape: tuple[int, int, int] = tuple(int(v) for v in input_shape)  # type: ignore[assignment]  # (x, y, c)
     input_bits = 8
     built: list[Layer] = []
     for spec in layers:

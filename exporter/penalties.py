@@ -32,13 +32,13 @@ class _Indicator(torch.autograd.Function):
     """Exact indicator ``x > 0`` forward; a chosen bump-shaped gradient backward."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, width: float, shape: str) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, width: float, shape: str) -> Tensor:
         ctx.save_for_backward(x)
         ctx.width, ctx.shape = width, shape
         return (x > 0).to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
         (x,) = ctx.saved_tensors
         if ctx.shape == "sigmoid":
             # Temperature width/4: 96% of the bump's mass lies within +-width of the boundary.
@@ -127,10 +127,12 @@ def activation_penalty(counts: Sequence[Tensor], costs: Sequence[Tensor | float]
     the scale.
     """
     total = sum(float(torch.as_tensor(c).detach()) * n for c, n in zip(costs, neurons, strict=True))
-    return sum(c * count for c, count in zip(costs, counts, strict=True)) / total
+    energy: Tensor = sum(c * count for c, count in zip(costs, counts, strict=True))  # type: ignore[assignment]
+    return energy / total
 
 
 def weight_penalty(counts: Sequence[Tensor], sizes: Sequence[int]) -> Tensor:
     """Non-zero weights as a fraction of all weights."""
-    return sum(counts) / sum(sizes)
+    nonzero: Tensor = sum(counts)  # type: ignore[assignment]  # a sum of tensors is a tensor
+    return nonzero / sum(sizes)
 

@@ -56,11 +56,11 @@ class _RoundSTE(torch.autograd.Function):
     """round() whose gradient is the identity (straight-through estimator)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor) -> Tensor:
         return torch.round(x)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> Tensor:
         return grad
 
 
@@ -72,12 +72,12 @@ class _StepActivation(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, u: Tensor, exact: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, u: Tensor, exact: Tensor) -> Tensor:
         ctx.save_for_backward((u > -1) & (u < ACT_LEVELS))
         return exact
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         (passing,) = ctx.saved_tensors
         return grad * passing, None
 
@@ -163,6 +163,12 @@ class IntegerLayer:
 
 class ZeroAwareNet(nn.Module):
     """The network, trainable in float (warm-up) or with the integer forward (QAT)."""
+
+    # Buffers (register_buffer), declared so type checkers know they are tensors.
+    mask1: Tensor
+    mask2: Tensor
+    mask3: Tensor
+    quantised: Tensor
 
     def __init__(self, widths: ModelConfig) -> None:
         super().__init__()
@@ -251,13 +257,14 @@ class ZeroAwareNet(nn.Module):
     def _integer(self, pixels: Tensor) -> ForwardResult:
         l0, l1, l2, l3 = self.quantised_layers()
         pot0 = F.max_pool2d(F.conv2d(pixels, l0.weights, padding=1), 2)  # pool the potentials, then activate
-        a0 = akida_activation(pot0, l0.threshold, l0.step)
+        # Hidden layers always have a threshold and a step (None is for the output layer only).
+        a0 = akida_activation(pot0, l0.threshold, l0.step)  # type: ignore[arg-type]
         # Akida's Convolutional is a TRUE convolution; torch cross-correlates, so the exported kernel
         # is flipped (export_integer_layers). Training uses the cross-correlation kernel directly.
         pot1 = F.conv2d(F.pad(a0, (0, 1, 0, 1)), l1.weights, stride=2)
-        a1 = akida_activation(pot1, l1.threshold, l1.step)
+        a1 = akida_activation(pot1, l1.threshold, l1.step)  # type: ignore[arg-type]
         pot2 = F.linear(self._flatten(a1), l2.weights)
-        a2 = akida_activation(pot2, l2.threshold, l2.step)
+        a2 = akida_activation(pot2, l2.threshold, l2.step)  # type: ignore[arg-type]
         scores = F.linear(a2, l3.weights)
         logits = scores * l3.scale[0]
         pre = [penalty_margin(pot, layer) for pot, layer in ((pot0, l0), (pot1, l1), (pot2, l2))]

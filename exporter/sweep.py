@@ -16,8 +16,6 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from edge_runtime.errors import ConfigError
 from edge_runtime.tomlconfig import parse_toml_value
 
@@ -172,6 +170,8 @@ def run_sweep(base: Config, grid: Sequence[tuple[str, list[Any]]], out: Path, pr
             log.info("sweep point %d/%d: %s", index, len(points), name)
             reports[name] = _train_point(name, config, out, progress)[1]
     else:
+        from tqdm import tqdm  # the train extra, like everything a sweep runs
+
         # "spawn": a fresh interpreter per worker, not a fork of one that may hold torch's threads.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:

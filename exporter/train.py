@@ -28,13 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from edge_runtime import mnist
 from edge_runtime.akida_model import from_akida
 from edge_runtime.counters import LayerCounters
 from edge_runtime.errors import ConfigError
 from edge_runtime.simulator import Simulator
 
-from . import penalties
+from . import mnist_fetch, penalties
 from .config import Config, ModelConfig, config_to_dict, config_warnings
 from .qat import (
     ACT_BITS,
@@ -66,7 +65,7 @@ class Data:
 def load_data(config: Config) -> Data:
     """MNIST from the shared cache, cut to the configured limits (tests train on small slices)."""
     cache = Path(config.data.cache_dir) if config.data.cache_dir else None
-    split = mnist.load_mnist(cache)
+    split = mnist_fetch.load_mnist(cache)
     return data_from_arrays(split.train_images, split.train_labels, split.test_images, split.test_labels,
                             config.data.train_limit, config.data.test_limit)
 
@@ -224,7 +223,7 @@ def train_one_epoch(model: ZeroAwareNet, optimizer: torch.optim.Optimizer, data:
             strength = ramp(qat_progress, p.start_epoch, p.ramp_epochs)
             if strength > 0 and p.activations > 0:
                 counts = penalties.activation_counts(result.acts, result.pre, p.form, p.width)
-                costs = [1.0, 1.0, 1.0]
+                costs: list[Tensor | float] = [1.0, 1.0, 1.0]
                 if p.energy_weighted:
                     fanouts = penalties.mean_fanouts(result.weight_ratios, model.widths, p.width)
                     widths = [model.widths.conv1, model.widths.fc, 10]
@@ -394,7 +393,7 @@ def write_run(out: Path, model: ZeroAwareNet, config: Config, layers: list[Integ
               report: dict[str, Any], eval_scores: np.ndarray) -> None:
     """Everything the exporter needs: integer params + spec, golden scores, config, model, report."""
     out.mkdir(parents=True, exist_ok=True)
-    arrays = params_arrays(layers)
+    arrays: dict[str, Any] = params_arrays(layers)
     tmp = out / "params.tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, out / "params.npz")

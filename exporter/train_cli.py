@@ -20,11 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train a zero-aware Akida 1.0 model and write a run directory",
         description="Float warm-up, then quantisation-aware training whose forward pass is the chip's integer "
         "arithmetic, with penalties on counts of non-zero activations and weights. The run directory holds the "
-        "integer parameters (params.npz + spec.json) for `edge-export export`, golden test-set scores, the "
+        "integer parameters (params.npz + spec.json) for 'edge-export export', golden test-set scores, the "
         "config, checkpoints and report.json (measured on the exported integer model).",
     )
     parser.add_argument("--config", type=Path, required=True, help="TOML config (see exporter/configs/)")
-    parser.add_argument("--out", type=Path, required=True, help="run directory to create")
+    parser.add_argument("--out", type=Path, required=True, help="run directory to create (must not exist)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even if it exists (its files are overwritten)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (repeatable), e.g. --set penalty.activations=2")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
@@ -43,6 +45,10 @@ def parse_overrides(items: list[str]) -> list[tuple[str, object]]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # Before anything is imported or trained: a run directory holds hours of work (and maybe an
+    # exported bundle's source), so replacing one has to be asked for.
+    if args.out.exists() and not args.force:
+        raise ConfigError(f"{args.out} already exists; pass --force to overwrite it, or choose another --out")
     from .train import train  # torch is imported only when training is asked for
 
     config = with_overrides(load_config(args.config), parse_overrides(args.set), str(args.config))

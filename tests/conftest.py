@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from edge_runtime import mnist
+from exporter import mnist_fetch
 
 
 @pytest.fixture(scope="session")
 def mnist_data() -> mnist.Mnist:
     """The standard split, fetched into the user's cache on first use (a few seconds, once)."""
-    return mnist.load_mnist()
+    return mnist_fetch.load_mnist()

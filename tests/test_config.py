@@ -147,3 +147,38 @@ def test_a_penalty_or_pruning_that_never_starts_is_warned_about() -> None:
     assert config_warnings(fine) == []
     assert config_warnings(Config(train=TrainConfig(qat_epochs=1), penalty=PenaltyConfig(activations=0.0,
                                                                                           weights=0.0))) == []
+
+
+def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "c.toml"
+    path.write_text('[model]\nbundle = "bundles/current"\n[source]\nspec = "replay:frames/f.npy?rate=5"\n'
+                    '[inference]\ndevice_profile = "/abs/profile.json"\n[predictions]\npath = "../log/p.jsonl"\n')
+    monkeypatch.chdir(tmp_path)  # the file is named relative to here, its paths are not
+    config = load_config(Path("etc") / "c.toml", {"predictions.stdout": True})
+    assert config.model.bundle == str(tmp_path / "etc" / "bundles" / "current")
+    assert config.source.spec == f"replay:{tmp_path / 'etc' / 'frames' / 'f.npy'}?rate=5"
+    assert config.inference.device_profile == "/abs/profile.json"
+    assert config.predictions.path == str(tmp_path / "etc" / ".." / "log" / "p.jsonl")
+
+
+def test_flags_and_special_values_are_not_rewritten(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nbundle = "b"\n[source]\nspec = "replay:mnist-test?rate=5"\n[predictions]\npath = ""\n')
+    config = load_config(path, {"model.bundle": "relative/to/cwd"})
+    assert config.model.bundle == "relative/to/cwd"  # a flag means what it means on any command line
+    assert config.source.spec == "replay:mnist-test?rate=5" and config.predictions.path == ""
+
+
+def test_the_local_config_points_at_files_of_the_clone() -> None:
+    config = load_config(EXAMPLE.parent / "local.toml")
+    assert (Path(config.model.bundle) / "manifest.json").is_file()
+    assert config.source.spec == "replay:mnist-test?rate=100"
+
+
+def test_a_missing_bundle_names_the_key_and_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    """The edge host's config tried on a development machine, as a new user would."""
+    assert cli.main(["serve", "--config", str(EXAMPLE), "--metrics-addr", "127.0.0.1:0"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"edge-runtime: error: /var/lib/edge-runtime/bundles/current: no such bundle directory "
+                   f"(model.bundle, from {EXAMPLE}; set it or pass --model BUNDLE_DIR)\n")

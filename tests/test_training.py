@@ -136,7 +136,8 @@ def test_cli_writes_a_complete_run_directory(tmp_path: Path, mnist_data):
         "[penalty]\nactivations = 1.0\n"
     )
     out = tmp_path / "run"
-    assert cli.main(["train", "--config", str(config), "--out", str(out), "--no-progress",
+    out.mkdir()  # e.g. made beforehand for the logs: --force writes into it
+    assert cli.main(["train", "--config", str(config), "--out", str(out), "--no-progress", "--force",
                      "--set", "penalty.weights=1.0"]) == 0
     for name in ("params.npz", "spec.json", "config.json", "report.json", "eval_scores.npy", "model.pt",
                  "checkpoint.pt"):
@@ -294,3 +295,16 @@ def test_default_network_maps_fully_on_akd1000(mnist_data):
     model = to_akida(layers)
     model.map(akida.AKD1000(), hw_only=True)  # raises if any layer would fall back to software
     assert len(model.sequences) == 1
+
+
+def test_cli_refuses_an_existing_run_directory_unless_forced(tmp_path: Path, capsys):
+    """A run directory holds hours of work: `train --out` onto one is refused before anything runs."""
+    config = tmp_path / "tiny.toml"
+    config.write_text("[data]\ntrain_limit = 64\ntest_limit = 64\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    assert cli.main(["train", "--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"edge-export: error: {out} already exists; pass --force to overwrite it, or choose another --out\n"
+    assert (out / "report.json").read_text() == "{}"

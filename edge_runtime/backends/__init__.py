@@ -73,7 +73,7 @@ def _onnx(bundle: Bundle, energy: DeviceProfile, settings: BackendSettings, boar
 def _akida(bundle: Bundle, energy: DeviceProfile, settings: BackendSettings, board: Board) -> Backend:
     device = find_device(board.devices)
     sampler = Sampler(Simulator(bundle.model), settings.sample_every)
-    extra = {} if board.load_model is None else {"load_model": board.load_model}
+    extra: dict[str, Any] = {} if board.load_model is None else {"load_model": board.load_model}
     return AkidaBoardBackend(bundle.fbz_path, device, sampler, power_window_s=settings.power_window_s, **extra)
 
 

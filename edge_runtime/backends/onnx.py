@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError
-from ..onnx_session import OnnxSession
 from .base import BatchResult
 from .sampling import Sampler
 
@@ -20,6 +19,13 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, path: Path, sampler: Sampler, threads: int) -> None:
+        # Imported here, not at the top: onnxruntime is an optional extra, and importing it costs
+        # every other command (even --help) a noticeable start-up delay.
+        try:
+            from ..onnx_session import OnnxSession
+        except ModuleNotFoundError as error:
+            raise BackendError(f"the onnx backend needs onnxruntime (no module {error.name!r}): "
+                               "pip install 'akida-edge[onnx]', or choose another inference.backend") from None
         self._session = OnnxSession(path, threads=threads)
         self._sampler = sampler
 

@@ -7,6 +7,7 @@ touching a port or loading a data set.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
@@ -102,4 +103,6 @@ def _bad(spec: str, why: str) -> ConfigError:
     return ConfigError(f"bad source {spec!r}: {why}valid forms: {VALID_FORMS}")
 
 
-_PARSERS = {"serial": _parse_serial, "replay": _parse_replay}
+_PARSERS: dict[str, Callable[[str, str, dict[str, str]], SourceSpec]] = {
+    "serial": _parse_serial, "replay": _parse_replay,
+}
