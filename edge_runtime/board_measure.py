@@ -131,7 +131,7 @@ def measure(fbz: Path, frames: np.ndarray, out_dir: Path, *, device: Any, mode: 
         variant.save(str(path))
         counters = Simulator(from_akida(load(str(path)))).run(frames).counters
         counters_path = out_dir / f"sample-{index:02d}-counters.npz"
-        files.atomic_write(counters_path, lambda f, c=counters: np.savez(f, **c.to_arrays()))
+        files.atomic_write(counters_path, _npz_writer(counters.to_arrays()))
         log.info("measuring %s on the board", label)
         for reading in read_board(load(str(path)), device, frames, mode, clock):
             rows.append({"label": label, "model": path.name, "counters": counters_path.name, "map_mode": mode,
@@ -144,6 +144,12 @@ def measure(fbz: Path, frames: np.ndarray, out_dir: Path, *, device: Any, mode: 
         writer.writeheader()
         writer.writerows(rows)
     return samples
+
+
+def _npz_writer(arrays: dict[str, np.ndarray]) -> Callable[[Any], None]:
+    """What ``files.atomic_write`` calls with the open file: an ``.npz`` of ``arrays``."""
+    # numpy's stubs type **kwds as its own bool keyword (allow_pickle): the names here are layer/counter keys
+    return lambda handle: np.savez(handle, **arrays)  # type: ignore[arg-type]
 
 
 def _cell(value: float | None) -> str:

@@ -144,7 +144,7 @@ def load_samples(path: Path, device: str) -> list[Sample]:
         activity = tuple(Activity(np.asarray(layer.input_events, np.float64),
                                   np.asarray(layer.synaptic_ops, np.float64)) for layer in layers)
         energy, floor, frame = values["energy_j"], values["floor_w"], values["frame_time_s"]
-        dynamic = energy - floor * frame if None not in (energy, floor, frame) else None
+        dynamic = None if energy is None or floor is None or frame is None else energy - floor * frame
         if dynamic is not None and dynamic <= 0:
             raise DataError(f"{where}: energy_j {energy} is not above floor_w x frame_time_s: check the units")
         samples.append(Sample(row.get("label") or where, mapping, activity, values["frames_per_call"] or 1.0,

@@ -268,7 +268,7 @@ def energy_headline(bundle: Bundle, device: str, baseline: Bundle | None) -> str
             f"per inference (floor x frame time + dynamic, as model.statistics reports), dynamic "
             f"{_micro(figures.dynamic_j, 2)}, on-chip latency {figures.chip_s * 1e6:.0f} µs")
     base = None if baseline is None else baseline.manifest.metrics.energy.get(device)
-    if base is not None:
+    if baseline is not None and base is not None:
         line += (f"\n  against {baseline.manifest.name}: total {_micro(base.total_j)} -> "
                  f"{100 * (1 - figures.total_j / base.total_j):.1f}% less, dynamic {_micro(base.dynamic_j, 2)} -> "
                  f"{100 * (1 - figures.dynamic_j / base.dynamic_j):.1f}% less")

@@ -396,7 +396,7 @@ class DeviceProfile:
         """The fitted profile shipped with the runtime (``edge_runtime/data/devices/<device>.json``)."""
         if device not in DEVICES:
             raise ConfigError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
-        packaged = resources.files("edge_runtime").joinpath("data", "devices", f"{device}.json")
+        packaged = resources.files("edge_runtime") / "data" / "devices" / f"{device}.json"
         return cls.from_document(json.loads(packaged.read_text(encoding="utf-8")), f"{device}.json")
 
     @classmethod

@@ -110,6 +110,7 @@ class SerialSource:
         except (ValueError, serial.SerialException) as error:
             raise ConfigError(f"bad serial port {url!r}: {error}") from None
         self._url = url
+        self._max_payload = max_payload
         self._settings = {"url": url, "baudrate": baudrate, "read_timeout": read_timeout,
                           "backoff": astuple(backoff), "max_payload": max_payload}
         self._events = events or NullEvents()
@@ -184,7 +185,7 @@ class SerialSource:
 
     def _receive(self, connection: socket.socket) -> Iterator[list[Frame]]:
         """Yield frames and report events from the reader's records until it says END."""
-        records = wire.RecordReader(MAX_BATCH_FRAMES * self._settings["max_payload"])
+        records = wire.RecordReader(MAX_BATCH_FRAMES * self._max_payload)
         # recv_into one buffer: recv(1 MiB) allocates 1 MiB per call, ~30 us, more than parsing a frame.
         scratch = bytearray(RECV_BYTES)
         deadline: float | None = None
