@@ -26,6 +26,19 @@ from .energy_fit import Calibration, Sample, calibrate
 from .errors import ConfigError, DataError
 from .mapping import DEFAULT_MAP_MODE, MAP_MODES, map_model
 
+DESCRIPTION = """\
+Fit a device profile of the energy/latency model to a board's own measurements, in two steps, as
+BrainChip's devhub measures (docs/energy-model.md, "Calibrating on your board"):
+
+  1. on the host with the board:
+     edge-runtime calibrate --measure MODEL.fbz --frames FRAMES.npy --out-dir measured/
+     runs sub-models and threshold shifts of MODEL, reading inference_clk, host wall time,
+     model.statistics energy and the power meter's floor; writes measured/samples.csv with each
+     sample's .fbz and simulator counters;
+  2. edge-runtime calibrate --samples measured/samples.csv --out site.json
+     fits the clock, host and energy coefficients (non-negative least squares) and writes a new
+     profile, printing how well each stage fits. Serve it with inference.device_profile.
+"""
 NUMBER_COLUMNS = ("frames_per_call", "clocks", "frame_time_s", "energy_j", "floor_w")
 
 
@@ -33,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "calibrate",
         help="measure a model on an attached board, or fit a device profile to such measurements",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     action = parser.add_mutually_exclusive_group(required=True)

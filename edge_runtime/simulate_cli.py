@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
                         help=f"device whose profile prices the counters (default: {DEFAULT_DEVICE})")
     parser.add_argument("--device-profile", type=Path, default=None, metavar="FILE",
-                        help="a profile from `edge-runtime calibrate` instead of the packaged one for --device")
+                        help="a profile from edge-runtime calibrate instead of the packaged one for --device")
     parser.add_argument("--map-mode", choices=MAP_MODES, default=DEFAULT_MAP_MODE,
                         help=f"akida MapMode for mapping the model on --device (default: {DEFAULT_MAP_MODE})")
     parser.add_argument("--mapping", type=Path, default=None, metavar="BUNDLE",

@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "package",
         help="turn an existing Akida 1.0 .fbz into a verified bundle, on your own frames",
         description="Read MODEL.fbz (any Akida 1.0 model of InputData/InputConvolutional, Convolutional, "
-        "SeparableConvolutional and FullyConnected layers), then build the bundle exactly as `export` does: "
+        "SeparableConvolutional and FullyConnected layers), then build the bundle exactly as export does: "
         "exact ONNX, AKD1000 mapping, agreement of the Akida engine, the simulator and onnxruntime on every frame "
         "of FRAMES, golden vectors, expected sparsity and energy, and accuracy when LABELS are given.",
     )
@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _energy_arguments(parser: argparse.ArgumentParser) -> None:
     """What the bundle's modelled energy is computed with (export and package alike)."""
     parser.add_argument("--device-profile", type=Path, action="append", default=[], metavar="FILE",
-                        help="a device profile (e.g. from `edge-runtime calibrate`) replacing the packaged one for "
+                        help="a device profile (e.g. from edge-runtime calibrate) replacing the packaged one for "
                         "its device; repeat for several devices (default: the packaged akd1000 and akd1500 profiles)")
     parser.add_argument("--map-mode", choices=MAP_MODES, default=DEFAULT_MAP_MODE,
                         help=f"akida's MapMode for every device mapping (default: {DEFAULT_MAP_MODE}, akida's own)")
