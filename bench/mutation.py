@@ -51,10 +51,10 @@ GROUPS = {
     "simulator": Group(("edge_runtime/simulator.py",), ("tests/test_simulator.py",)),
     "counters": Group(("edge_runtime/counters.py",), ("tests/test_simulator.py", "tests/test_energy.py")),
     "protocol": Group(("edge_runtime/protocol.py",), ("tests/test_protocol.py",)),
-    "pipeline": Group(("edge_runtime/pipeline.py",),
-                      ("tests/test_daemon_parts.py", "tests/test_pipeline_accounting.py", "tests/test_reload_paths.py")),
-    "bundle": Group(("edge_runtime/bundle.py",),
-                    ("tests/test_bundle.py", "tests/test_bundle_payload_listing.py", "tests/test_serve_golden_check.py")),
+    "pipeline": Group(("edge_runtime/pipeline.py",), ("tests/test_daemon_parts.py", "tests/test_pipeline_accounting.py",
+                                                      "tests/test_reload_paths.py")),
+    "bundle": Group(("edge_runtime/bundle.py",), ("tests/test_bundle.py", "tests/test_bundle_payload_listing.py",
+                                                  "tests/test_serve_golden_check.py")),
     "energy": Group(("edge_runtime/energy.py",), ("tests/test_energy.py",)),
     "daemon": Group(("edge_runtime/daemon.py",),
                     ("tests/test_reload_paths.py", "tests/test_serve_golden_check.py", "tests/test_daemon.py")),
@@ -170,12 +170,12 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> str:
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    which = f"every {args.sample}th mutant" if args.sample > 1 else "every mutant"
     lines = [
         f"### Run of {when} on {commit}{' (with uncommitted changes)' if dirty.strip() else ''}",
         "",
-        f"`python bench/mutation.py {' '.join(sys.argv[1:])}`; tests from "
-        f"{args.tests_rev or 'the work tree'}; {'every ' + str(args.sample) + 'th mutant' if args.sample > 1 else 'every mutant'};"
-        f" {args.jobs} mutmut children.",
+        f"`python bench/mutation.py {' '.join(sys.argv[1:])}`; tests from {args.tests_rev or 'the work tree'};"
+        f" {which}; {args.jobs} mutmut children.",
         "",
         "| module | mutants run | killed | timed out | survived | no tests | kill rate | run time |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

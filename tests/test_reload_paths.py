@@ -25,8 +25,8 @@ import pytest
 from daemon_support import BundleUnderTest, NotifyListener, build_bundle, scrape, scrape_when, total, value, wait_for
 from test_daemon import read_log, ready
 
-from edge_runtime.daemon import Daemon, restart_only_changes
 from edge_runtime.config import load_config
+from edge_runtime.daemon import Daemon, restart_only_changes
 from edge_runtime.emulator import PtyPort
 from edge_runtime.sdnotify import Notifier
 
