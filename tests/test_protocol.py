@@ -177,6 +177,35 @@ def test_parse_reports_crc_damage_and_short_packets() -> None:
     assert isinstance(short_item, BadPacket) and short_item.kind == "short"
 
 
+@pytest.mark.parametrize("length", [0, 1, HEADER.size, HEADER.size + CRC.size - 1])
+def test_anything_shorter_than_header_and_crc_is_short(length: int) -> None:
+    """Up to one byte short of 18 + 4 bytes: 'short', never read as a CRC or a header."""
+    item = parse_packet(cobs_encode(bytes(range(1, length + 1))))
+    assert isinstance(item, BadPacket) and item.kind == "short"
+
+
+def test_the_largest_dimension_the_header_holds_is_carried() -> None:
+    """65535 is the last value a uint16 field takes: a frame that wide is legal, one wider is not."""
+    image = frame_image(4, (1, 65535, 1))
+    item = parse_packet(encode_frame(4, image)[:-1])
+    assert isinstance(item, DecodedFrame) and np.array_equal(item.image, image)
+    with pytest.raises(ValueError):
+        encode_frame(4, frame_image(4, (1, 65536, 1)))
+
+
+@pytest.mark.parametrize("fill", [0x00, 0xFF])  # all zeros (1-byte COBS blocks), none (the most COBS overhead)
+def test_a_packet_at_the_receivers_limit_passes_the_decoder(fill: int) -> None:
+    """max_packet_len bounds the decoder's buffer; a frame of exactly max_payload bytes must still fit under it."""
+    image = np.full((8, 127, 1), fill, np.uint8)  # 1016 bytes: header + payload + CRC spans several full blocks
+    packet = encode_frame(9, image, max_payload=image.size)
+    assert len(packet) - 1 <= max_packet_len(image.size)
+    for step in (len(packet), 7):  # parsed whole from one chunk, and collected in the buffer from pieces
+        decoder = FrameDecoder(max_payload=image.size)
+        decoder.feed(DELIMITER)
+        results = [r for i in range(0, len(packet), step) for r in decoder.feed(packet[i : i + step])]
+        assert [f.seq for f in frames_of(results)] == [9] and not bad_of(results)
+
+
 # --- the incremental decoder -----------------------------------------------------------------
 
 
