@@ -170,7 +170,7 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> str:
                             text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    which = f"every {args.sample}th mutant" if args.sample > 1 else "every mutant"
+    which = f"1 mutant in {args.sample} (--sample)" if args.sample > 1 else "every mutant"
     lines = [
         f"### Run of {when} on {commit}{' (with uncommitted changes)' if dirty.strip() else ''}",
         "",
