@@ -193,7 +193,7 @@ def test_stop_gives_up_on_a_drain_that_does_not_finish_and_says_so(caplog: pytes
     mailbox.close()
     assert not alive, "stop() did not return while the backend hung"
     assert result[0].inferred == 0 and result[0].received == 2
-    assert any("inference did not finish draining within 0 s" in r.getMessage() for r in caplog.records)
+    assert any("did not finish draining" in r.getMessage() for r in caplog.records)
 
 
 @pytest.fixture(scope="module")
