@@ -26,7 +26,7 @@ from edge_runtime.daemon import DROP_REASONS
 from edge_runtime.emulator import PtyPort
 from edge_runtime.errors import BackendError, ConfigError
 from edge_runtime.metrics import Metrics
-from edge_runtime.pipeline import Health, Mailbox, Pipeline, Totals
+from edge_runtime.pipeline import Health, Mailbox, Pipeline, SourceListener, Totals
 from edge_runtime.protocol import DELIMITER, encode_frame
 from edge_runtime.sdnotify import Notifier
 from edge_runtime.sinks import Record, prediction_records
@@ -155,6 +155,30 @@ def test_a_failed_fallback_drops_the_batch_as_inference_error(failure: Exception
     assert counter(registry, "edge_backend_fallbacks_total", "akida") == 1
     assert any("fallback to the simulator failed" in r.getMessage() and str(failure) in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_board_failure_re_runs_its_batch_on_the_fallback_and_serves_on() -> None:
+    board, simulator = FailingBackend("akida", frozenset({3})), FailingBackend("simulator")
+    totals, registry, sink = run([[frame(s) for s in range(6)]], board, lambda: simulator)
+    assert totals.dropped == {} and totals.inferred == 6
+    assert [(r["seq"], r["backend"]) for r in sink.records] == [(0, "akida"), (1, "akida"), (2, "akida"),
+                                                               (3, "simulator"), (4, "simulator"), (5, "simulator")]
+    assert all(r["class"] == r["seq"] % 10 for r in sink.records)  # the failed frame was re-run, not lost
+    assert registry.get_sample_value("edge_backend_active", {"backend": "simulator"}) == 1
+    assert registry.get_sample_value("edge_backend_active", {"backend": "akida"}) == 0
+    assert counter(registry, "edge_backend_fallbacks_total", "akida") == 1 and board.closed
+
+
+def test_the_source_listener_counts_source_drops_under_their_reason() -> None:
+    registry, mailbox = CollectorRegistry(), Mailbox()
+    try:
+        listener = SourceListener(Metrics(registry, DROP_REASONS), Health(), mailbox)
+        listener.dropped("corrupt")
+        listener.dropped("seq_gap", 4)
+    finally:
+        mailbox.close()
+    assert listener.dropped_counts == {"corrupt": 1, "seq_gap": 4}
+    assert (dropped(registry, "corrupt"), dropped(registry, "seq_gap")) == (1, 4)
 
 
 class HungBackend:
