@@ -80,6 +80,11 @@ class Outcome:
     def kill_rate(self) -> float:
         return sum(self.counts.get(k, 0) for k in KILLED) / self.run if self.run else float("nan")
 
+    @property
+    def failed_rate(self) -> float:
+        """Killed by a failing test only: the lower bound, should a timeout be a slow run rather than a hang."""
+        return self.counts["killed"] / self.run if self.run else float("nan")
+
 
 def tracked_files() -> list[str]:
     """The work tree's files as git sees them (committed or new, never ignored): what a checkout has."""
@@ -177,13 +182,13 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> str:
         f"`python bench/mutation.py {' '.join(sys.argv[1:])}`; tests from {args.tests_rev or 'the work tree'};"
         f" {which}; {args.jobs} mutmut children.",
         "",
-        "| module | mutants run | killed | timed out | survived | no tests | kill rate | run time |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| module | mutants run | killed | timed out | survived | no tests | kill rate | without timeouts | run time |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for o in outcomes:
         c = o.counts
         lines.append(f"| {o.group} | {o.run} | {c['killed']} | {c['timeout']} | {c['survived']} | {c['no tests']} "
-                     f"| {o.kill_rate:.1%} | {o.seconds / 60:.1f} min |")
+                     f"| {o.kill_rate:.1%} | {o.failed_rate:.1%} | {o.seconds / 60:.1f} min |")
     lines += ["", "Survivors (mutmut names; `mutmut show NAME` in `.mutation/MODULE` prints the diff):", ""]
     for o in outcomes:
         shown = o.survivors[:40]
