@@ -15,8 +15,9 @@ same code, so two runs compare. ``--tests-rev REV`` takes ``tests/`` from a git 
 the work tree: the kill rate of older tests on today's code ("before" in docs/mutation.md).
 
 Kill rate = (killed + timed out) / mutants run. A timeout counts as killed (the mutant hung the
-tests; mutmut's limit is 15x the test's clean run time). "No tests" means no selected test reached
-the function: a gap, counted as not killed.
+tests past 3x their clean run plus 30 s, pyproject.toml); "without timeouts" is the lower bound
+should some of them only have been slow. "No tests" means no selected test reached the function:
+a gap, counted as not killed.
 """
 
 from __future__ import annotations
