@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from daemon_support import FakeDevice
+from daemon_support import FakeDevice, wait_for
 
 from edge_runtime.backends.akida_board import AkidaBoardBackend, PowerWindow, Reading, find_device
 from edge_runtime.backends.base import BatchResult, LayerStats
@@ -51,8 +51,7 @@ def test_put_wakes_a_waiting_get_batch_at_once() -> None:
     taken: list[list[Frame]] = []
     thread = threading.Thread(target=lambda: taken.append(queue.get_batch(4, timeout=30)))
     thread.start()
-    while not queue._getters:  # waiting (put only notifies then)
-        threading.Event().wait(0.001)
+    wait_for(lambda: queue._getters, 5, "get_batch to wait (put only notifies then)", interval=0.001)
     queue.put([frame(7)])
     thread.join(5)
     assert not thread.is_alive() and [f.seq for f in taken[0]] == [7]
@@ -69,9 +68,11 @@ def test_backpressure_waits_for_room_instead_of_dropping() -> None:
 
     thread = threading.Thread(target=producer)
     thread.start()
-    assert not done.wait(0.05)  # blocked: the queue is full after frame 1
-    assert [f.seq for f in queue.get_batch(1, timeout=0)] == [0]
-    assert [f.seq for f in queue.get_batch(1, timeout=5)] == [1]
+    for expected in (0, 1):
+        wait_for(lambda: len(queue) == 2, 5, "the producer to fill the queue", interval=0.001)
+        # Not a wait for "still blocked": with two of its frames still without room, put cannot have returned.
+        assert not done.is_set()
+        assert [f.seq for f in queue.get_batch(1, timeout=0)] == [expected]
     assert done.wait(5)
     thread.join()
     assert [f.seq for f in queue.get_batch(4, timeout=0)] == [2, 3]
@@ -86,10 +87,9 @@ def test_a_waiting_getter_is_woken_by_frames_put_before_the_putter_blocks() -> N
         while len(taken) < 5:
             taken.extend(f.seq for f in queue.get_batch(2, timeout=30))
 
-    thread = threading.Thread(target=consumer)
+    thread = threading.Thread(target=consumer, daemon=True)
     thread.start()
-    while not queue._getters:
-        threading.Event().wait(0.001)
+    wait_for(lambda: queue._getters, 5, "the consumer to wait", interval=0.001)
     assert queue.put([frame(seq) for seq in range(5)]) == 0
     thread.join(10)
     assert not thread.is_alive() and taken == [0, 1, 2, 3, 4]
@@ -111,8 +111,7 @@ def test_a_queue_closed_while_a_put_waits_refuses_the_rest() -> None:
     refused: list[int] = []
     thread = threading.Thread(target=lambda: refused.append(queue.put([frame(0), frame(1), frame(2)])))
     thread.start()
-    while len(queue) < 1:
-        threading.Event().wait(0.001)
+    wait_for(lambda: len(queue) >= 1, 5, "the first frame to be queued", interval=0.001)
     queue.close()
     thread.join(5)
     assert not thread.is_alive() and refused == [2]
@@ -171,8 +170,8 @@ def test_the_pipeline_accounts_for_every_frame_of_multi_frame_batches_into_a_sma
                         input_shape=(2, 2, 1), queue_size=3, max_batch=2, backpressure=False)
     pipeline.start()
     try:
-        while registry.get_sample_value("edge_frames_received_total") < 12:
-            threading.Event().wait(0.001)
+        wait_for(lambda: registry.get_sample_value("edge_frames_received_total") == 12, 30,
+                 "all 12 frames received", interval=0.001)
         backend.gate.set()  # the inference thread holds at most one batch (2 frames) it took before the gate
     finally:
         totals = pipeline.stop(timeout=30)

@@ -180,14 +180,12 @@ def test_replay_npy_as_fast_as_possible(tmp_path: Path) -> None:
 
 
 def test_replay_paces_frames_at_the_rate() -> None:
-    """Never faster than the rate; exact timing is next_due's job and tested there without a clock."""
+    """Never faster than the rate (a lower bound a slow host cannot break); exact timing is
+    next_due's job and tested there without a clock."""
     rate, n = 200.0, 10
-    start = time.monotonic()
     frames = list(ReplaySource(sample_images(n), rate=rate).frames())
-    elapsed = time.monotonic() - start
     assert len(frames) == n
     assert frames[-1].received_at - frames[0].received_at >= (n - 1) / rate - 1e-3
-    assert elapsed < 2.0
 
 
 def test_replay_loops_with_labels_until_closed() -> None:
@@ -201,11 +199,10 @@ def test_replay_loops_with_labels_until_closed() -> None:
 
 
 def test_close_interrupts_a_slow_replay_promptly() -> None:
-    source = ReplaySource(sample_images(3), rate=0.2, loop=True)  # 5 s between frames
+    """Frames are due 11 days apart: only close() interrupting the wait lets ``reading`` see the thread end."""
+    source = ReplaySource(sample_images(3), rate=1e-6, loop=True)
     with reading(source) as received:
         take(received, 1)
-        start = time.monotonic()
-    assert time.monotonic() - start < 1.0
 
 
 def test_replay_of_the_mnist_test_set_carries_labels(mnist_data) -> None:
