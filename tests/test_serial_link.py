@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ import serial
 
 from edge_runtime.emulator import PtyPort
 from edge_runtime.protocol import DELIMITER, MAX_PAYLOAD_BYTES, encode_frame
+from edge_runtime.sources import reader_wire as wire
 from edge_runtime.sources.serial_reader import Reader
 from edge_runtime.sources.serial_source import Backoff, SerialSource
 
@@ -37,14 +37,17 @@ class ScriptedParent:
     """
 
     def __init__(self, steps: list[Callable[[], Callable[[], None] | None]]) -> None:
-        self.records: list[tuple[Any, ...]] = []
+        self.records: list[wire.Record] = []
+        self._wire = wire.RecordReader(MAX_PAYLOAD_BYTES)
         self.delays: list[float] = []
         self.stop_requested = False
         self._steps = steps
         self._on_poll: Callable[[], None] = lambda: None
 
-    def send(self, records: list[tuple[Any, ...]]) -> None:
-        self.records.extend(records)
+    def send(self, records: list[bytes]) -> None:
+        """The reader's records as the daemon would read them off the socket (the binary wire format)."""
+        for record in records:
+            self.records.extend(self._wire.feed(record))
 
     def wait_for_stop(self, timeout: float) -> bool:
         if timeout == 0:  # a poll while the port is open
@@ -59,7 +62,7 @@ class ScriptedParent:
         return self.stop_requested
 
     def bytes_seen(self) -> int:
-        return sum(r[1] for r in self.records if r[0] == "bytes")
+        return sum(r.n for r in self.records if isinstance(r, wire.Received))
 
 
 def test_the_backoff_grows_until_a_link_carries_bytes_then_starts_again(tmp_path: Path) -> None:
@@ -92,8 +95,8 @@ def test_the_backoff_grows_until_a_link_carries_bytes_then_starts_again(tmp_path
     Reader(parent, str(link), 115200, 0.05, BACKOFF, MAX_PAYLOAD_BYTES).run()
     # failed open, failed open, opened but silent (no reset), carried bytes (reset), then stop
     assert parent.delays == [0.1, 0.2, 0.4, 0.1]
-    assert parent.bytes_seen() > 0 and parent.records[-1] == ("end",)
-    ups = [r[1] for r in parent.records if r[0] == "up"]
+    assert parent.bytes_seen() > 0 and isinstance(parent.records[-1], wire.End)
+    ups = [r.up for r in parent.records if isinstance(r, wire.Up)]
     assert ups == [False, False, True, False, True, False]
 
 
