@@ -81,9 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out is None:
         raise ConfigError("--samples needs --out NEW.json")
     files.check_target(args.out)  # before the fit is printed, not after
-    base = DeviceProfile.load(args.base) if args.base else DeviceProfile.packaged(args.device)
-    if base.device != args.device:
-        raise ConfigError(f"{args.base}: a profile for {base.device}; pass --device {base.device}")
+    base = DeviceProfile.chosen(args.device, args.base, "pass --device with the profile's device")
     fix = [name.strip() for name in args.fix.split(",") if name.strip()]
     version = args.version or f"{base.version}+calibrated"
     result = calibrate(base, load_samples(args.samples, base.device), version=version, fix=fix)

@@ -62,13 +62,8 @@ def load_energy_model(config: ServeConfig) -> DeviceProfile:
     """``inference.device_profile`` (e.g. from ``edge-runtime calibrate``), else the packaged profile of
     ``inference.device``; a file for another device than the configured one is refused."""
     inference = config.inference
-    if not inference.device_profile:
-        return DeviceProfile.packaged(inference.device)
-    profile = DeviceProfile.load(Path(inference.device_profile))
-    if profile.device != inference.device:
-        raise ConfigError(f"{inference.device_profile}: a profile for {profile.device}, but inference.device is "
-                          f"{inference.device!r}: make them agree")
-    return profile
+    return DeviceProfile.chosen(inference.device, inference.device_profile,
+                                "set inference.device to the profile's device, or use another profile")
 
 
 def restart_only_changes(old: ServeConfig, new: ServeConfig) -> list[str]:

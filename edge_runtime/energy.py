@@ -400,6 +400,17 @@ class DeviceProfile:
         return cls.from_document(json.loads(packaged.read_text(encoding="utf-8")), f"{device}.json")
 
     @classmethod
+    def chosen(cls, device: str, path: str | Path | None, advice: str) -> DeviceProfile:
+        """The profile file at ``path`` if given, else the packaged one of ``device``; a file for another
+        device is refused in one line ending with ``advice`` (how to make them agree)."""
+        if not path:
+            return cls.packaged(device)
+        profile = cls.load(Path(path))
+        if profile.device != device:
+            raise ConfigError(f"{path}: a profile for {profile.device}, but the device is {device!r}: {advice}")
+        return profile
+
+    @classmethod
     def from_document(cls, document: object, origin: str) -> DeviceProfile:
         """Build from parsed JSON, collecting every problem into one error line naming ``origin``."""
         if not isinstance(document, dict):

@@ -65,9 +65,7 @@ def run(args: argparse.Namespace) -> int:
             files.check_target(target)  # before the (possibly long) run, not after it
     model = load_model(args.model)
     frames = load_frames(args.frames, model.input_shape)
-    profile = DeviceProfile.load(args.device_profile) if args.device_profile else DeviceProfile.packaged(args.device)
-    if profile.device != args.device:
-        raise ConfigError(f"{args.device_profile}: a profile for {profile.device}; pass --device {profile.device}")
+    profile = DeviceProfile.chosen(args.device, args.device_profile, "pass --device with the profile's device")
     mapping = device_mapping(args) if args.stats is not None else None
     result = Simulator(model).run(frames)
     arrays: dict[str, Any] = {"outputs": result.outputs, **result.counters.to_arrays()}

@@ -401,6 +401,6 @@ def test_a_calibrated_device_profile_is_used_and_a_bad_path_refused(
     with pytest.raises(ConfigError, match=r"nowhere\.json: cannot read device profile"):
         Daemon(None, {"model.bundle": str(bundle.path), "source.spec": "replay:mnist-test",
                       "inference.device_profile": str(tmp_path / "nowhere.json")})
-    with pytest.raises(ConfigError, match=r"a profile for akd1000, but inference.device is 'akd1500'"):
+    with pytest.raises(ConfigError, match=r"a profile for akd1000, but the device is 'akd1500': set inference\.device"):
         Daemon(None, {"model.bundle": str(bundle.path), "source.spec": "replay:mnist-test",
                       "inference.device": "akd1500", "inference.device_profile": str(tmp_path / "profile.json")})

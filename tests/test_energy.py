@@ -292,3 +292,11 @@ def test_the_one_frame_path_equals_the_array_path() -> None:
                 np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), rtol=1e-12, err_msg=name)
             checked += 1
     assert checked > 50
+
+
+def test_a_chosen_profile_is_the_packaged_one_or_a_file_for_the_same_device(tmp_path) -> None:
+    assert DeviceProfile.chosen("akd1500", None, "x") == DeviceProfile.packaged("akd1500")
+    PROFILE.save(tmp_path / "p.json")  # an akd1000 profile
+    assert DeviceProfile.chosen("akd1000", tmp_path / "p.json", "x").version == "round-v2"
+    with pytest.raises(ConfigError, match=r"p\.json: a profile for akd1000, but the device is 'akd1500': do this"):
+        DeviceProfile.chosen("akd1500", tmp_path / "p.json", "do this")
