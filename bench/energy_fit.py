@@ -342,6 +342,19 @@ def total_energy_table(doc, built, profile: DeviceProfile) -> str:
     return text
 
 
+def chip_clocks_per_frame(profile: DeviceProfile, mapping: ModelMapping, acts: Sequence[Activity], n: float) -> float:
+    """The on-chip part of the model's frame time in a call of ``n`` frames, in clocks: what the
+    board's ``inference_clk`` / n counts (the model's own pipelining, with its host time left out)."""
+    no_host = replace(profile, coefficients=replace(profile.coefficients, **dict.fromkeys(HOST_COEFFICIENTS, 0.0)))
+    return float(no_host.estimate(mapping, acts, n).frame_s[0]) * profile.coefficients.clock_hz
+
+
+def v1_fps(built: Built, mapping: ModelMapping, acts: Sequence[Activity], frames_per_call: float) -> float:
+    """v1's frame rate for a call of that many frames: v1 left the per-call overhead out of its model;
+    its docs derived 15.1 ms per call."""
+    return 1 / (energy_v1.frame_time_s(v1_load(built, mapping, acts)) + 0.0151 / frames_per_call)
+
+
 def akd1000_clock_factor(doc, built, akd1500: DeviceProfile) -> energy_fit.Fit:
     """One factor on the AKD1500's clock costs, fitted to the AKD1000's published ``inference_clk``
     (pipelined over each call's frames): the two chips share the NP design, but the AKD1000 counts show
@@ -350,8 +363,8 @@ def akd1000_clock_factor(doc, built, akd1500: DeviceProfile) -> energy_fit.Fit:
     for label, point, mapping, acts in _e2e(doc, built, "akd1000"):
         if "clocks_per_call" in point:
             n = point["frames_per_call"]
-            layers = list(akd1500.estimate(mapping, acts).layer_clocks[0])
-            rows.append(Row(label, {"factor": (sum(layers) + (n - 1) * max(layers)) / n}, point["clocks_per_call"] / n))
+            rows.append(Row(label, {"factor": chip_clocks_per_frame(akd1500, mapping, acts, n)},
+                            point["clocks_per_call"] / n))
     return energy_fit.fit(rows, ["factor"], {})
 
 
@@ -362,13 +375,13 @@ def akd1000_clocks_table(doc, built, akd1500: DeviceProfile) -> str:
     for label, point, mapping, acts in _e2e(doc, built, "akd1000"):
         if "clocks_per_call" not in point:
             continue
-        per_layer = list(akd1500.estimate(mapping, acts).layer_clocks[0])
         v1 = v1_clocks(built[doc["models"][point["model"]]["architecture"]], mapping, acts)
         measured = point["clocks_per_call"] / point["frames_per_call"]
         n = point["frames_per_call"]
-        pipelined = (sum(per_layer) + (n - 1) * max(per_layer)) / n
-        rows.append((label, f"{n}", f"{measured:,.0f}", f"{sum(per_layer):,.0f}",
-                     pct(sum(per_layer) / measured - 1), f"{pipelined:,.0f}", pct(pipelined / measured - 1),
+        in_series = float(akd1500.estimate(mapping, acts).chip_s[0]) * akd1500.coefficients.clock_hz
+        pipelined = chip_clocks_per_frame(akd1500, mapping, acts, n)
+        rows.append((label, f"{n}", f"{measured:,.0f}", f"{in_series:,.0f}",
+                     pct(in_series / measured - 1), f"{pipelined:,.0f}", pct(pipelined / measured - 1),
                      f"{v1:,.0f}", pct(v1 / measured - 1)))
     return table("AKD1000 on-chip clocks per frame (AKD1500 clock costs, AKD1000 AllNps mapping; not fitted)",
                  ["run", "frames/call", "measured", "layers in series", "error",
@@ -414,9 +427,8 @@ def fit_akd1000(doc, built, akd1500: DeviceProfile) -> tuple[DeviceProfile, str]
         estimate = profile.estimate(mapping, acts, point["frames_per_call"])
         fps_rows.append(Row(label, {}, point["fps"]))
         fps_pred.append(1 / float(estimate.frame_s[0]))
-        # v1 left the per-call overhead out of its model; its docs derived 15.1 ms per call
-        v1_frame = energy_v1.frame_time_s(v1_load(built[doc["models"][point["model"]]["architecture"]], mapping, acts))
-        fps_v1.append(1 / (v1_frame + 0.0151 / point["frames_per_call"]))
+        fps_v1.append(v1_fps(built[doc["models"][point["model"]]["architecture"]], mapping, acts,
+                             point["frames_per_call"]))
     text3, _, _ = residual_table("AKD1000 frames per second (host-inclusive)", fps_rows, np.array(fps_pred), fps_v1,
                                  "fps", fmt="{:.2f}")
     return profile, text0 + "\n" + text + "\n" + text2 + "\n" + text3 + "\n" + held_out_table(doc, built, profile)
@@ -424,19 +436,19 @@ def fit_akd1000(doc, built, akd1500: DeviceProfile) -> tuple[DeviceProfile, str]
 
 def held_out_table(doc, built, profile: DeviceProfile) -> str:
     """Points no fit saw: frames per second and total energy per frame, v2 and v1."""
-    rows, fps, v1_fps, energy_rows, energy = [], [], [], [], []
+    rows, fps, v1_rates, energy_rows, energy = [], [], [], [], []
     for label, point, mapping, acts in _e2e(doc, built, profile.device, held_out=True):
         estimate = profile.estimate(mapping, acts, point["frames_per_call"])
         rows.append(Row(label, {}, point["fps"]))
         fps.append(1 / float(estimate.frame_s[0]))
-        v1_frame = energy_v1.frame_time_s(v1_load(built[doc["models"][point["model"]]["architecture"]], mapping, acts))
-        v1_fps.append(1 / (v1_frame + 0.0151 / point["frames_per_call"]))
+        v1_rates.append(v1_fps(built[doc["models"][point["model"]]["architecture"]], mapping, acts,
+                               point["frames_per_call"]))
         energy_rows.append(Row(label, {}, point["total_mj"] / 1e3))
         energy.append(float(estimate.total_j[0]))
     if not rows:
         return ""
     text, _, _ = residual_table(f"{profile.device.upper()} held-out runs (in no fit): frames per second", rows,
-                                np.array(fps), v1_fps, "fps", fmt="{:.2f}")
+                                np.array(fps), v1_rates, "fps", fmt="{:.2f}")
     text2, _, _ = residual_table(f"{profile.device.upper()} held-out runs: total energy per frame", energy_rows,
                                  np.array(energy), None, "mJ", scale=1e3, fmt="{:.2f}")
     return text + "\n" + text2
