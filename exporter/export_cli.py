@@ -29,11 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bundle atomically. Nothing is written if any check fails.",
     )
     export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory from 'edge-export train'")
-    export.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR", help="bundle directory to write")
-    export.add_argument("--name", default=None, help="model name in the manifest (default: the --out directory's name)")
-    export.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     export.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
-    _energy_arguments(export)
+    _bundle_arguments(export)
     export.set_defaults(func=_export)
 
     pack = sub.add_parser(
@@ -50,10 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pack.add_argument("--labels", type=Path, default=None, metavar="LABELS.npy", help="(N,) integer class labels")
     pack.add_argument("--names", type=Path, default=None, metavar="NAMES.txt",
                       help="class names, one a line (default: 0, 1, ...)")
-    pack.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR", help="bundle directory to write")
-    pack.add_argument("--name", default=None, help="model name in the manifest (default: the --out directory's name)")
-    pack.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
-    _energy_arguments(pack)
+    _bundle_arguments(pack)
     pack.set_defaults(func=_package)
 
     inspect = sub.add_parser("inspect", help="summarise a bundle and re-check its hashes",
@@ -75,8 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify.set_defaults(func=_verify)
 
 
-def _energy_arguments(parser: argparse.ArgumentParser) -> None:
-    """What the bundle's modelled energy is computed with (export and package alike)."""
+def _bundle_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the bundle goes and what its modelled energy is computed with (export and package alike)."""
+    parser.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR", help="bundle directory to write")
+    parser.add_argument("--name", default=None, help="model name in the manifest (default: the --out directory's name)")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
     parser.add_argument("--device-profile", type=Path, action="append", default=[], metavar="FILE",
                         help="a device profile (e.g. from edge-runtime calibrate) replacing the packaged one for "
                         "its device; repeat for several devices (default: the packaged akd1000 and akd1500 profiles)")
