@@ -26,8 +26,16 @@ def expand(architecture: Mapping[str, Any]) -> list[dict[str, Any]]:
         return [dict(layer) for layer in architecture["layers"]]
     recipe = architecture["akidanet"]
     alpha, size = recipe["alpha"], recipe["resolution"]
-    layers: list[dict[str, Any]] = [{"name": "conv_0", "type": "InputConvolutional", "input_shape": [size, size, 3],
-                                     "kernel": 3, "filters": int(32 * alpha), "stride": 2}]
+    layers: list[dict[str, Any]] = [
+        {
+            "name": "conv_0",
+            "type": "InputConvolutional",
+            "input_shape": [size, size, 3],
+            "kernel": 3,
+            "filters": int(32 * alpha),
+            "stride": 2,
+        }
+    ]
     for index, (filters, stride) in enumerate(_AKIDANET, start=1):
         kind = "Convolutional" if index <= 3 else "SeparableConvolutional"
         name = f"conv_{index}" if index <= 3 else f"separable_{index}"
@@ -62,8 +70,12 @@ def _layer(spec: Mapping[str, Any]) -> Any:
     if kind == "FullyConnected":
         return akida.FullyConnected(units=spec["units"], weights_bits=4, **common)
     kernel, stride = spec["kernel"], spec.get("stride", 1)
-    conv: dict[str, Any] = {"kernel_size": (kernel, kernel), "filters": spec["filters"],
-                            "kernel_stride": (stride, stride), **common}
+    conv: dict[str, Any] = {
+        "kernel_size": (kernel, kernel),
+        "filters": spec["filters"],
+        "kernel_stride": (stride, stride),
+        **common,
+    }
     pool = spec.get("pool")
     if pool == "max":
         conv.update(pool_type=akida.PoolType.Max, pool_size=(2, 2), pool_stride=(2, 2))

@@ -109,7 +109,7 @@ def write_packets(fd: int, packets: list[bytes], rate: float | None, go: Any, re
         view = memoryview(packet)
         while view:
             select.select([], [fd], [])
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         sent[index] = time.time()
     report.send(sent)
 
@@ -122,8 +122,9 @@ class Sensor:
         self._go, child_go = context.Pipe()
         self._report, child_report = context.Pipe()
         # daemon: if the run fails before "go", exiting must not wait for a sensor that waits for "go"
-        self._process = context.Process(target=write_packets, args=(fd, packets, rate, child_go, child_report),
-                                        daemon=True)
+        self._process = context.Process(
+            target=write_packets, args=(fd, packets, rate, child_go, child_report), daemon=True
+        )
         self._process.start()
 
     @property
@@ -224,14 +225,22 @@ def children_cpu_seconds(exclude: Collection[int] = ()) -> float:
     return total
 
 
-def serve(overrides: dict[str, Any], frames: int, start: Callable[[], None], exclude: Collection[int] = ()
-          ) -> dict[str, Any]:
+def serve(
+    overrides: dict[str, Any], frames: int, start: Callable[[], None], exclude: Collection[int] = ()
+) -> dict[str, Any]:
     """Run a daemon until ``frames`` frames are inferred or dropped; ``start`` begins the input.
 
     ``exclude``: child processes whose CPU time is not the daemon's (the sensor).
     """
-    daemon = Daemon(None, {"metrics.listen": "127.0.0.1:0", "inference.backend": "simulator",
-                           "inference.max_batch": MAX_BATCH, **overrides})
+    daemon = Daemon(
+        None,
+        {
+            "metrics.listen": "127.0.0.1:0",
+            "inference.backend": "simulator",
+            "inference.max_batch": MAX_BATCH,
+            **overrides,
+        },
+    )
     daemon.start()
     loop = threading.Thread(target=daemon.wait, daemon=True)
     loop.start()
@@ -240,8 +249,10 @@ def serve(overrides: dict[str, Any], frames: int, start: Callable[[], None], exc
     # Polled every 2 ms while the daemon runs in this process, so read cheaply: prometheus_client
     # keeps each series' value in ``_value`` (collect() would cost ~35 us a poll, ~2 % of a core).
     sensor_up, received = metrics.sensor_up._value.get, metrics.frames_received._value.get
-    counts = [metrics.inferences.labels("simulator")._value.get,
-              *(metrics.frames_dropped.labels(reason)._value.get for reason in DROP_REASONS)]
+    counts = [
+        metrics.inferences.labels("simulator")._value.get,
+        *(metrics.frames_dropped.labels(reason)._value.get for reason in DROP_REASONS),
+    ]
 
     def accounted() -> float:
         return sum(count() for count in counts)
@@ -263,8 +274,14 @@ def serve(overrides: dict[str, Any], frames: int, start: Callable[[], None], exc
         daemon.post(signal.SIGTERM)
         loop.join(60)
     # The daemon runs in this process; a serial source adds its reader process.
-    return {"seconds": last - first, "cpu_s": cpu + reader_cpu, "reader_cpu_s": reader_cpu, "inferred": inferred,
-            "dropped": dropped, "batch": batch}
+    return {
+        "seconds": last - first,
+        "cpu_s": cpu + reader_cpu,
+        "reader_cpu_s": reader_cpu,
+        "inferred": inferred,
+        "dropped": dropped,
+        "batch": batch,
+    }
 
 
 def over_pty(bundle: Path, frames: np.ndarray, rate: float | None, log: Path | None) -> dict[str, Any]:
@@ -273,8 +290,11 @@ def over_pty(bundle: Path, frames: np.ndarray, rate: float | None, log: Path | N
     with PtyPort() as port:
         sensor = Sensor(port.master, packets, rate)
         # A queue as long as the run: the sensor does not wait, and this measures speed, not drops.
-        overrides = {"model.bundle": str(bundle), "source.spec": f"serial:{port.path}",
-                     "source.queue_size": len(frames) + 1}
+        overrides = {
+            "model.bundle": str(bundle),
+            "source.spec": f"serial:{port.path}",
+            "source.queue_size": len(frames) + 1,
+        }
         if log is not None:
             overrides["predictions.path"] = str(log)
         result = serve(overrides, len(frames), sensor.go, [sensor.pid])
@@ -308,20 +328,30 @@ def make_bundle(out: Path, frames: np.ndarray, labels: np.ndarray) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=10000, help="MNIST test frames per measurement (default 10000)")
-    parser.add_argument("--rounds", type=int, default=7,
-                        help="rounds of pty and replay runs, each between two raw runs; the target is judged on "
-                        "the median of the rounds' ratios (default 7)")
-    parser.add_argument("--bundle", default=str(REPO / "models" / "mnist-zeroaware"),
-                        help="an exported bundle, or 'random' for a random default-architecture model "
-                        "(default: the shipped models/mnist-zeroaware)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=7,
+        help="rounds of pty and replay runs, each between two raw runs; the target is judged on "
+        "the median of the rounds' ratios (default 7)",
+    )
+    parser.add_argument(
+        "--bundle",
+        default=str(REPO / "models" / "mnist-zeroaware"),
+        help="an exported bundle, or 'random' for a random default-architecture model "
+        "(default: the shipped models/mnist-zeroaware)",
+    )
     args = parser.parse_args()
 
     mnist = load_mnist()
     frames = mnist.test_images[: args.frames, :, :, None]
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        bundle_path = (make_bundle(Path(tmp) / "bundle", frames, mnist.test_labels) if args.bundle == "random"
-                       else Path(args.bundle))
+        bundle_path = (
+            make_bundle(Path(tmp) / "bundle", frames, mnist.test_labels)
+            if args.bundle == "random"
+            else Path(args.bundle)
+        )
         bundle = load_bundle(bundle_path)
         simulator = Simulator(bundle.model)
         limit_blas_threads(1)
@@ -365,15 +395,24 @@ def main() -> int:
     sent = paced["sent"]
     end_to_end = np.array([r["time"] + r["latency_s"] - sent[r["seq"]] for r in records])
 
-    print(f"bundle: {bundle.manifest.name} ({bundle.sha256[:12]}), layers "
-          + ", ".join(f"{m.name} {100 * m.activation_density:.0f}% active" for m in bundle.manifest.metrics.layers))
-    print(f"frames: {len(frames)} MNIST test images per run, {args.rounds} rounds; host: "
-          f"{os.cpu_count()} CPUs, load average " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print(
+        f"bundle: {bundle.manifest.name} ({bundle.sha256[:12]}), layers "
+        + ", ".join(f"{m.name} {100 * m.activation_density:.0f}% active" for m in bundle.manifest.metrics.layers)
+    )
+    print(
+        f"frames: {len(frames)} MNIST test images per run, {args.rounds} rounds; host: "
+        f"{os.cpu_count()} CPUs, load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    )
     reference = [raw[batch][0] for raw in raws]
-    print(f"raw simulator, {len(raws)} runs: " + " | ".join(
-        f"batch {b} median {median([raw[b][0] for raw in raws]):.0f} fps, "
-        f"{median([raw[b][1] for raw in raws]):.0f} us CPU/frame" for b in (1, MAX_BATCH))
-        + f"; reference batch {batch}, from {min(reference):.0f} to {max(reference):.0f} fps (the host's own noise)")
+    print(
+        f"raw simulator, {len(raws)} runs: "
+        + " | ".join(
+            f"batch {b} median {median([raw[b][0] for raw in raws]):.0f} fps, "
+            f"{median([raw[b][1] for raw in raws]):.0f} us CPU/frame"
+            for b in (1, MAX_BATCH)
+        )
+        + f"; reference batch {batch}, from {min(reference):.0f} to {max(reference):.0f} fps (the host's own noise)"
+    )
     ratios: dict[str, list[float]] = {}
     for label in ("replay", "pty"):
         ratios[label] = [ratio_to_raw(r[label], r[f"{label}_raw"]) for r in rounds]
@@ -381,20 +420,27 @@ def main() -> int:
         cpu = median([cpu_us(r) for r in results])
         reader = median([cpu_us(r, "reader_cpu_s") for r in results])
         per_round = ", ".join(f"{100 * x:.0f}%" for x in ratios[label])
-        print(f"daemon, {label + ':':8} {median([fps(r) for r in results]):6.0f} fps = "
-              f"{100 * median(ratios[label]):.1f}% of raw (rounds: {per_round}); "
-              f"{cpu:.0f} us CPU/frame = {100 * raw_cpu / cpu:.0f}% CPU efficiency"
-              + (f" (reader process {reader:.0f})" if reader else "")
-              + f"; mean batch {median([r['batch'] for r in results]):.1f}; "
-              f"dropped {sum(sum(r['dropped'].values()) for r in results)}")
-    print(f"  (metrics on and scraped every second, max_batch {MAX_BATCH}; each round's ratio is to the mean of the "
-          "raw runs just before and after it; CPU efficiency = the raw simulator's CPU per frame / the daemon's)")
+        print(
+            f"daemon, {label + ':':8} {median([fps(r) for r in results]):6.0f} fps = "
+            f"{100 * median(ratios[label]):.1f}% of raw (rounds: {per_round}); "
+            f"{cpu:.0f} us CPU/frame = {100 * raw_cpu / cpu:.0f}% CPU efficiency"
+            + (f" (reader process {reader:.0f})" if reader else "")
+            + f"; mean batch {median([r['batch'] for r in results]):.1f}; "
+            f"dropped {sum(sum(r['dropped'].values()) for r in results)}"
+        )
+    print(
+        f"  (metrics on and scraped every second, max_batch {MAX_BATCH}; each round's ratio is to the mean of the "
+        "raw runs just before and after it; CPU efficiency = the raw simulator's CPU per frame / the daemon's)"
+    )
     ratio = median(ratios["pty"])
     verdict = "OK" if ratio >= TARGET_RATIO else "BELOW TARGET"
-    print(f"target: daemon over the pty >= {100 * TARGET_RATIO:.0f}% of the raw simulator (median of rounds): "
-          + verdict)
-    print(f"at {OFFERED_RATE:.0f} frames/s offered over the pty ({len(records)} inferred of {len(paced_frames)}, "
-          f"dropped {sum(paced['dropped'].values())}):")
+    print(
+        f"target: daemon over the pty >= {100 * TARGET_RATIO:.0f}% of the raw simulator (median of rounds): " + verdict
+    )
+    print(
+        f"at {OFFERED_RATE:.0f} frames/s offered over the pty ({len(records)} inferred of {len(paced_frames)}, "
+        f"dropped {sum(paced['dropped'].values())}):"
+    )
     print(f"  receipt -> prediction:         {percentiles(in_daemon)}")
     print(f"  packet written -> prediction:  {percentiles(end_to_end)}")
     return 0 if ratio >= TARGET_RATIO else 1

@@ -80,8 +80,11 @@ def build_all(doc: dict[str, Any]) -> dict[str, Built]:
     for name, arch in doc["architectures"].items():
         layers = architectures.expand(arch)
         model = architectures.build(layers)
-        out[name] = Built(layers, [math.prod(layer.input_dims) for layer in model.layers],
-                          [math.prod(layer.output_dims) for layer in model.layers])
+        out[name] = Built(
+            layers,
+            [math.prod(layer.input_dims) for layer in model.layers],
+            [math.prod(layer.output_dims) for layer in model.layers],
+        )
     return out
 
 
@@ -98,8 +101,15 @@ def mapping_of(built: Built, arch: str, device: str, mode: str) -> ModelMapping:
         # passes of the longest hardware sequence: a software layer between two hardware sequences
         # (only the ECE6790 stack) is a host round trip, not NP reprogramming
         passes = max(len(s.passes) for s in model.sequences if s.backend == akida.BackendType.Hardware)
-        _MAPPINGS[key] = ModelMapping(device, mode, tuple(placement(layer) for layer in model.layers), max(passes, 1),
-                                      len(model.sequences), built.input_sizes[0], weight_count(model))
+        _MAPPINGS[key] = ModelMapping(
+            device,
+            mode,
+            tuple(placement(layer) for layer in model.layers),
+            max(passes, 1),
+            len(model.sequences),
+            built.input_sizes[0],
+            weight_count(model),
+        )
     return _MAPPINGS[key]
 
 
@@ -186,22 +196,32 @@ def clock_rows(doc: dict[str, Any], built: dict[str, Built]) -> tuple[list[Row],
             (multi_pass if mapping.multi_pass and not fnp2 else fit_rows).append(row)
         elif kind == "single_layer_clocks":
             events = 32 * 32 * 32 * point["density"]
-            features = {f"cnp_clk_per_event_filter_k{point['kernel']}": events * 32, "cnp_clk_per_layer": 1.0,
-                        "cnp_clk_per_neuron": 32 * 32 * 32}
+            features = {
+                f"cnp_clk_per_event_filter_k{point['kernel']}": events * 32,
+                "cnp_clk_per_layer": 1.0,
+                "cnp_clk_per_neuron": 32 * 32 * 32,
+            }
             fit_rows.append(Row(f"S1 conv3x3 density {point['density']}", features, point["clocks"]))
         elif kind == "single_layer_slope":
             name = "separable " if point["separable"] else ""
-            fit_rows.append(Row(f"S1 {name}{point['kernel']}x{point['kernel']} slope",
-                                {f"cnp_clk_per_event_filter_k{point['kernel']}": 1.0}, point["clk_per_event_filter"]))
+            fit_rows.append(
+                Row(
+                    f"S1 {name}{point['kernel']}x{point['kernel']} slope",
+                    {f"cnp_clk_per_event_filter_k{point['kernel']}": 1.0},
+                    point["clk_per_event_filter"],
+                )
+            )
         elif kind == "end_to_end" and point["device"] == "akd1500":
             arch = doc["models"][point["model"]]["architecture"]
             mapping = mapping_of(built[arch], arch, "akd1500", point["mode"])
             scale = sweep_scale(doc, point, built[arch]) if "mean_density" in point else 1.0
             acts = activity_of(doc, point["model"], built[arch], scale)
-            label = f"{point['model']} {point['mode']}" + (f" shift {point['threshold_shift']}"
-                                                            if "threshold_shift" in point else "")
-            end_to_end.append((Row(label, clock_features(mapping, acts), point["clocks"]),
-                               v1_clocks(built[arch], mapping, acts)))
+            label = f"{point['model']} {point['mode']}" + (
+                f" shift {point['threshold_shift']}" if "threshold_shift" in point else ""
+            )
+            end_to_end.append(
+                (Row(label, clock_features(mapping, acts), point["clocks"]), v1_clocks(built[arch], mapping, acts))
+            )
     return fit_rows, multi_pass, end_to_end
 
 
@@ -218,8 +238,15 @@ def table(title: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> s
     return "\n".join(lines) + "\n"
 
 
-def residual_table(title: str, rows: Sequence[Row], v2: np.ndarray, v1: Sequence[float] | None, unit: str,
-                   scale: float = 1.0, fmt: str = "{:,.0f}") -> tuple[str, list[float], list[float]]:
+def residual_table(
+    title: str,
+    rows: Sequence[Row],
+    v2: np.ndarray,
+    v1: Sequence[float] | None,
+    unit: str,
+    scale: float = 1.0,
+    fmt: str = "{:,.0f}",
+) -> tuple[str, list[float], list[float]]:
     e2 = [(p - r.target) / r.target for r, p in zip(rows, v2, strict=True)]
     e1 = [(p - r.target) / r.target for r, p in zip(rows, v1, strict=True)] if v1 is not None else []
     body = []
@@ -263,8 +290,9 @@ def _e2e(doc: dict[str, Any], built: dict[str, Built], device: str, held_out: bo
             arch = doc["models"][point["model"]]["architecture"]
             mapping = mapping_of(built[arch], arch, device, point["mode"])
             scale = sweep_scale(doc, point, built[arch]) if "mean_density" in point else 1.0
-            label = f"{point['model']} {point['mode']}" + (f" shift {point['threshold_shift']}"
-                                                            if "threshold_shift" in point else "")
+            label = f"{point['model']} {point['mode']}" + (
+                f" shift {point['threshold_shift']}" if "threshold_shift" in point else ""
+            )
             yield label, point, mapping, activity_of(doc, point["model"], built[arch], scale)
 
 
@@ -290,8 +318,11 @@ def fit_host_akd1500(doc, built, clock_values) -> tuple[energy_fit.Fit, list[Row
 
 def floor_akd1500(doc) -> float:
     """Floor = total - dynamic power, every model and mode of metrics.json (core rail)."""
-    floors = [(p["total_mw"] - p["dynamic_mw"]) / 1e3 for p in doc["points"]
-              if p["kind"] == "end_to_end" and p["device"] == "akd1500" and "total_mw" in p]
+    floors = [
+        (p["total_mw"] - p["dynamic_mw"]) / 1e3
+        for p in doc["points"]
+        if p["kind"] == "end_to_end" and p["device"] == "akd1500" and "total_mw" in p
+    ]
     return float(np.mean(floors))
 
 
@@ -308,9 +339,13 @@ def fit_dynamic_akd1500(doc, built) -> tuple[energy_fit.Fit, list[Row], list[flo
             v1.append(energy_v1.chip_j(v1_load(built[doc["models"][point["model"]]["architecture"]], mapping, acts)))
     for point in doc["points"]:
         if point["kind"] == "single_layer_dynamic_energy":
-            rows.append(Row(f"S1 conv3x3 density {point['density']}",
-                            _single_layer(32768 * point["density"], point["nonzero_weight_fraction"]),
-                            point["dynamic_uj"] / 1e6))
+            rows.append(
+                Row(
+                    f"S1 conv3x3 density {point['density']}",
+                    _single_layer(32768 * point["density"], point["nonzero_weight_fraction"]),
+                    point["dynamic_uj"] / 1e6,
+                )
+            )
             v1.append(math.nan)
         elif point["kind"] == "submodel_weight_sparsity":
             # InputConv (identity, 32x32 -> 32 filters) + SepConv (identity) + the layer under test
@@ -318,8 +353,13 @@ def fit_dynamic_akd1500(doc, built) -> tuple[energy_fit.Fit, list[Row], list[flo
             features["dyn_pj_per_hrc_block"] = 1024 * 2 * 1e-12
             features["dyn_pj_per_event_filter"] += 32768 * 32 * 1e-12
             features["dyn_pj_per_synop"] += 32768 * 1e-12  # identity: one fused (tap, filter) pair per event
-            rows.append(Row(f"S1 sub-model, {point['nonzero_weight_fraction']:.0%} non-zero weights", features,
-                            point["dynamic_uj"] / 1e6))
+            rows.append(
+                Row(
+                    f"S1 sub-model, {point['nonzero_weight_fraction']:.0%} non-zero weights",
+                    features,
+                    point["dynamic_uj"] / 1e6,
+                )
+            )
             v1.append(math.nan)
     return energy_fit.fit(rows, list(ENERGY_COEFFICIENTS), {}), rows, v1
 
@@ -336,9 +376,15 @@ def total_energy_table(doc, built, profile: DeviceProfile) -> str:
             estimate = profile.estimate(mapping, acts, point["frames_per_call"])
             rows.append(Row(label, {}, point["total_mj"] / 1e3))
             predicted.append(float(estimate.total_j[0]))
-    text, _, _ = residual_table(f"{profile.device.upper()} total energy per frame (floor x wall + dynamic; "
-                                "not fitted as such)", rows, np.array(predicted), None, "mJ", scale=1e3,
-                                fmt="{:.3f}")
+    text, _, _ = residual_table(
+        f"{profile.device.upper()} total energy per frame (floor x wall + dynamic; not fitted as such)",
+        rows,
+        np.array(predicted),
+        None,
+        "mJ",
+        scale=1e3,
+        fmt="{:.3f}",
+    )
     return text
 
 
@@ -363,8 +409,9 @@ def akd1000_clock_factor(doc, built, akd1500: DeviceProfile) -> energy_fit.Fit:
     for label, point, mapping, acts in _e2e(doc, built, "akd1000"):
         if "clocks_per_call" in point:
             n = point["frames_per_call"]
-            rows.append(Row(label, {"factor": chip_clocks_per_frame(akd1500, mapping, acts, n)},
-                            point["clocks_per_call"] / n))
+            rows.append(
+                Row(label, {"factor": chip_clocks_per_frame(akd1500, mapping, acts, n)}, point["clocks_per_call"] / n)
+            )
     return energy_fit.fit(rows, ["factor"], {})
 
 
@@ -380,13 +427,34 @@ def akd1000_clocks_table(doc, built, akd1500: DeviceProfile) -> str:
         n = point["frames_per_call"]
         in_series = float(akd1500.estimate(mapping, acts).chip_s[0]) * akd1500.coefficients.clock_hz
         pipelined = chip_clocks_per_frame(akd1500, mapping, acts, n)
-        rows.append((label, f"{n}", f"{measured:,.0f}", f"{in_series:,.0f}",
-                     pct(in_series / measured - 1), f"{pipelined:,.0f}", pct(pipelined / measured - 1),
-                     f"{v1:,.0f}", pct(v1 / measured - 1)))
-    return table("AKD1000 on-chip clocks per frame (AKD1500 clock costs, AKD1000 AllNps mapping; not fitted)",
-                 ["run", "frames/call", "measured", "layers in series", "error",
-                  "pipelined: (sum + (n-1) x slowest) / n", "error",
-                  "v1", "v1 error"], rows)
+        rows.append(
+            (
+                label,
+                f"{n}",
+                f"{measured:,.0f}",
+                f"{in_series:,.0f}",
+                pct(in_series / measured - 1),
+                f"{pipelined:,.0f}",
+                pct(pipelined / measured - 1),
+                f"{v1:,.0f}",
+                pct(v1 / measured - 1),
+            )
+        )
+    return table(
+        "AKD1000 on-chip clocks per frame (AKD1500 clock costs, AKD1000 AllNps mapping; not fitted)",
+        [
+            "run",
+            "frames/call",
+            "measured",
+            "layers in series",
+            "error",
+            "pipelined: (sum + (n-1) x slowest) / n",
+            "error",
+            "v1",
+            "v1 error",
+        ],
+        rows,
+    )
 
 
 def fit_akd1000(doc, built, akd1500: DeviceProfile) -> tuple[DeviceProfile, str]:
@@ -407,30 +475,57 @@ def fit_akd1000(doc, built, akd1500: DeviceProfile) -> tuple[DeviceProfile, str]
             predicted = float(akd1500.estimate(mapping, acts).dynamic_j[0])
             measured = (point["avg_mw"] - point["floor_mw"]) / 1e3 / point["fps"]
             dyn_rows.append(Row(label, {"scale": predicted}, measured))
-    host = energy_fit.fit(host_rows, ["host_s_per_frame", "host_s_per_input_byte", "host_s_per_call"],
-                          {"host_s_per_extra_pass": 0.0, "host_s_per_reloaded_weight": 0.0})
+    host = energy_fit.fit(
+        host_rows,
+        ["host_s_per_frame", "host_s_per_input_byte", "host_s_per_call"],
+        {"host_s_per_extra_pass": 0.0, "host_s_per_reloaded_weight": 0.0},
+    )
     scale = energy_fit.fit([r for r in dyn_rows if "akidanet" in r.label], ["scale"], {})
-    floors = [p["floor_mw"] / 1e3 for p in doc["points"] if p["kind"] == "end_to_end" and p["device"] == "akd1000"
-              and p["source"].startswith("S6")]
+    floors = [
+        p["floor_mw"] / 1e3
+        for p in doc["points"]
+        if p["kind"] == "end_to_end" and p["device"] == "akd1000" and p["source"].startswith("S6")
+    ]
     values.update(host.values, floor_power_w=float(np.mean(floors)))
     values.update({n: scale.values["scale"] * getattr(akd1500.coefficients, n) for n in ENERGY_COEFFICIENTS})
     profile = make_profile("akd1000", values)
-    text0, _, _ = residual_table(f"AKD1000 on-chip clocks per frame with the AKD1500's costs x {k:.3f} (fitted, "
-                                 "pipelined over each call)", factor.rows, factor.predicted, None, "clk")
-    text, _, _ = residual_table("AKD1000 host time per frame (1/fps - on-chip time; fitted: 3 unknowns, 4 runs)",
-                                host_rows, host.predicted, None, "ms", scale=1e3, fmt="{:.3f}")
-    text2, _, _ = residual_table(f"AKD1000 dynamic energy per frame (board rail; one factor x AKD1500 costs = "
-                                 f"{scale.values['scale']:.3f}, fitted to the AkidaNet runs)", dyn_rows,
-                                 energy_fit.predict(dyn_rows, scale.values), None, "mJ", scale=1e3, fmt="{:.4f}")
+    text0, _, _ = residual_table(
+        f"AKD1000 on-chip clocks per frame with the AKD1500's costs x {k:.3f} (fitted, pipelined over each call)",
+        factor.rows,
+        factor.predicted,
+        None,
+        "clk",
+    )
+    text, _, _ = residual_table(
+        "AKD1000 host time per frame (1/fps - on-chip time; fitted: 3 unknowns, 4 runs)",
+        host_rows,
+        host.predicted,
+        None,
+        "ms",
+        scale=1e3,
+        fmt="{:.3f}",
+    )
+    text2, _, _ = residual_table(
+        f"AKD1000 dynamic energy per frame (board rail; one factor x AKD1500 costs = "
+        f"{scale.values['scale']:.3f}, fitted to the AkidaNet runs)",
+        dyn_rows,
+        energy_fit.predict(dyn_rows, scale.values),
+        None,
+        "mJ",
+        scale=1e3,
+        fmt="{:.4f}",
+    )
     fps_rows, fps_pred, fps_v1 = [], [], []
     for label, point, mapping, acts in _e2e(doc, built, "akd1000"):
         estimate = profile.estimate(mapping, acts, point["frames_per_call"])
         fps_rows.append(Row(label, {}, point["fps"]))
         fps_pred.append(1 / float(estimate.frame_s[0]))
-        fps_v1.append(v1_fps(built[doc["models"][point["model"]]["architecture"]], mapping, acts,
-                             point["frames_per_call"]))
-    text3, _, _ = residual_table("AKD1000 frames per second (host-inclusive)", fps_rows, np.array(fps_pred), fps_v1,
-                                 "fps", fmt="{:.2f}")
+        fps_v1.append(
+            v1_fps(built[doc["models"][point["model"]]["architecture"]], mapping, acts, point["frames_per_call"])
+        )
+    text3, _, _ = residual_table(
+        "AKD1000 frames per second (host-inclusive)", fps_rows, np.array(fps_pred), fps_v1, "fps", fmt="{:.2f}"
+    )
     return profile, text0 + "\n" + text + "\n" + text2 + "\n" + text3 + "\n" + held_out_table(doc, built, profile)
 
 
@@ -441,16 +536,30 @@ def held_out_table(doc, built, profile: DeviceProfile) -> str:
         estimate = profile.estimate(mapping, acts, point["frames_per_call"])
         rows.append(Row(label, {}, point["fps"]))
         fps.append(1 / float(estimate.frame_s[0]))
-        v1_rates.append(v1_fps(built[doc["models"][point["model"]]["architecture"]], mapping, acts,
-                               point["frames_per_call"]))
+        v1_rates.append(
+            v1_fps(built[doc["models"][point["model"]]["architecture"]], mapping, acts, point["frames_per_call"])
+        )
         energy_rows.append(Row(label, {}, point["total_mj"] / 1e3))
         energy.append(float(estimate.total_j[0]))
     if not rows:
         return ""
-    text, _, _ = residual_table(f"{profile.device.upper()} held-out runs (in no fit): frames per second", rows,
-                                np.array(fps), v1_rates, "fps", fmt="{:.2f}")
-    text2, _, _ = residual_table(f"{profile.device.upper()} held-out runs: total energy per frame", energy_rows,
-                                 np.array(energy), None, "mJ", scale=1e3, fmt="{:.2f}")
+    text, _, _ = residual_table(
+        f"{profile.device.upper()} held-out runs (in no fit): frames per second",
+        rows,
+        np.array(fps),
+        v1_rates,
+        "fps",
+        fmt="{:.2f}",
+    )
+    text2, _, _ = residual_table(
+        f"{profile.device.upper()} held-out runs: total energy per frame",
+        energy_rows,
+        np.array(energy),
+        None,
+        "mJ",
+        scale=1e3,
+        fmt="{:.2f}",
+    )
     return text + "\n" + text2
 
 
@@ -458,39 +567,92 @@ def fit_profiles() -> tuple[DeviceProfile, DeviceProfile, str]:
     """(akd1500, akd1000 profiles with their sources, the Markdown report) from the measurement set."""
     doc = json.loads(DATA.read_text())
     built = build_all(doc)
-    report = ["# Energy/latency model v2: fit and residuals", "",
-              f"Generated by `python bench/energy_fit.py --write` from `{DATA.relative_to(ROOT)}`.", ""]
+    report = [
+        "# Energy/latency model v2: fit and residuals",
+        "",
+        f"Generated by `python bench/energy_fit.py --write` from `{DATA.relative_to(ROOT)}`.",
+        "",
+    ]
 
     # 1. AKD1500 clocks
     fit_rows, multi_pass, end_to_end = clock_rows(doc, built)
     clocks = fit_clocks(fit_rows)
-    text, _, _ = residual_table("AKD1500 per-layer clocks, fitted (single-pass models + single-layer harness)",
-                                 fit_rows, clocks.predicted, None, "clk", fmt="{:,.3g}")
+    text, _, _ = residual_table(
+        "AKD1500 per-layer clocks, fitted (single-pass models + single-layer harness)",
+        fit_rows,
+        clocks.predicted,
+        None,
+        "clk",
+        fmt="{:,.3g}",
+    )
     report.append(text)
-    text, _, _ = residual_table("AKD1500 per-layer clocks of multi-pass models (not fitted)", multi_pass,
-                                energy_fit.predict(multi_pass, clocks.values), None, "clk")
+    text, _, _ = residual_table(
+        "AKD1500 per-layer clocks of multi-pass models (not fitted)",
+        multi_pass,
+        energy_fit.predict(multi_pass, clocks.values),
+        None,
+        "clk",
+    )
     report.append(text)
     e2e_rows = [r for r, _ in end_to_end]
-    text, e2e, e1e = residual_table("AKD1500 end-to-end on-chip clocks (not fitted)", e2e_rows,
-                                    energy_fit.predict(e2e_rows, clocks.values), [v for _, v in end_to_end], "clk")
+    text, e2e, e1e = residual_table(
+        "AKD1500 end-to-end on-chip clocks (not fitted)",
+        e2e_rows,
+        energy_fit.predict(e2e_rows, clocks.values),
+        [v for _, v in end_to_end],
+        "clk",
+    )
     report.append(text)
-    report.append(table("Leave one model out (clock fit)", ["left out", "points", "median |error| on them"],
-                        [(g, str(n), f"{e:.1%}") for g, n, e in leave_one_model_out(fit_rows)]))
-    report.append(table("Fitted clock coefficients", ["coefficient", "value", "unit"],
-                        [(n, f"{clocks.values[n]:.4g}", UNITS[n]) for n in CLOCK_COEFFICIENTS]))
+    report.append(
+        table(
+            "Leave one model out (clock fit)",
+            ["left out", "points", "median |error| on them"],
+            [(g, str(n), f"{e:.1%}") for g, n, e in leave_one_model_out(fit_rows)],
+        )
+    )
+    report.append(
+        table(
+            "Fitted clock coefficients",
+            ["coefficient", "value", "unit"],
+            [(n, f"{clocks.values[n]:.4g}", UNITS[n]) for n in CLOCK_COEFFICIENTS],
+        )
+    )
 
     # 2. AKD1500 host time and floor, 3. dynamic energy
     host, host_rows = fit_host_akd1500(doc, built, clocks.values)
-    text, _, _ = residual_table("AKD1500 host time per frame at batch 1 (wall - measured on-chip time; fitted)",
-                                host_rows, host.predicted, None, "ms", scale=1e3, fmt="{:.3f}")
+    text, _, _ = residual_table(
+        "AKD1500 host time per frame at batch 1 (wall - measured on-chip time; fitted)",
+        host_rows,
+        host.predicted,
+        None,
+        "ms",
+        scale=1e3,
+        fmt="{:.3f}",
+    )
     report.append(text)
     floor = floor_akd1500(doc)
     dynamic, dyn_rows, dyn_v1 = fit_dynamic_akd1500(doc, built)
-    text, _, _ = residual_table("AKD1500 dynamic energy per frame (core rail; fitted; v1: its chip energy)",
-                                dyn_rows, dynamic.predicted, dyn_v1, "uJ", scale=1e6, fmt="{:.3g}")
+    text, _, _ = residual_table(
+        "AKD1500 dynamic energy per frame (core rail; fitted; v1: its chip energy)",
+        dyn_rows,
+        dynamic.predicted,
+        dyn_v1,
+        "uJ",
+        scale=1e6,
+        fmt="{:.3g}",
+    )
     report.append(text)
-    akd1500 = make_profile("akd1500", {**clocks.values, **host.values, **dynamic.values, "clock_hz": CLOCK["akd1500"],
-                                       "floor_power_w": floor, "host_s_per_call": 0.0})
+    akd1500 = make_profile(
+        "akd1500",
+        {
+            **clocks.values,
+            **host.values,
+            **dynamic.values,
+            "clock_hz": CLOCK["akd1500"],
+            "floor_power_w": floor,
+            "host_s_per_call": 0.0,
+        },
+    )
     text = total_energy_table(doc, built, akd1500)
     report.append(text)
 
@@ -501,16 +663,22 @@ def fit_profiles() -> tuple[DeviceProfile, DeviceProfile, str]:
     report.append(total_energy_table(doc, built, akd1000))
     akd1500, akd1000 = with_sources(akd1500, akd1000, clocks, host, dynamic)
     report.insert(4, summary(fit_rows, clocks, multi_pass, e2e_rows, e2e, e1e))
-    report.append(table("Fitted profiles", ["coefficient", "unit", "akd1500", "akd1000"],
-                        [(n, UNITS[n], f"{getattr(akd1500.coefficients, n):.4g}",
-                          f"{getattr(akd1000.coefficients, n):.4g}") for n in UNITS]))
+    report.append(
+        table(
+            "Fitted profiles",
+            ["coefficient", "unit", "akd1500", "akd1000"],
+            [
+                (n, UNITS[n], f"{getattr(akd1500.coefficients, n):.4g}", f"{getattr(akd1000.coefficients, n):.4g}")
+                for n in UNITS
+            ],
+        )
+    )
     return akd1500, akd1000, "\n".join(report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--write", action="store_true",
-                        help="write the fitted profiles and docs/results/energy-fit.md")
+    parser.add_argument("--write", action="store_true", help="write the fitted profiles and docs/results/energy-fit.md")
     args = parser.parse_args(argv)
     akd1500, akd1000, text = fit_profiles()
     print(text)
@@ -528,16 +696,20 @@ def summary(fit_rows, clocks, multi_pass, e2e_rows, e2e, e1e) -> str:
     devhub_layers = [abs(x) for r, x in zip(fit_rows, clocks.relative_errors, strict=True) if "/" in r.label]
     multi = np.abs(energy_fit.predict(multi_pass, clocks.values) / [r.target for r in multi_pass] - 1)
     single = [abs(x) for r, x in zip(e2e_rows, e2e, strict=True) if not ("HwPr" in r.label or _multi(r.label))]
-    lines = ["## Summary", "",
-             f"- devhub per-layer clocks, fitted: median |error| {statistics.median(devhub_layers):.1%} "
-             f"over {len(devhub_layers)} layers (the single-pass models' and the two FNP2 layers of multi-pass "
-             f"models, their only source; target <= 15%); with the other multi-pass layers "
-             f"{statistics.median(devhub_layers + list(multi)):.1%} over {len(devhub_layers) + len(multi)}.",
-             f"- every fitted point (layers + single-layer harness): median {statistics.median(per_layer):.1%}.",
-             f"- AKD1500 end-to-end on-chip latency, single-pass mappings: largest |error| {max(single):.1%} over "
-             f"{len(single)} points (target <= 20%); all {len(e2e)} points incl. multi-pass: median "
-             f"{statistics.median(map(abs, e2e)):.1%}, largest {max(map(abs, e2e)):.1%} (v1: median "
-             f"{statistics.median(map(abs, e1e)):.1%}).", ""]
+    lines = [
+        "## Summary",
+        "",
+        f"- devhub per-layer clocks, fitted: median |error| {statistics.median(devhub_layers):.1%} "
+        f"over {len(devhub_layers)} layers (the single-pass models' and the two FNP2 layers of multi-pass "
+        f"models, their only source; target <= 15%); with the other multi-pass layers "
+        f"{statistics.median(devhub_layers + list(multi)):.1%} over {len(devhub_layers) + len(multi)}.",
+        f"- every fitted point (layers + single-layer harness): median {statistics.median(per_layer):.1%}.",
+        f"- AKD1500 end-to-end on-chip latency, single-pass mappings: largest |error| {max(single):.1%} over "
+        f"{len(single)} points (target <= 20%); all {len(e2e)} points incl. multi-pass: median "
+        f"{statistics.median(map(abs, e2e)):.1%}, largest {max(map(abs, e2e)):.1%} (v1: median "
+        f"{statistics.median(map(abs, e1e)):.1%}).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -551,43 +723,73 @@ def _multi(label: str) -> bool:
 def with_sources(akd1500: DeviceProfile, akd1000: DeviceProfile, clocks, host, dynamic):
     """Name the source of every coefficient, with the fit's size and error, in both profiles."""
     fit_note = "fitted by bench/energy_fit.py (NNLS, relative residuals) to {n} {what}; median |error| {err:.1%}"
-    clock_src = fit_note.format(n=len(clocks.rows), what="AKD1500 per-layer clocks (S3 devhub per_layer_benchmark of "
-                                "the single-pass model-zoo models, FNP2 layers of plant_village and imagenet; S1 "
-                                "single-layer harness)", err=float(np.median(np.abs(clocks.relative_errors))))
-    host_src = fit_note.format(n=len(host.rows), what="AKD1500 host times (S3 benchmark mean_inf_ms or "
-                               "total_E/total_P, minus inference_clk / 400 MHz)",
-                               err=float(np.median(np.abs(host.relative_errors))))
-    dyn_src = fit_note.format(n=len(dynamic.rows), what="AKD1500 core-rail dynamic energies (S3 metrics.json, S1 "
-                              "threshold sweep, single layer and weight-sparsity tables)",
-                              err=float(np.median(np.abs(dynamic.relative_errors))))
+    clock_src = fit_note.format(
+        n=len(clocks.rows),
+        what="AKD1500 per-layer clocks (S3 devhub per_layer_benchmark of "
+        "the single-pass model-zoo models, FNP2 layers of plant_village and imagenet; S1 "
+        "single-layer harness)",
+        err=float(np.median(np.abs(clocks.relative_errors))),
+    )
+    host_src = fit_note.format(
+        n=len(host.rows),
+        what="AKD1500 host times (S3 benchmark mean_inf_ms or total_E/total_P, minus inference_clk / 400 MHz)",
+        err=float(np.median(np.abs(host.relative_errors))),
+    )
+    dyn_src = fit_note.format(
+        n=len(dynamic.rows),
+        what="AKD1500 core-rail dynamic energies (S3 metrics.json, S1 "
+        "threshold sweep, single layer and weight-sparsity tables)",
+        err=float(np.median(np.abs(dynamic.relative_errors))),
+    )
     common = {**dict.fromkeys(CLOCK_COEFFICIENTS, clock_src)}
-    s1500 = {**common, **dict.fromkeys(HOST_COEFFICIENTS, host_src), **dict.fromkeys(ENERGY_COEFFICIENTS, dyn_src),
-             "clock_hz": "AKD1500 400 MHz (AKIDA_CLOCKS_HZ, devhub brainchip_utils/hardware_utils.py; S1 printout)",
-             "floor_power_w": "mean of total - dynamic power over every S3 metrics.json model and mode (core rail, "
-                              "INA219 at 0.805 V)",
-             "host_s_per_call": "held at 0: every devhub run is one frame per call, so it cannot be told from "
-                                "host_s_per_frame"}
-    s1000 = {**dict.fromkeys(CLOCK_COEFFICIENTS, "akd1500's value x one factor fitted to the AKD1000's published "
-                                                  "inference_clk (S6: AkidaNet 0.5/224 x2, pipelined over 10 "
-                                                  "frames, DS-CNN KWS): same NP design, more clocks for the same "
-                                                  "work; docs/results/energy-fit.md"),
-             **dict.fromkeys(("host_s_per_frame", "host_s_per_input_byte", "host_s_per_call"),
-                             "fitted to 1/fps - on-chip time of the S6 `akida run` outputs (AkidaNet 0.5/224 x2, "
-                             "DS-CNN KWS) and the S5 ECE6790 MNIST run: 3 unknowns from 3 distinct models"),
-             "host_s_per_extra_pass": "no AKD1000 multi-pass measurement: 0",
-             "host_s_per_reloaded_weight": "no AKD1000 multi-pass measurement: 0",
-             **dict.fromkeys(ENERGY_COEFFICIENTS, "akd1500's value x one factor fitted to the board-rail dynamic "
-                                                  "energy (avg - floor) / fps of the two S6 AkidaNet runs"),
-             "clock_hz": "AKD1000 300 MHz performance mode (akida/api/host/soc_clock_mode.h in the akida 2.19.3 wheel)",
-             "floor_power_w": "mean power_meter.floor of the three S6 `akida run` outputs (912.23, 905.21, 914.03 mW; "
-                              "board rail)"}
-    sources = ("Sources: bench/data/akida1-silicon.json (S1 devhub sparsity_in_hardware, S3 devhub model zoo, "
-               "S5 ECE6790, S6 akida_examples).")
+    s1500 = {
+        **common,
+        **dict.fromkeys(HOST_COEFFICIENTS, host_src),
+        **dict.fromkeys(ENERGY_COEFFICIENTS, dyn_src),
+        "clock_hz": "AKD1500 400 MHz (AKIDA_CLOCKS_HZ, devhub brainchip_utils/hardware_utils.py; S1 printout)",
+        "floor_power_w": "mean of total - dynamic power over every S3 metrics.json model and mode (core rail, "
+        "INA219 at 0.805 V)",
+        "host_s_per_call": "held at 0: every devhub run is one frame per call, so it cannot be told from "
+        "host_s_per_frame",
+    }
+    s1000 = {
+        **dict.fromkeys(
+            CLOCK_COEFFICIENTS,
+            "akd1500's value x one factor fitted to the AKD1000's published "
+            "inference_clk (S6: AkidaNet 0.5/224 x2, pipelined over 10 "
+            "frames, DS-CNN KWS): same NP design, more clocks for the same "
+            "work; docs/results/energy-fit.md",
+        ),
+        **dict.fromkeys(
+            ("host_s_per_frame", "host_s_per_input_byte", "host_s_per_call"),
+            "fitted to 1/fps - on-chip time of the S6 `akida run` outputs (AkidaNet 0.5/224 x2, "
+            "DS-CNN KWS) and the S5 ECE6790 MNIST run: 3 unknowns from 3 distinct models",
+        ),
+        "host_s_per_extra_pass": "no AKD1000 multi-pass measurement: 0",
+        "host_s_per_reloaded_weight": "no AKD1000 multi-pass measurement: 0",
+        **dict.fromkeys(
+            ENERGY_COEFFICIENTS,
+            "akd1500's value x one factor fitted to the board-rail dynamic "
+            "energy (avg - floor) / fps of the two S6 AkidaNet runs",
+        ),
+        "clock_hz": "AKD1000 300 MHz performance mode (akida/api/host/soc_clock_mode.h in the akida 2.19.3 wheel)",
+        "floor_power_w": "mean power_meter.floor of the three S6 `akida run` outputs (912.23, 905.21, 914.03 mW; "
+        "board rail)",
+    }
+    sources = (
+        "Sources: bench/data/akida1-silicon.json (S1 devhub sparsity_in_hardware, S3 devhub model zoo, "
+        "S5 ECE6790, S6 akida_examples)."
+    )
     out = []
-    for profile, names, text in ((akd1500, s1500, "AKD1500 PCIe, 400 MHz, core rail (the devhub's INA219). "),
-                                 (akd1000, s1000, "AKD1000 PCIe reference board, 300 MHz, board rail (power_meter). ")):
-        out.append(replace(profile, sources=names, description=text + "Energy/latency model v2, "
-                           "docs/energy-model.md. " + sources))
+    for profile, names, text in (
+        (akd1500, s1500, "AKD1500 PCIe, 400 MHz, core rail (the devhub's INA219). "),
+        (akd1000, s1000, "AKD1000 PCIe reference board, 300 MHz, board rail (power_meter). "),
+    ):
+        out.append(
+            replace(
+                profile, sources=names, description=text + "Energy/latency model v2, docs/energy-model.md. " + sources
+            )
+        )
     return tuple(out)
 
 

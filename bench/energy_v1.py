@@ -12,8 +12,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-COEFFICIENTS = {name: entry["value"] for name, entry in json.loads(
-    (Path(__file__).resolve().parent / "data" / "energy-model-v1.json").read_text())["coefficients"].items()}
+COEFFICIENTS = {
+    name: entry["value"]
+    for name, entry in json.loads((Path(__file__).resolve().parent / "data" / "energy-model-v1.json").read_text())[
+        "coefficients"
+    ].items()
+}
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,9 @@ class Load:
 
 
 def clocks(load: Load) -> float:
-    return COEFFICIENTS["cycles_per_input_event"] * (load.pixels + load.np_events) + \
-        COEFFICIENTS["cycles_per_synaptic_op"] * (load.input_macs + load.synops)
+    return COEFFICIENTS["cycles_per_input_event"] * (load.pixels + load.np_events) + COEFFICIENTS[
+        "cycles_per_synaptic_op"
+    ] * (load.input_macs + load.synops)
 
 
 def frame_time_s(load: Load) -> float:
@@ -41,9 +46,13 @@ def frame_time_s(load: Load) -> float:
 
 def chip_j(load: Load) -> float:
     c = COEFFICIENTS
-    return 1e-12 * (c["input_pixel_pj"] * load.pixels + c["input_mac_pj"] * load.input_macs
-                    + c["input_event_pj"] * load.np_events + c["synaptic_op_pj"] * load.synops
-                    + c["output_event_pj"] * load.output_events)
+    return 1e-12 * (
+        c["input_pixel_pj"] * load.pixels
+        + c["input_mac_pj"] * load.input_macs
+        + c["input_event_pj"] * load.np_events
+        + c["synaptic_op_pj"] * load.synops
+        + c["output_event_pj"] * load.output_events
+    )
 
 
 def board_j(load: Load) -> float:

@@ -85,8 +85,12 @@ class Line:
 
 def bad_header(kind: str, seq: int) -> bytes:
     """A packet whose CRC is right but whose header is not: magic, version, dtype or a 4 MiB length claim."""
-    fields = {"magic": (b"ZZ", 1, 1, 4), "version": (MAGIC, 9, 1, 4), "dtype": (MAGIC, 1, 7, 4),
-              "claim": (MAGIC, 1, 1, 4 << 20)}[kind]
+    fields = {
+        "magic": (b"ZZ", 1, 1, 4),
+        "version": (MAGIC, 9, 1, 4),
+        "dtype": (MAGIC, 1, 7, 4),
+        "claim": (MAGIC, 1, 1, 4 << 20),
+    }[kind]
     magic, version, dtype, length = fields
     body = HEADER.pack(magic, version, dtype, seq, 2, 2, 1, length) + bytes(4)
     return cobs_encode(body + CRC.pack(zlib.crc32(body))) + DELIMITER
@@ -138,24 +142,33 @@ def accounted(url: str, line: Line) -> dict:
         received = value(samples, "edge_frames_received_total")
         lost = ("queue_full", "bad_shape", "inference_error")  # after receipt; seq_gap frames never arrived
         settled = total(samples, "edge_inferences_total") + sum(
-            value(samples, "edge_frames_dropped_total", reason=r) for r in lost)
+            value(samples, "edge_frames_dropped_total", reason=r) for r in lost
+        )
         return samples if received == line.frames and settled == received else None
 
     return wait(done, 120, "every frame to be accounted for")
 
 
 def report(phase: str, samples: dict, line: Line, api: PrometheusApi) -> None:
-    bad = {k: int(v) for (n, labels), v in samples.items() if n == "edge_sensor_bad_packets_total" and v
-           for k in [dict(labels)["kind"]]}
+    bad = {
+        k: int(v)
+        for (n, labels), v in samples.items()
+        if n == "edge_sensor_bad_packets_total" and v
+        for k in [dict(labels)["kind"]]
+    }
     dropped = {dict(labels)["reason"]: int(v) for (n, labels), v in samples.items() if n == "edge_frames_dropped_total"}
     inferred = int(total(samples, "edge_inferences_total"))
     received = int(value(samples, "edge_frames_received_total"))
     alerts = [(a["labels"]["alertname"], a["state"]) for a in api.get_json("/api/v1/alerts")["alerts"]]
-    print(f"[{phase}] received {received} (reference {line.frames}) = inferred {inferred} + queue_full "
-          f"{dropped['queue_full']} + bad_shape {dropped['bad_shape']} + inference_error {dropped['inference_error']}; "
-          f"seq_gap {dropped['seq_gap']} (reference {line.missing})")
-    print(f"[{phase}] bad packets {dict(sorted(bad.items()))} (reference {dict(sorted(line.bad.items()))}); "
-          f"flushed bytes {int(value(samples, 'edge_sensor_flushed_bytes_total'))}; alerts {alerts or 'none'}")
+    print(
+        f"[{phase}] received {received} (reference {line.frames}) = inferred {inferred} + queue_full "
+        f"{dropped['queue_full']} + bad_shape {dropped['bad_shape']} + inference_error {dropped['inference_error']}; "
+        f"seq_gap {dropped['seq_gap']} (reference {line.missing})"
+    )
+    print(
+        f"[{phase}] bad packets {dict(sorted(bad.items()))} (reference {dict(sorted(line.bad.items()))}); "
+        f"flushed bytes {int(value(samples, 'edge_sensor_flushed_bytes_total'))}; alerts {alerts or 'none'}"
+    )
     assert received == line.frames and dropped["seq_gap"] == line.missing and bad == dict(line.bad), phase
     assert phase != "noise" or not alerts, "an alert went pending on line noise alone"
 
@@ -169,15 +182,29 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edge-fuzz-") as scratch, PtyPort() as port:
         workdir = Path(scratch)
         daemon_port, prometheus_port = free_port(), free_port()
-        daemon = Daemon(None, {"model.bundle": str(REPO / "models" / "mnist-zeroaware"),
-                               "source.spec": f"serial:{port.path}?rate={RATE}", "source.queue_size": 64,
-                               "inference.backend": "simulator", "metrics.listen": f"127.0.0.1:{daemon_port}"})
+        daemon = Daemon(
+            None,
+            {
+                "model.bundle": str(REPO / "models" / "mnist-zeroaware"),
+                "source.spec": f"serial:{port.path}?rate={RATE}",
+                "source.queue_size": 64,
+                "inference.backend": "simulator",
+                "metrics.listen": f"127.0.0.1:{daemon_port}",
+            },
+        )
         daemon.start()
         url = daemon.url
-        prometheus = Process("prometheus", [
-            require_tool("prometheus"), f"--config.file={prometheus_config(workdir, f'127.0.0.1:{daemon_port}')}",
-            f"--storage.tsdb.path={workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prometheus_port}",
-            "--log.level=warn"], workdir)
+        prometheus = Process(
+            "prometheus",
+            [
+                require_tool("prometheus"),
+                f"--config.file={prometheus_config(workdir, f'127.0.0.1:{daemon_port}')}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prometheus_port}",
+                "--log.level=warn",
+            ],
+            workdir,
+        )
         api = PrometheusApi(f"http://127.0.0.1:{prometheus_port}")
         try:
             wait(lambda: get(f"{url}/readyz")[0] == 200, 60, "the daemon")
@@ -191,8 +218,13 @@ def main() -> int:
                 time.sleep(1 / RATE)
             report("noise", accounted(url, line), line, api)
 
-            @settings(max_examples=args.examples, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=args.examples,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(st.lists(EPISODES, min_size=1, max_size=8))
             def fuzz(episodes: list[tuple]) -> None:
                 for episode in episodes:
@@ -204,15 +236,32 @@ def main() -> int:
             line.write(b"".join(line.packet() for _ in range(6000)))  # 3.
             report("burst", accounted(url, line), line, api)
             silent_at = time.monotonic()  # 4.
-            pending = wait(lambda: [a for a in api.get_json("/api/v1/alerts")["alerts"]
-                                    if a["labels"]["alertname"] == "EdgeSensorSilent"], 120, "EdgeSensorSilent")
-            print(f"[silence] EdgeSensorSilent {pending[0]['state']} after {time.monotonic() - silent_at:.0f} s; "
-                  f"/readyz: {get(f'{url}/readyz')[1].decode().strip()}")
-            wait(lambda: [a for a in api.get_json("/api/v1/alerts")["alerts"]
-                          if a["labels"]["alertname"] == "EdgeSensorSilent" and a["state"] == "firing"], 180,
-                 "EdgeSensorSilent to fire")
-            print(f"[silence] EdgeSensorSilent firing after {time.monotonic() - silent_at:.0f} s of silence "
-                  "(stale after 5 s, for: 1m, rules evaluated every 1 s)")
+            pending = wait(
+                lambda: [
+                    a
+                    for a in api.get_json("/api/v1/alerts")["alerts"]
+                    if a["labels"]["alertname"] == "EdgeSensorSilent"
+                ],
+                120,
+                "EdgeSensorSilent",
+            )
+            print(
+                f"[silence] EdgeSensorSilent {pending[0]['state']} after {time.monotonic() - silent_at:.0f} s; "
+                f"/readyz: {get(f'{url}/readyz')[1].decode().strip()}"
+            )
+            wait(
+                lambda: [
+                    a
+                    for a in api.get_json("/api/v1/alerts")["alerts"]
+                    if a["labels"]["alertname"] == "EdgeSensorSilent" and a["state"] == "firing"
+                ],
+                180,
+                "EdgeSensorSilent to fire",
+            )
+            print(
+                f"[silence] EdgeSensorSilent firing after {time.monotonic() - silent_at:.0f} s of silence "
+                "(stale after 5 s, for: 1m, rules evaluated every 1 s)"
+            )
         finally:
             daemon.post(15)
             daemon.wait()

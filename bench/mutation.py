@@ -52,13 +52,19 @@ GROUPS = {
     "simulator": Group(("edge_runtime/simulator.py",), ("tests/test_simulator.py",)),
     "counters": Group(("edge_runtime/counters.py",), ("tests/test_simulator.py", "tests/test_energy.py")),
     "protocol": Group(("edge_runtime/protocol.py",), ("tests/test_protocol.py",)),
-    "pipeline": Group(("edge_runtime/pipeline.py",), ("tests/test_daemon_parts.py", "tests/test_pipeline_accounting.py",
-                                                      "tests/test_reload_paths.py")),
-    "bundle": Group(("edge_runtime/bundle.py",), ("tests/test_bundle.py", "tests/test_bundle_payload_listing.py",
-                                                  "tests/test_serve_golden_check.py")),
+    "pipeline": Group(
+        ("edge_runtime/pipeline.py",),
+        ("tests/test_daemon_parts.py", "tests/test_pipeline_accounting.py", "tests/test_reload_paths.py"),
+    ),
+    "bundle": Group(
+        ("edge_runtime/bundle.py",),
+        ("tests/test_bundle.py", "tests/test_bundle_payload_listing.py", "tests/test_serve_golden_check.py"),
+    ),
     "energy": Group(("edge_runtime/energy.py",), ("tests/test_energy.py",)),
-    "daemon": Group(("edge_runtime/daemon.py",),
-                    ("tests/test_reload_paths.py", "tests/test_serve_golden_check.py", "tests/test_daemon.py")),
+    "daemon": Group(
+        ("edge_runtime/daemon.py",),
+        ("tests/test_reload_paths.py", "tests/test_serve_golden_check.py", "tests/test_daemon.py"),
+    ),
 }
 
 # mutmut's result words, as `mutmut results --all true` prints them.
@@ -89,8 +95,12 @@ class Outcome:
 
 def tracked_files() -> list[str]:
     """The work tree's files as git sees them (committed or new, never ignored): what a checkout has."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                         check=True, capture_output=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    ).stdout
     return [name for name in out.decode().split("\0") if name and (REPO / name).is_file()]
 
 
@@ -112,7 +122,7 @@ def prepare(name: str, group: Group, tests_rev: str | None) -> Path:
     lines = [f"{key} = {toml_value(value)}" for key, value in table.items()]
     text = (root / "pyproject.toml").read_text()
     head, _, rest = text.partition("[tool.mutmut]")
-    tail = rest[rest.find("\n[") + 1:] if "\n[" in rest else ""
+    tail = rest[rest.find("\n[") + 1 :] if "\n[" in rest else ""
     (root / "pyproject.toml").write_text(f"{head}[tool.mutmut]\n" + "\n".join(lines) + "\n\n" + tail)
     return root
 
@@ -132,8 +142,9 @@ def mutmut(root: Path, *args: str, expect: str = "") -> str:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     result = subprocess.run([str(MUTMUT), *args], cwd=root, env=env, capture_output=True, text=True)
     if result.returncode and not (expect and expect in result.stdout + result.stderr):
-        raise SystemExit(f"mutation: mutmut {' '.join(args[:2])} failed in {root}:\n{result.stdout[-3000:]}"
-                         f"{result.stderr[-3000:]}")
+        raise SystemExit(
+            f"mutation: mutmut {' '.join(args[:2])} failed in {root}:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        )
     return result.stdout
 
 
@@ -172,8 +183,9 @@ def run_group(name: str, group: Group, sample: int, jobs: int, tests_rev: str | 
 
 
 def report(outcomes: list[Outcome], args: argparse.Namespace) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     which = f"1 mutant in {args.sample} (--sample)" if args.sample > 1 else "every mutant"
@@ -188,14 +200,17 @@ def report(outcomes: list[Outcome], args: argparse.Namespace) -> str:
     ]
     for o in outcomes:
         c = o.counts
-        lines.append(f"| {o.group} | {o.run} | {c['killed']} | {c['timeout']} | {c['survived']} | {c['no tests']} "
-                     f"| {o.kill_rate:.1%} | {o.failed_rate:.1%} | {o.seconds / 60:.1f} min |")
+        lines.append(
+            f"| {o.group} | {o.run} | {c['killed']} | {c['timeout']} | {c['survived']} | {c['no tests']} "
+            f"| {o.kill_rate:.1%} | {o.failed_rate:.1%} | {o.seconds / 60:.1f} min |"
+        )
     lines += ["", "Survivors (mutmut names; `mutmut show NAME` in `.mutation/MODULE` prints the diff):", ""]
     for o in outcomes:
         shown = o.survivors[:40]
         more = f" and {len(o.survivors) - len(shown)} more" if len(o.survivors) > len(shown) else ""
-        lines.append(f"- {o.group}: " + (", ".join(f"`{s.rpartition('.')[2]}`" for s in shown) + more
-                                        if shown else "none"))
+        lines.append(
+            f"- {o.group}: " + (", ".join(f"`{s.rpartition('.')[2]}`" for s in shown) + more if shown else "none")
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -215,8 +230,11 @@ def main() -> int:
     for name in names:
         print(f"mutation: {name} ...", file=sys.stderr, flush=True)
         outcome = run_group(name, GROUPS[name], args.sample, args.jobs, args.tests_rev)
-        print(f"mutation: {name}: {outcome.kill_rate:.1%} of {outcome.run} killed in {outcome.seconds:.0f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"mutation: {name}: {outcome.kill_rate:.1%} of {outcome.run} killed in {outcome.seconds:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         outcomes.append(outcome)
     text = report(outcomes, args)
     print(text)

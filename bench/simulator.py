@@ -48,11 +48,23 @@ MEAN_LEVEL = 4.0  # mean 4-bit value of a firing neuron the act_steps are calibr
 
 def mnist_architecture(rng: np.random.Generator) -> akida.Model:
     model = akida.Model()
-    model.add(akida.InputConvolutional(
-        input_shape=(28, 28, 1), kernel_size=(3, 3), filters=32, name="conv0", weights_bits=8, act_bits=4,
-        pool_type=akida.PoolType.Max, pool_size=(2, 2)))
-    model.add(akida.Convolutional(
-        kernel_size=(3, 3), filters=64, name="conv1", kernel_stride=(2, 2), weights_bits=4, act_bits=4))
+    model.add(
+        akida.InputConvolutional(
+            input_shape=(28, 28, 1),
+            kernel_size=(3, 3),
+            filters=32,
+            name="conv0",
+            weights_bits=8,
+            act_bits=4,
+            pool_type=akida.PoolType.Max,
+            pool_size=(2, 2),
+        )
+    )
+    model.add(
+        akida.Convolutional(
+            kernel_size=(3, 3), filters=64, name="conv1", kernel_stride=(2, 2), weights_bits=4, act_bits=4
+        )
+    )
     model.add(akida.FullyConnected(units=128, name="fc1", weights_bits=4, act_bits=4))
     model.add(akida.FullyConnected(units=10, name="fc2", weights_bits=4, activation=False))
     for layer in model.layers:
@@ -100,8 +112,13 @@ def calibrate(model: akida.Model, frames: np.ndarray, density: float) -> None:
     for index, layer in enumerate(model.layers[:-1]):
         activity = partial(_activity, model, index, frames)
         threshold = _bisect(lambda t, at=activity: -_density(at(t, 1.0)), -density, -1e6, 1e6, steps=30)
-        log_step = _bisect(lambda s, at=activity, t=threshold: -_mean_level(at(t, float(np.exp(s)))),
-                           -MEAN_LEVEL, np.log(1 / 16), np.log(1e5), steps=25)
+        log_step = _bisect(
+            lambda s, at=activity, t=threshold: -_mean_level(at(t, float(np.exp(s)))),
+            -MEAN_LEVEL,
+            np.log(1 / 16),
+            np.log(1e5),
+            steps=25,
+        )
         filters = layer.variables["weights"].shape[-1]
         jitter = np.random.default_rng(index).uniform(0.9, 1.1, filters)
         layer.variables["act_step"] = np.maximum(np.exp(log_step) * jitter, 1 / 16).astype(np.float32)
@@ -132,8 +149,9 @@ def seconds(run: Callable[[np.ndarray], object], frames: np.ndarray, batch: int)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def throughputs(engines: dict[str, Callable[[np.ndarray], object]], frames: np.ndarray, batch: int,
-                rounds: int = 5) -> dict[str, tuple[float, float]]:
+def throughputs(
+    engines: dict[str, Callable[[np.ndarray], object]], frames: np.ndarray, batch: int, rounds: int = 5
+) -> dict[str, tuple[float, float]]:
     """Per engine: frames per second (wall clock) and CPU microseconds per frame, each the best of
     ``rounds`` passes over all frames, the engines' passes interleaved.
 
@@ -153,8 +171,13 @@ def throughputs(engines: dict[str, Callable[[np.ndarray], object]], frames: np.n
 
 def import_seconds(module: str) -> float:
     code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     return float(result.stdout)
 
 
@@ -162,9 +185,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=2000)
     parser.add_argument("--density", type=float, default=DENSITY, help="non-zero share to calibrate to")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="a trained .fbz (e.g. models/mnist-zeroaware/model.fbz) instead of the calibrated "
-                        "random one")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="a trained .fbz (e.g. models/mnist-zeroaware/model.fbz) instead of the calibrated random one",
+    )
     args = parser.parse_args()
 
     frames, origin = load_frames(args.frames)
@@ -183,19 +209,25 @@ def main() -> int:
     print(f"frames: {origin}")
     activity = ", ".join(f"{c.name} {100 * np.mean(1 - c.activation_sparsity):.1f}%" for c in result.counters)
     print(f"non-zero outputs per layer: {activity}")
-    print(f"bit-exact: {int(same.sum())}/{len(frames)} frames identical ({reference.size} outputs, "
-          f"{reference.dtype} {reference.shape[1:]})")
-    print(f"import time: akida {import_seconds('akida'):.3f} s, "
-          f"edge_runtime.simulator {import_seconds('edge_runtime.simulator'):.3f} s")
+    print(
+        f"bit-exact: {int(same.sum())}/{len(frames)} frames identical ({reference.size} outputs, "
+        f"{reference.dtype} {reference.shape[1:]})"
+    )
+    print(
+        f"import time: akida {import_seconds('akida'):.3f} s, "
+        f"edge_runtime.simulator {import_seconds('edge_runtime.simulator'):.3f} s"
+    )
     ok = bool(same.all())
     for batch, target in TARGETS.items():
         measured = throughputs({"simulator": simulator.run, "engine": model.forward}, frames, batch)
         (sim_fps, sim_cpu), (engine_fps, engine_cpu) = measured["simulator"], measured["engine"]
         ratio = sim_fps / engine_fps
         ok &= ratio >= target
-        print(f"batch {batch:3d}: simulator {sim_fps:8.0f} fps | akida engine {engine_fps:8.0f} fps | "
-              f"ratio {ratio:5.2f}x (target >= {target:.0f}x) {'OK' if ratio >= target else 'BELOW TARGET'} | "
-              f"CPU per frame {sim_cpu:.0f} us vs {engine_cpu:.0f} us = {engine_cpu / sim_cpu:.2f}x")
+        print(
+            f"batch {batch:3d}: simulator {sim_fps:8.0f} fps | akida engine {engine_fps:8.0f} fps | "
+            f"ratio {ratio:5.2f}x (target >= {target:.0f}x) {'OK' if ratio >= target else 'BELOW TARGET'} | "
+            f"CPU per frame {sim_cpu:.0f} us vs {engine_cpu:.0f} us = {engine_cpu / sim_cpu:.2f}x"
+        )
     print(energy_cost(model, simulator, frames))
     return 0 if ok else 1
 
@@ -217,8 +249,10 @@ def energy_cost(model: akida.Model, simulator: Simulator, frames: np.ndarray, ro
             cost.evaluate_counters(layers)
         best_energy = min(best_energy, time.process_time() - start)
     sim_us, energy_us = 1e6 * best_sim / len(singles), 1e6 * best_energy / len(singles)
-    return (f"energy model v2 per inference at batch 1: {energy_us:.1f} us CPU against {sim_us:.0f} us for the "
-            f"simulator run ({100 * energy_us / sim_us:.1f}% of it)")
+    return (
+        f"energy model v2 per inference at batch 1: {energy_us:.1f} us CPU against {sim_us:.0f} us for the "
+        f"simulator run ({100 * energy_us / sim_us:.1f}% of it)"
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,17 @@ LAYERS = ("conv0", "conv1", "fc2")
 
 def train(name: str, runs: Path) -> float:
     """Train one config through the CLI (as a user would); returns wall-clock seconds."""
-    command = [sys.executable, "-m", "exporter.cli", "train", "--config", f"exporter/configs/{name}.toml",
-               "--out", str(runs / f"mnist-{name}"), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "exporter.cli",
+        "train",
+        "--config",
+        f"exporter/configs/{name}.toml",
+        "--out",
+        str(runs / f"mnist-{name}"),
+        "--no-progress",
+    ]
     started = time.monotonic()
     subprocess.run(command, cwd=ROOT, check=True)
     return time.monotonic() - started
@@ -79,17 +88,24 @@ def load_source(path: Path) -> tuple[Path, dict[str, Any], float | None, np.ndar
     fbz = path / "study-model.fbz"
     to_akida(layers).save(str(fbz))
     report = json.loads((path / "report.json").read_text())
-    return (fbz, json.loads((path / "config.json").read_text()), report["train_seconds"],
-            np.load(path / "eval_scores.npy"))
+    return (
+        fbz,
+        json.loads((path / "config.json").read_text()),
+        report["train_seconds"],
+        np.load(path / "eval_scores.npy"),
+    )
 
 
 def v1_figures(counters: tuple) -> dict[str, float]:
     """The retired model v1 on the simulator's counters (its inputs, as it read them)."""
     first, rest = counters[0], counters[1:]
-    load = energy_v1.Load(first.inputs, float(first.dense_synaptic_ops.mean()),
-                          float(sum(c.input_events.mean() for c in rest)),
-                          float(sum(c.synaptic_ops.mean() for c in rest)),
-                          float(sum(c.output_events.mean() for c in counters)))
+    load = energy_v1.Load(
+        first.inputs,
+        float(first.dense_synaptic_ops.mean()),
+        float(sum(c.input_events.mean() for c in rest)),
+        float(sum(c.synaptic_ops.mean() for c in rest)),
+        float(sum(c.output_events.mean() for c in counters)),
+    )
     return {"chip_nj": energy_v1.chip_j(load) * 1e9, "board_uj": energy_v1.board_j(load) * 1e6}
 
 
@@ -101,12 +117,18 @@ def v2_figures(fbz: Path, counters: tuple) -> dict[str, dict[str, Any]]:
         mapping = map_model(akida.Model(str(fbz)), device, DEFAULT_MAP_MODE)
         cost = profile.bind(mapping)
         e, single = cost.evaluate_counters(counters), cost.evaluate_counters(counters, 1)
-        out[device] = {"profile": profile.version, "total_uj": float(e.total_j.mean() * 1e6),
-                       "total_one_per_call_uj": float(single.total_j.mean() * 1e6),
-                       "dynamic_uj": float(e.dynamic_j.mean() * 1e6), "chip_us": float(e.chip_s.mean() * 1e6),
-                       "frame_us": float(e.frame_s.mean() * 1e6),
-                       "layer_us": {name: float(e.layer_clocks[:, i].mean()) / profile.coefficients.clock_hz * 1e6
-                                    for i, name in enumerate(e.layer_names)}}
+        out[device] = {
+            "profile": profile.version,
+            "total_uj": float(e.total_j.mean() * 1e6),
+            "total_one_per_call_uj": float(single.total_j.mean() * 1e6),
+            "dynamic_uj": float(e.dynamic_j.mean() * 1e6),
+            "chip_us": float(e.chip_s.mean() * 1e6),
+            "frame_us": float(e.frame_s.mean() * 1e6),
+            "layer_us": {
+                name: float(e.layer_clocks[:, i].mean()) / profile.coefficients.clock_hz * 1e6
+                for i, name in enumerate(e.layer_names)
+            },
+        }
     return out
 
 
@@ -118,8 +140,10 @@ def measure(source: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, A
     simulated = Simulator(load_model(fbz)).run(frames)
     counters = simulated.counters.layers
     sim_scores = simulated.outputs.reshape(len(images), -1)
-    per_layer = {name: float((out > 0).reshape(len(images), -1).sum(axis=1).mean())
-                 for name, out in zip(LAYERS, outputs[:-1], strict=True)}
+    per_layer = {
+        name: float((out > 0).reshape(len(images), -1).sum(axis=1).mean())
+        for name, out in zip(LAYERS, outputs[:-1], strict=True)
+    }
     return {
         "source": str(source.relative_to(ROOT)) if source.is_relative_to(ROOT) else str(source),
         "accuracy": float((scores.argmax(axis=1) == labels).mean()),
@@ -141,11 +165,16 @@ def measure(source: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, A
 def penalty_text(config: dict[str, Any]) -> str:
     """How the zero-aware run penalised, in words, from its recorded config (so the page cannot drift)."""
     p = config["penalty"]
-    weighting = ("each layer's events weighted by the chip energy of one event there" if p["energy_weighted"]
-                 else "every firing neuron counted alike")
-    return (f"penalties on the counts of non-zero activations (loss weight {p['activations']:g}, {weighting}) and "
-            f"of non-zero weights (loss weight {p['weights']:g}), through a straight-through {p['form']} "
-            f"indicator whose gradient spans +-{p['width']:g} quantisation steps around the firing boundary")
+    weighting = (
+        "each layer's events weighted by the chip energy of one event there"
+        if p["energy_weighted"]
+        else "every firing neuron counted alike"
+    )
+    return (
+        f"penalties on the counts of non-zero activations (loss weight {p['activations']:g}, {weighting}) and "
+        f"of non-zero weights (loss weight {p['weights']:g}), through a straight-through {p['form']} "
+        f"indicator whose gradient spans +-{p['width']:g} quantisation steps around the firing boundary"
+    )
 
 
 def fewer(base: float, new: float) -> float:
@@ -186,17 +215,26 @@ def markdown(results: dict[str, dict[str, Any]], wall: dict[str, float], forms: 
         "total": fewer(b2["akd1000"]["total_uj"], z2["akd1000"]["total_uj"]),
     }
     drop = b["accuracy"] - z["accuracy"]
-    timings = (", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items())
-               or "not re-run here; the table's wall-clock comes from each run's report.json, where known")
+    timings = (
+        ", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items())
+        or "not re-run here; the table's wall-clock comes from each run's report.json, where known"
+    )
     checks = [
         (f"accuracy >= {100 * TARGETS['accuracy_min']:.1f}%", z["accuracy"] >= TARGETS["accuracy_min"]),
-        (f"accuracy at most {100 * TARGETS['accuracy_drop_max']:.1f} points below baseline",
-         drop <= TARGETS["accuracy_drop_max"] + 1e-12),
-        (f">= {TARGETS['activations']:.0f}% fewer non-zero activations",
-         reductions["activations"] >= TARGETS["activations"]),
+        (
+            f"accuracy at most {100 * TARGETS['accuracy_drop_max']:.1f} points below baseline",
+            drop <= TARGETS["accuracy_drop_max"] + 1e-12,
+        ),
+        (
+            f">= {TARGETS['activations']:.0f}% fewer non-zero activations",
+            reductions["activations"] >= TARGETS["activations"],
+        ),
         (f">= {TARGETS['weights']:.0f}% fewer non-zero weights", reductions["weights"] >= TARGETS["weights"]),
-        (f">= {TARGETS['total']:.0f}% less total energy per image on AKD1000 (model v2, model.statistics' "
-         "convention; the paper: 12.2%)", reductions["total"] >= TARGETS["total"]),
+        (
+            f">= {TARGETS['total']:.0f}% less total energy per image on AKD1000 (model v2, model.statistics' "
+            "convention; the paper: 12.2%)",
+            reductions["total"] >= TARGETS["total"],
+        ),
     ]
 
     def seconds(r: dict[str, Any]) -> str:
@@ -205,54 +243,120 @@ def markdown(results: dict[str, dict[str, Any]], wall: dict[str, float], forms: 
     def v2_rows(device: str, clock: str) -> list[tuple[str, ...]]:
         bd, zd = b2[device], z2[device]
         return [
-            (f"**Total energy / image, {device.upper()}** (floor x frame time + dynamic; long batch)",
-             f"{bd['total_uj']:.1f} µJ",
-             f"{zd['total_uj']:.1f} µJ", f"**{change(bd['total_uj'], zd['total_uj'], 'less')}**",
-             f"{PUBLISHED['energy']}% less" if device == "akd1000" else ""),
-            (f"Total energy / image, {device.upper()}, one frame per call", f"{bd['total_one_per_call_uj']:.1f} µJ",
-             f"{zd['total_one_per_call_uj']:.1f} µJ", change(bd["total_one_per_call_uj"], zd["total_one_per_call_uj"],
-                                                               "less"), ""),
-            (f"Dynamic energy / image, {device.upper()} (floor subtracted)", f"{bd['dynamic_uj']:.2f} µJ",
-             f"{zd['dynamic_uj']:.2f} µJ", change(bd["dynamic_uj"], zd["dynamic_uj"], "less"), ""),
-            (f"On-chip latency, {device.upper()} ({clock}, one frame)", f"{bd['chip_us']:.0f} µs",
-             f"{zd['chip_us']:.0f} µs", change(bd["chip_us"], zd["chip_us"], "less"), ""),
-            (f"Frame time, {device.upper()} (host-inclusive, long batch)", f"{bd['frame_us']:.0f} µs",
-             f"{zd['frame_us']:.0f} µs", change(bd["frame_us"], zd["frame_us"], "less"), ""),
+            (
+                f"**Total energy / image, {device.upper()}** (floor x frame time + dynamic; long batch)",
+                f"{bd['total_uj']:.1f} µJ",
+                f"{zd['total_uj']:.1f} µJ",
+                f"**{change(bd['total_uj'], zd['total_uj'], 'less')}**",
+                f"{PUBLISHED['energy']}% less" if device == "akd1000" else "",
+            ),
+            (
+                f"Total energy / image, {device.upper()}, one frame per call",
+                f"{bd['total_one_per_call_uj']:.1f} µJ",
+                f"{zd['total_one_per_call_uj']:.1f} µJ",
+                change(bd["total_one_per_call_uj"], zd["total_one_per_call_uj"], "less"),
+                "",
+            ),
+            (
+                f"Dynamic energy / image, {device.upper()} (floor subtracted)",
+                f"{bd['dynamic_uj']:.2f} µJ",
+                f"{zd['dynamic_uj']:.2f} µJ",
+                change(bd["dynamic_uj"], zd["dynamic_uj"], "less"),
+                "",
+            ),
+            (
+                f"On-chip latency, {device.upper()} ({clock}, one frame)",
+                f"{bd['chip_us']:.0f} µs",
+                f"{zd['chip_us']:.0f} µs",
+                change(bd["chip_us"], zd["chip_us"], "less"),
+                "",
+            ),
+            (
+                f"Frame time, {device.upper()} (host-inclusive, long batch)",
+                f"{bd['frame_us']:.0f} µs",
+                f"{zd['frame_us']:.0f} µs",
+                change(bd["frame_us"], zd["frame_us"], "less"),
+                "",
+            ),
         ]
 
     rows = [
-        ("Test accuracy (10,000 images)", f"{100 * b['accuracy']:.2f}%", f"{100 * z['accuracy']:.2f}%",
-         f"{-100 * drop:+.2f} points", "not published"),
-        *[(f"Non-zero activations / image, {name} output", f"{b['activations_per_layer'][name]:.1f}",
-           f"{z['activations_per_layer'][name]:.1f}",
-           change(b["activations_per_layer"][name], z["activations_per_layer"][name]), "")
-          for name in LAYERS],
-        ("**Non-zero activations / image, total**", f"{b['activations']:.1f}", f"{z['activations']:.1f}",
-         f"**{reductions['activations']:.1f}% fewer**", f"{PUBLISHED['activations']}% fewer"),
-        ("**Non-zero weights**", f"{b['weights']:,} / {b['weights_total']:,}",
-         f"{z['weights']:,} / {z['weights_total']:,}",
-         f"**{reductions['weights']:.1f}% fewer**", f"{PUBLISHED['weights']}% fewer"),
-        ("Effective synaptic ops / image", f"{b['synops']:,.0f}", f"{z['synops']:,.0f}",
-         f"{fewer(b['synops'], z['synops']):.1f}% fewer", ""),
+        (
+            "Test accuracy (10,000 images)",
+            f"{100 * b['accuracy']:.2f}%",
+            f"{100 * z['accuracy']:.2f}%",
+            f"{-100 * drop:+.2f} points",
+            "not published",
+        ),
+        *[
+            (
+                f"Non-zero activations / image, {name} output",
+                f"{b['activations_per_layer'][name]:.1f}",
+                f"{z['activations_per_layer'][name]:.1f}",
+                change(b["activations_per_layer"][name], z["activations_per_layer"][name]),
+                "",
+            )
+            for name in LAYERS
+        ],
+        (
+            "**Non-zero activations / image, total**",
+            f"{b['activations']:.1f}",
+            f"{z['activations']:.1f}",
+            f"**{reductions['activations']:.1f}% fewer**",
+            f"{PUBLISHED['activations']}% fewer",
+        ),
+        (
+            "**Non-zero weights**",
+            f"{b['weights']:,} / {b['weights_total']:,}",
+            f"{z['weights']:,} / {z['weights_total']:,}",
+            f"**{reductions['weights']:.1f}% fewer**",
+            f"{PUBLISHED['weights']}% fewer",
+        ),
+        (
+            "Effective synaptic ops / image",
+            f"{b['synops']:,.0f}",
+            f"{z['synops']:,.0f}",
+            f"{fewer(b['synops'], z['synops']):.1f}% fewer",
+            "",
+        ),
         *v2_rows("akd1000", "300 MHz"),
         *v2_rows("akd1500", "400 MHz"),
-        ("v1 (retired): chip energy / image", f"{b['v1']['chip_nj']:.1f} nJ", f"{z['v1']['chip_nj']:.1f} nJ",
-         change(b["v1"]["chip_nj"], z["v1"]["chip_nj"], "less"), ""),
-        ("v1 (retired): board energy / image", f"{b['v1']['board_uj']:.1f} µJ", f"{z['v1']['board_uj']:.1f} µJ",
-         change(b["v1"]["board_uj"], z["v1"]["board_uj"], "less"), f"{PUBLISHED['energy']}% less"),
+        (
+            "v1 (retired): chip energy / image",
+            f"{b['v1']['chip_nj']:.1f} nJ",
+            f"{z['v1']['chip_nj']:.1f} nJ",
+            change(b["v1"]["chip_nj"], z["v1"]["chip_nj"], "less"),
+            "",
+        ),
+        (
+            "v1 (retired): board energy / image",
+            f"{b['v1']['board_uj']:.1f} µJ",
+            f"{z['v1']['board_uj']:.1f} µJ",
+            change(b["v1"]["board_uj"], z["v1"]["board_uj"], "less"),
+            f"{PUBLISHED['energy']}% less",
+        ),
         ("Training wall-clock (1 torch thread, 2-core shared machine)", seconds(b), seconds(z), "", ""),
     ]
-    layer_rows = [(name, f"{b2['akd1000']['layer_us'][name]:.1f}", f"{z2['akd1000']['layer_us'][name]:.1f}",
-                   f"{b2['akd1500']['layer_us'][name]:.1f}", f"{z2['akd1500']['layer_us'][name]:.1f}")
-                  for name in b2["akd1000"]["layer_us"]]
+    layer_rows = [
+        (
+            name,
+            f"{b2['akd1000']['layer_us'][name]:.1f}",
+            f"{z2['akd1000']['layer_us'][name]:.1f}",
+            f"{b2['akd1500']['layer_us'][name]:.1f}",
+            f"{z2['akd1500']['layer_us'][name]:.1f}",
+        )
+        for name in b2["akd1000"]["layer_us"]
+    ]
     slow_b = max(b2["akd1000"]["layer_us"], key=b2["akd1000"]["layer_us"].get)
     slow_z = max(z2["akd1000"]["layer_us"], key=z2["akd1000"]["layer_us"].get)
     c1000 = DeviceProfile.packaged("akd1000").coefficients
     fnp2 = {d: DeviceProfile.packaged(d).coefficients.fnp2_clk_per_event_unit for d in DEVICES}
     host_ms = 1e3 * (c1000.host_s_per_frame + 784 * c1000.host_s_per_input_byte)
     seeds = ", ".join(f"{name} seed {results[name]['config']['train']['seed']}" for name in MODELS)
-    equal = {name: results[name]["engine_equals_simulator"] and results[name]["engine_equals_training_eval"]
-             is not False for name in MODELS}
+    equal = {
+        name: results[name]["engine_equals_simulator"] and results[name]["engine_equals_training_eval"] is not False
+        for name in MODELS
+    }
     lines = [
         "# MNIST: zero-aware training vs baseline on Akida 1.0 (AKD1000 and AKD1500)",
         "",
@@ -332,21 +436,33 @@ def markdown(results: dict[str, dict[str, Any]], wall: dict[str, float], forms: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-train", action="store_true", help="measure existing run directories only")
-    parser.add_argument("--bundles", type=Path, default=None, metavar="DIR",
-                        help="measure DIR/mnist-baseline and DIR/mnist-zeroaware bundles instead (no training)")
+    parser.add_argument(
+        "--bundles",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="measure DIR/mnist-baseline and DIR/mnist-zeroaware bundles instead (no training)",
+    )
     parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="where the run directories live")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="where to write mnist.md/.json")
-    parser.add_argument("--forms", type=Path, default=ROOT / "runs" / "sweep-forms",
-                        help="an `edge-export sweep` over penalty.form to include, if present")
+    parser.add_argument(
+        "--forms",
+        type=Path,
+        default=ROOT / "runs" / "sweep-forms",
+        help="an `edge-export sweep` over penalty.form to include, if present",
+    )
     args = parser.parse_args(argv)
     wall = {} if args.skip_train or args.bundles else {name: train(name, args.runs) for name in MODELS}
     data = mnist_fetch.load_mnist()
     where = args.bundles if args.bundles is not None else args.runs
-    results = {name: measure(where / f"mnist-{name}", data.test_images, data.test_labels.astype(np.int64))
-               for name in MODELS}
+    results = {
+        name: measure(where / f"mnist-{name}", data.test_images, data.test_labels.astype(np.int64)) for name in MODELS
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = {"energy_models": {"v2": [DeviceProfile.packaged(d).version for d in DEVICES],
-                                 "v1": "akd1000-estimate-v1"}, "results": results}
+    summary = {
+        "energy_models": {"v2": [DeviceProfile.packaged(d).version for d in DEVICES], "v1": "akd1000-estimate-v1"},
+        "results": results,
+    }
     (args.out / "mnist.json").write_text(json.dumps(summary, indent=2) + "\n")
     source = f"--bundles {args.bundles}" if args.bundles else ("--skip-train" if args.skip_train else "")
     (args.out / "mnist.md").write_text(markdown(results, wall, forms_section(args.forms, args.out), source))

@@ -38,8 +38,12 @@ def load(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def label(config: dict[str, Any], reference: dict[str, Any]) -> str:
     """``key=value`` for every varied setting that differs from ``reference`` (the zero-aware config)."""
-    changes = [f"{key}={value}" for section in VARIED for key, value in config.get(section, {}).items()
-               if reference.get(section, {}).get(key) != value]
+    changes = [
+        f"{key}={value}"
+        for section in VARIED
+        for key, value in config.get(section, {}).items()
+        if reference.get(section, {}).get(key) != value
+    ]
     return ", ".join(changes) or "shipped: zeroaware.toml"
 
 
@@ -51,8 +55,10 @@ def plot(rows: list[dict[str, Any]], baseline: dict[str, Any], out: Path) -> Non
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     floor = 100 * (baseline["accuracy"] - ACCURACY_DROP)
-    panels = (("activations_nonzero_per_image", "non-zero activations per image", TARGET_EVENTS),
-              ("total_uj_per_image", "modelled total energy per image, AKD1000 (µJ, model v2)", TARGET_ENERGY))
+    panels = (
+        ("activations_nonzero_per_image", "non-zero activations per image", TARGET_EVENTS),
+        ("total_uj_per_image", "modelled total energy per image, AKD1000 (µJ, model v2)", TARGET_ENERGY),
+    )
     for ax, (key, title, cut) in zip(axes, panels, strict=True):
         limit = (1 - cut) * baseline[key]
         left = 0.8 * min(limit, *(r[key] for r in rows))
@@ -63,9 +69,14 @@ def plot(rows: list[dict[str, Any]], baseline: dict[str, Any], out: Path) -> Non
             is_base = r is baseline
             off_axis = 100 * r["accuracy"] < BOTTOM  # drawn on the axis floor as a triangle, labelled
             accuracy = BOTTOM if off_axis else 100 * r["accuracy"]
-            ax.scatter(r[key], accuracy, marker="*" if is_base else ("v" if off_axis else "o"),
-                       s=160 if is_base else 30,
-                       color="tab:red" if is_base else ("tab:blue" if r[front] else "tab:gray"), zorder=3)
+            ax.scatter(
+                r[key],
+                accuracy,
+                marker="*" if is_base else ("v" if off_axis else "o"),
+                s=160 if is_base else 30,
+                color="tab:red" if is_base else ("tab:blue" if r[front] else "tab:gray"),
+                zorder=3,
+            )
             if r[front] or off_axis:  # label the front (and off-axis runs) only: readable
                 text = f"{r['name']} ({100 * r['accuracy']:.2f}%)" if off_axis else r["name"]
                 ax.annotate(text, (r[key], accuracy), fontsize=6, xytext=(4, -3), textcoords="offset points")
@@ -85,14 +96,19 @@ def markdown(rows: list[dict[str, Any]], baseline: dict[str, Any]) -> str:
     def fewer(key: str, r: dict[str, Any]) -> str:
         return f"{100 * (1 - r[key] / baseline[key]):.1f}%"
 
-    lines = ["| run | accuracy | events / image (fewer) | non-zero weights (fewer) | total µJ / image, AKD1000 (less) "
-             "| on the front (events / energy) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| run | accuracy | events / image (fewer) | non-zero weights (fewer) | total µJ / image, AKD1000 (less) "
+        "| on the front (events / energy) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: r["activations_nonzero_per_image"]):
-        lines.append(f"| {r['name']} | {100 * r['accuracy']:.2f}% | {r['activations_nonzero_per_image']:.1f} "
-                     f"({fewer('activations_nonzero_per_image', r)}) | {r['weights_nonzero']:,} "
-                     f"({fewer('weights_nonzero', r)}) | {r['total_uj_per_image']:.1f} "
-                     f"({fewer('total_uj_per_image', r)}) | {'events' if r['events_front'] else ''}"
-                     f"{' / ' if r['events_front'] and r['pareto'] else ''}{'energy' if r['pareto'] else ''} |")
+        lines.append(
+            f"| {r['name']} | {100 * r['accuracy']:.2f}% | {r['activations_nonzero_per_image']:.1f} "
+            f"({fewer('activations_nonzero_per_image', r)}) | {r['weights_nonzero']:,} "
+            f"({fewer('weights_nonzero', r)}) | {r['total_uj_per_image']:.1f} "
+            f"({fewer('total_uj_per_image', r)}) | {'events' if r['events_front'] else ''}"
+            f"{' / ' if r['events_front'] and r['pareto'] else ''}{'energy' if r['pareto'] else ''} |"
+        )
     return "\n".join(lines)
 
 
@@ -100,8 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("baseline", type=Path, help="the baseline run directory")
     parser.add_argument("runs", type=Path, nargs="+", help="zero-aware run directories")
-    parser.add_argument("--reference", type=Path, default=REPO / "exporter" / "configs" / "zeroaware.toml",
-                        help="config the labels are relative to (default: the shipped zero-aware config)")
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=REPO / "exporter" / "configs" / "zeroaware.toml",
+        help="config the labels are relative to (default: the shipped zero-aware config)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     args = parser.parse_args(argv)
 

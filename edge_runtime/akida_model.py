@@ -233,8 +233,10 @@ def from_akida(model: Any) -> AkidaModel:
                 f"layer '{layer.name}' has type {kind}; only Akida 1.0 {', '.join(SUPPORTED_TYPES)} are supported"
             )
         if (kind in _INPUT_TYPES) != (index == 0):
-            raise ModelError(f"layer '{layer.name}' ({kind}): an Akida 1.0 model must start with exactly one "
-                             "InputData or InputConvolutional")
+            raise ModelError(
+                f"layer '{layer.name}' ({kind}): an Akida 1.0 model must start with exactly one "
+                "InputData or InputConvolutional"
+            )
         if kind == "InputData":
             input_data = _input_data(layer)
             continue
@@ -252,8 +254,10 @@ def _input_data(layer: Any) -> InputData:
         raise ModelError(f"layer '{layer.name}' (InputData) has signed inputs; only unsigned inputs are supported")
     bits = int(params.input_bits)
     if not 1 <= bits <= MAX_INPUT_DATA_BITS:
-        raise ModelError(f"layer '{layer.name}' (InputData) has {bits}-bit inputs; Akida 1.0 layers take "
-                         f"1 to {MAX_INPUT_DATA_BITS} bits")
+        raise ModelError(
+            f"layer '{layer.name}' (InputData) has {bits}-bit inputs; Akida 1.0 layers take "
+            f"1 to {MAX_INPUT_DATA_BITS} bits"
+        )
     return InputData(name=layer.name, input_shape=_shape3(layer.output_dims), input_bits=bits)
 
 
@@ -309,8 +313,9 @@ def _pool(name: str, kind: str, params: Any) -> MaxPool | None:
     if pool_type in (_POOL_NONE, _POOL_AVERAGE):
         return None
     if pool_type != _POOL_MAX:
-        raise ModelError(f"layer '{name}' ({kind}) uses pooling type {pool_type}; "
-                         "only max and global average pooling are supported")
+        raise ModelError(
+            f"layer '{name}' ({kind}) uses pooling type {pool_type}; only max and global average pooling are supported"
+        )
     return MaxPool(
         size=(int(params.pooling_width), int(params.pooling_height)),
         stride=(int(params.pooling_stride_x), int(params.pooling_stride_y)),

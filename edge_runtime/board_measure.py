@@ -38,8 +38,17 @@ log = logging.getLogger(__name__)
 
 SILENT_THRESHOLD = 524287  # the devhub's values: the layer cannot fire, so no event leaves the chip
 SILENT_ACT_STEP = 65535.0
-SAMPLE_COLUMNS = ("label", "model", "counters", "map_mode", "frames_per_call", "clocks", "frame_time_s",
-                  "energy_j", "floor_w")
+SAMPLE_COLUMNS = (
+    "label",
+    "model",
+    "counters",
+    "map_mode",
+    "frames_per_call",
+    "clocks",
+    "frame_time_s",
+    "energy_j",
+    "floor_w",
+)
 
 
 @dataclass(frozen=True)
@@ -85,8 +94,9 @@ def _fires(layer: Any) -> bool:
     return layer.parameters.layer_type.name != "InputData" and bool(layer.parameters.activation)
 
 
-def read_board(model: Any, device: Any, frames: np.ndarray, mode: str,
-               clock: Callable[[], float] = time.perf_counter) -> list[Reading]:
+def read_board(
+    model: Any, device: Any, frames: np.ndarray, mode: str, clock: Callable[[], float] = time.perf_counter
+) -> list[Reading]:
     """Map ``model`` on ``device`` and take the two readings: single-frame calls (clocks, host wall time
     by ``clock``, as the devhub's ``perf_counter``: the driver's own timestamps are in whole ms) and one
     long call with the power meter (fps, energy per frame, floor)."""
@@ -114,9 +124,17 @@ def read_board(model: Any, device: Any, frames: np.ndarray, mode: str,
     return [single, batch]
 
 
-def measure(fbz: Path, frames: np.ndarray, out_dir: Path, *, device: Any, mode: str = "AllNps",
-            shifts: Sequence[int] = (), load: Callable[..., Any] | None = None,
-            clock: Callable[[], float] = time.perf_counter) -> Path:
+def measure(
+    fbz: Path,
+    frames: np.ndarray,
+    out_dir: Path,
+    *,
+    device: Any,
+    mode: str = "AllNps",
+    shifts: Sequence[int] = (),
+    load: Callable[..., Any] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Path:
     """Measure ``fbz`` on ``device``; write sub-models, counters and ``samples.csv`` into ``out_dir``."""
     if load is None:
         import akida
@@ -134,10 +152,19 @@ def measure(fbz: Path, frames: np.ndarray, out_dir: Path, *, device: Any, mode: 
         files.atomic_write(counters_path, _npz_writer(counters.to_arrays()))
         log.info("measuring %s on the board", label)
         for reading in read_board(load(str(path)), device, frames, mode, clock):
-            rows.append({"label": label, "model": path.name, "counters": counters_path.name, "map_mode": mode,
-                         "frames_per_call": reading.frames_per_call, "clocks": _cell(reading.clocks),
-                         "frame_time_s": _cell(reading.frame_time_s), "energy_j": _cell(reading.energy_j),
-                         "floor_w": _cell(reading.floor_w)})
+            rows.append(
+                {
+                    "label": label,
+                    "model": path.name,
+                    "counters": counters_path.name,
+                    "map_mode": mode,
+                    "frames_per_call": reading.frames_per_call,
+                    "clocks": _cell(reading.clocks),
+                    "frame_time_s": _cell(reading.frame_time_s),
+                    "energy_j": _cell(reading.energy_j),
+                    "floor_w": _cell(reading.floor_w),
+                }
+            )
     samples = out_dir / "samples.csv"
     with open(samples, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SAMPLE_COLUMNS)

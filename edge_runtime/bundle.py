@@ -220,8 +220,9 @@ class Bundle:
 
 
 def _unreadable(path: Path, error: OSError) -> BundleError:
-    return BundleError(f"{path}: cannot be read ({error.strerror or error}); check its permissions, "
-                       "or re-copy the bundle")
+    return BundleError(
+        f"{path}: cannot be read ({error.strerror or error}); check its permissions, or re-copy the bundle"
+    )
 
 
 def _sha256(path: Path) -> str:
@@ -246,8 +247,12 @@ def file_entry(path: Path) -> FileEntry:
 
 def layer_kind(layer: Layer) -> str:
     """akida's name for the layer type, as the manifest records it."""
-    return {"InputConv": "InputConvolutional", "Conv": "Convolutional", "SepConv": "SeparableConvolutional",
-            "Dense": "FullyConnected"}[type(layer).__name__]
+    return {
+        "InputConv": "InputConvolutional",
+        "Conv": "Convolutional",
+        "SepConv": "SeparableConvolutional",
+        "Dense": "FullyConnected",
+    }[type(layer).__name__]
 
 
 def layer_spec(layer: Layer, nps: dict[str, int], input_data: InputData | None = None) -> LayerSpec:
@@ -279,8 +284,10 @@ def layer_spec(layer: Layer, nps: dict[str, int], input_data: InputData | None =
 
 def layer_specs(model: AkidaModel, nps: Callable[[str], dict[str, int]]) -> tuple[LayerSpec, ...]:
     """The manifest's layers of ``model``; ``nps(name)``: the NPs a layer occupies."""
-    return tuple(layer_spec(layer, nps(layer.name), model.input_data if index == 0 else None)
-                 for index, layer in enumerate(model.layers))
+    return tuple(
+        layer_spec(layer, nps(layer.name), model.input_data if index == 0 else None)
+        for index, layer in enumerate(model.layers)
+    )
 
 
 def installed_version(package: str) -> str:
@@ -307,8 +314,10 @@ def manifest_document(manifest: Manifest) -> dict[str, Any]:
     """The manifest as JSON-ready data, sealed with its own digest; optional fields at their default left out."""
     document = dataclasses.asdict(manifest)
     defaults = {f.name: f.default for f in fields(LayerSpec) if f.default is not dataclasses.MISSING}
-    document["layers"] = [{key: value for key, value in layer.items() if key not in defaults or value != defaults[key]}
-                          for layer in document["layers"]]
+    document["layers"] = [
+        {key: value for key, value in layer.items() if key not in defaults or value != defaults[key]}
+        for layer in document["layers"]
+    ]
     return seal(document)
 
 
@@ -411,8 +420,10 @@ def parse_manifest(document: Any, origin: str) -> tuple[Manifest, str]:
     # path would make the loader read (and hash) files outside the bundle.
     foreign = sorted(set(manifest.files) - set(PAYLOAD_FILES))
     if foreign:
-        raise BundleError(f"{origin}: files lists {', '.join(map(repr, foreign))}; a bundle holds only "
-                          f"{', '.join(PAYLOAD_FILES)}: re-export the bundle")
+        raise BundleError(
+            f"{origin}: files lists {', '.join(map(repr, foreign))}; a bundle holds only "
+            f"{', '.join(PAYLOAD_FILES)}: re-export the bundle"
+        )
     return manifest, actual
 
 
@@ -505,23 +516,31 @@ def check_against_model(path: Path, manifest: Manifest, model: AkidaModel, golde
     """The manifest must describe the model it ships with: shapes, bits, layers, output type, golden arrays."""
     problems = []
     if manifest.input.shape != model.input_shape or manifest.input.dtype != "uint8":
-        problems.append(f"input is uint8 {model.input_shape} in {FBZ}, the manifest says "
-                        f"{manifest.input.dtype} {manifest.input.shape}")
+        problems.append(
+            f"input is uint8 {model.input_shape} in {FBZ}, the manifest says "
+            f"{manifest.input.dtype} {manifest.input.shape}"
+        )
     if manifest.output.shape != model.output_shape or manifest.output.dtype != model.output_dtype.name:
-        problems.append(f"output is {model.output_dtype.name} {model.output_shape} in {FBZ}, the manifest says "
-                        f"{manifest.output.dtype} {manifest.output.shape}")
+        problems.append(
+            f"output is {model.output_dtype.name} {model.output_shape} in {FBZ}, the manifest says "
+            f"{manifest.output.dtype} {manifest.output.shape}"
+        )
     if len(manifest.output.labels) != model.output_shape[-1]:
         problems.append(f"{len(manifest.output.labels)} labels for {model.output_shape[-1]} outputs")
     if len(manifest.layers) != len(model.layers):
         problems.append(f"{len(manifest.layers)} layers in the manifest, {len(model.layers)} in {FBZ}")
     nps = {claimed.name: claimed.nps for claimed in manifest.layers}
-    for claimed, actual, layer in zip(manifest.layers, layer_specs(model, lambda name: nps.get(name, {})),
-                                      model.layers, strict=False):
+    for claimed, actual, layer in zip(
+        manifest.layers, layer_specs(model, lambda name: nps.get(name, {})), model.layers, strict=False
+    ):
         if claimed != actual:
             problems.append(f"layer '{layer.name}': {_first_difference(claimed, actual)}")
     n = manifest.golden_frames
-    expected = {"frames": ((n, *model.input_shape), np.dtype(np.uint8)),
-                "outputs": ((n, *model.output_shape), model.output_dtype), "labels": ((n,), np.dtype(np.int64))}
+    expected = {
+        "frames": ((n, *model.input_shape), np.dtype(np.uint8)),
+        "outputs": ((n, *model.output_shape), model.output_dtype),
+        "labels": ((n,), np.dtype(np.int64)),
+    }
     for name, (shape, dtype) in expected.items():
         array = getattr(golden, name)
         if array.shape != shape or array.dtype != dtype:
@@ -550,12 +569,16 @@ def check_golden(bundle: Bundle, infer: Callable[[np.ndarray], np.ndarray], back
     outputs = np.asarray(infer(bundle.golden.frames))
     expected = bundle.golden.outputs
     if outputs.shape != expected.shape or outputs.dtype != expected.dtype:
-        raise BundleError(f"{bundle.path}: {backend} returns {outputs.dtype} {outputs.shape} for the golden "
-                          f"frames, the bundle expects {expected.dtype} {expected.shape}: do not deploy it here")
+        raise BundleError(
+            f"{bundle.path}: {backend} returns {outputs.dtype} {outputs.shape} for the golden "
+            f"frames, the bundle expects {expected.dtype} {expected.shape}: do not deploy it here"
+        )
     wrong = np.flatnonzero((outputs != expected).reshape(len(expected), -1).any(axis=1))
     if wrong.size:
-        raise BundleError(f"{bundle.path}: {backend} disagrees with the golden outputs on {wrong.size} of "
-                          f"{len(expected)} frames (first: frame {wrong[0]}): do not deploy it on this host")
+        raise BundleError(
+            f"{bundle.path}: {backend} disagrees with the golden outputs on {wrong.size} of "
+            f"{len(expected)} frames (first: frame {wrong[0]}): do not deploy it on this host"
+        )
 
 
 def verify(path: str | Path) -> Bundle:

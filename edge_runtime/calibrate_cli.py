@@ -50,28 +50,56 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     action = parser.add_mutually_exclusive_group(required=True)
-    action.add_argument("--samples", type=Path, metavar="SAMPLES.csv",
-                        help="measurements to fit (as --measure writes them): columns label, model, counters, "
-                        "map_mode, frames_per_call, clocks, frame_time_s, energy_j, floor_w; empty cells allowed; "
-                        "paths relative to the file")
-    action.add_argument("--measure", type=Path, metavar="MODEL.fbz",
-                        help="measure this model on the attached Akida board (needs --frames and --out-dir)")
+    action.add_argument(
+        "--samples",
+        type=Path,
+        metavar="SAMPLES.csv",
+        help="measurements to fit (as --measure writes them): columns label, model, counters, "
+        "map_mode, frames_per_call, clocks, frame_time_s, energy_j, floor_w; empty cells allowed; "
+        "paths relative to the file",
+    )
+    action.add_argument(
+        "--measure",
+        type=Path,
+        metavar="MODEL.fbz",
+        help="measure this model on the attached Akida board (needs --frames and --out-dir)",
+    )
     parser.add_argument("--frames", type=Path, metavar="FRAMES.npy", help="--measure: uint8 frames to run")
     parser.add_argument("--out-dir", type=Path, metavar="DIR", help="--measure: where samples.csv and its files go")
-    parser.add_argument("--shifts", default="-2,2,4", metavar="N[,N...]",
-                        help="--measure: threshold shifts of the whole model, for density sweeps (default -2,2,4)")
-    parser.add_argument("--map-mode", choices=MAP_MODES, default=DEFAULT_MAP_MODE,
-                        help=f"--measure: akida MapMode on the board (default {DEFAULT_MAP_MODE})")
+    parser.add_argument(
+        "--shifts",
+        default="-2,2,4",
+        metavar="N[,N...]",
+        help="--measure: threshold shifts of the whole model, for density sweeps (default -2,2,4)",
+    )
+    parser.add_argument(
+        "--map-mode",
+        choices=MAP_MODES,
+        default=DEFAULT_MAP_MODE,
+        help=f"--measure: akida MapMode on the board (default {DEFAULT_MAP_MODE})",
+    )
     parser.add_argument("--out", type=Path, help="--samples: device profile to write (JSON)")
-    parser.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
-                        help=f"--samples: the device measured (default {DEFAULT_DEVICE}); its packaged profile is "
-                        "the base")
-    parser.add_argument("--base", type=Path, default=None,
-                        help="--samples: profile to start from and to keep where the data cannot set it")
-    parser.add_argument("--fix", default="", metavar="NAME[,NAME...]",
-                        help="--samples: coefficients to hold at their base value, comma-separated")
-    parser.add_argument("--version", default=None,
-                        help="--samples: version of the new profile (default BASE+calibrated)")
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=DEFAULT_DEVICE,
+        help=f"--samples: the device measured (default {DEFAULT_DEVICE}); its packaged profile is the base",
+    )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        default=None,
+        help="--samples: profile to start from and to keep where the data cannot set it",
+    )
+    parser.add_argument(
+        "--fix",
+        default="",
+        metavar="NAME[,NAME...]",
+        help="--samples: coefficients to hold at their base value, comma-separated",
+    )
+    parser.add_argument(
+        "--version", default=None, help="--samples: version of the new profile (default BASE+calibrated)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -87,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     result = calibrate(base, load_samples(args.samples, base.device), version=version, fix=fix)
     print(format_calibration(result))
     result.profile.save(args.out)
-    print(f"wrote {args.out} (version {version}); serve it with inference.device_profile = \"{args.out}\"")
+    print(f'wrote {args.out} (version {version}); serve it with inference.device_profile = "{args.out}"')
     return 0
 
 
@@ -102,8 +130,7 @@ def _measure(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--shifts {args.shifts!r}: expected integers such as -2,2,4") from None
     frames = files.load_frames(args.frames)
-    samples = measure(args.measure, frames, args.out_dir, device=find_device(None), mode=args.map_mode,
-                      shifts=shifts)
+    samples = measure(args.measure, frames, args.out_dir, device=find_device(None), mode=args.map_mode, shifts=shifts)
     print(f"wrote {samples}; fit it with: edge-runtime calibrate --samples {samples} --out profile.json")
     return 0
 
@@ -114,8 +141,10 @@ def format_calibration(result: Calibration) -> str:
     values = result.profile.coefficients
     for stage, fit in result.fits.items():
         errors = np.abs(fit.relative_errors)
-        lines.append(f"{stage}: {len(fit.rows)} measurements, largest relative error {float(np.max(errors)):.3%}, "
-                     f"median {float(np.median(errors)):.3%}")
+        lines.append(
+            f"{stage}: {len(fit.rows)} measurements, largest relative error {float(np.max(errors)):.3%}, "
+            f"median {float(np.median(errors)):.3%}"
+        )
         for name in fit.fitted:
             lines.append(f"  {name} = {getattr(values, name):.6g} {UNITS[name]}")
         if fit.at_zero:
@@ -152,14 +181,26 @@ def load_samples(path: Path, device: str) -> list[Sample]:
         if [layer.name for layer in layers] != [p.name for p in mapping.layers]:
             raise DataError(f"{where}: the counters' layers do not match {row['model']}'s")
         # per frame, not means: a layer's fixed cost is paid on the frames where it receives an event
-        activity = tuple(Activity(np.asarray(layer.input_events, np.float64),
-                                  np.asarray(layer.synaptic_ops, np.float64)) for layer in layers)
+        activity = tuple(
+            Activity(np.asarray(layer.input_events, np.float64), np.asarray(layer.synaptic_ops, np.float64))
+            for layer in layers
+        )
         energy, floor, frame = values["energy_j"], values["floor_w"], values["frame_time_s"]
         dynamic = None if energy is None or floor is None or frame is None else energy - floor * frame
         if dynamic is not None and dynamic <= 0:
             raise DataError(f"{where}: energy_j {energy} is not above floor_w x frame_time_s: check the units")
-        samples.append(Sample(row.get("label") or where, mapping, activity, values["frames_per_call"] or 1.0,
-                              values["clocks"], frame, dynamic, floor))
+        samples.append(
+            Sample(
+                row.get("label") or where,
+                mapping,
+                activity,
+                values["frames_per_call"] or 1.0,
+                values["clocks"],
+                frame,
+                dynamic,
+                floor,
+            )
+        )
     return samples
 
 
@@ -189,14 +230,16 @@ def load_counters(path: Path) -> counters.Counters:
         raise DataError(f"{path}: counters file lacks {', '.join(missing)}")
     for key in wanted:
         _check_counter(path, key, arrays[key], static=key.rpartition("/")[2] in counters.STATIC)
-    return counters.Counters(tuple(
-        counters.LayerCounters(
-            name=name,
-            **{counter: int(arrays[f"{name}/{counter}"]) for counter in counters.STATIC},  # type: ignore[arg-type]
-            **{counter: arrays[f"{name}/{counter}"] for counter in counters.PER_FRAME},  # type: ignore[arg-type]
+    return counters.Counters(
+        tuple(
+            counters.LayerCounters(
+                name=name,
+                **{counter: int(arrays[f"{name}/{counter}"]) for counter in counters.STATIC},  # type: ignore[arg-type]
+                **{counter: arrays[f"{name}/{counter}"] for counter in counters.PER_FRAME},  # type: ignore[arg-type]
+            )
+            for name in names
         )
-        for name in names
-    ))
+    )
 
 
 def _check_counter(path: Path, key: str, array: np.ndarray, *, static: bool) -> None:

@@ -13,7 +13,11 @@ bit-exact NumPy event simulator, with per-inference sparsity and energy as Prome
 
 # Each command module exposes ``register(subparsers)``; the order here is the order in --help.
 REGISTRARS: list[cliutil.Registrar] = [
-    serve_cli.register, demo.register, emulator.register, calibrate_cli.register, simulate_cli.register
+    serve_cli.register,
+    demo.register,
+    emulator.register,
+    calibrate_cli.register,
+    simulate_cli.register,
 ]
 
 

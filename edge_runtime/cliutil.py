@@ -119,8 +119,11 @@ def run(
         extra = (extras or {}).get((error.name or "").partition(".")[0])
         if extra is None:
             raise
-        error_line(prog, f"`{prog} {args.command}` needs the {extra} extra (no module {error.name!r}): "
-                         f"pip install '{DISTRIBUTION}[{extra}]'")
+        error_line(
+            prog,
+            f"`{prog} {args.command}` needs the {extra} extra (no module {error.name!r}): "
+            f"pip install '{DISTRIBUTION}[{extra}]'",
+        )
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -65,14 +65,18 @@ class LayerCounters:
         The simulator builds 4 of these per frame at batch 1."""
         layer = object.__new__(cls)
         input_events, synaptic_ops, output_events, output_spikes, dense_synaptic_ops = per_frame  # PER_FRAME order
-        object.__setattr__(layer, "__dict__", {
-            **static,
-            "input_events": input_events,
-            "synaptic_ops": synaptic_ops,
-            "output_events": output_events,
-            "output_spikes": output_spikes,
-            "dense_synaptic_ops": dense_synaptic_ops,
-        })
+        object.__setattr__(
+            layer,
+            "__dict__",
+            {
+                **static,
+                "input_events": input_events,
+                "synaptic_ops": synaptic_ops,
+                "output_events": output_events,
+                "output_spikes": output_spikes,
+                "dense_synaptic_ops": dense_synaptic_ops,
+            },
+        )
         return layer
 
     @property

@@ -62,8 +62,11 @@ def load_energy_model(config: ServeConfig) -> DeviceProfile:
     """``inference.device_profile`` (e.g. from ``edge-runtime calibrate``), else the packaged profile of
     ``inference.device``; a file for another device than the configured one is refused."""
     inference = config.inference
-    return DeviceProfile.chosen(inference.device, inference.device_profile,
-                                "set inference.device to the profile's device, or use another profile")
+    return DeviceProfile.chosen(
+        inference.device,
+        inference.device_profile,
+        "set inference.device to the profile's device, or use another profile",
+    )
 
 
 def restart_only_changes(old: ServeConfig, new: ServeConfig) -> list[str]:
@@ -157,8 +160,13 @@ class Daemon:
             self._http = HttpServer(make_app(self.registry, self._health.readiness), host, port)
             spec = parse_source_spec(config.source.spec)
             self._watch_staleness(spec.rate)
-            source = open_source(spec, self._listener, mnist_cache_dir=self._mnist_cache_dir,
-                                 frame_shape=bundle.model.input_shape, frame_max=bundle.model.input_max)
+            source = open_source(
+                spec,
+                self._listener,
+                mnist_cache_dir=self._mnist_cache_dir,
+                frame_shape=bundle.model.input_shape,
+                frame_max=bundle.model.input_max,
+            )
         except BaseException:
             if backend is not None:
                 backend.close()
@@ -186,8 +194,13 @@ class Daemon:
         self.bundle = bundle
         self._health.model_loaded = True
         self._pipeline.start()
-        log.info("serving %s on %s; metrics at %s/metrics; source %s", describe(bundle), backend.name,
-                 self.url, config.source.spec)
+        log.info(
+            "serving %s on %s; metrics at %s/metrics; source %s",
+            describe(bundle),
+            backend.name,
+            self.url,
+            config.source.spec,
+        )
         self._notifier.status(f"waiting for the source {config.source.spec}")
 
     def _watch_staleness(self, expected_rate: float | None) -> None:
@@ -200,8 +213,10 @@ class Daemon:
         """:func:`verify` the configured bundle; a missing directory names the key and the flag to fix it."""
         if not Path(config.model.bundle).is_dir():
             origin = self._config_path or "the command line"
-            raise ConfigError(f"{config.model.bundle}: no such bundle directory (model.bundle, from {origin}; "
-                              "set it or pass --model BUNDLE_DIR)")
+            raise ConfigError(
+                f"{config.model.bundle}: no such bundle directory (model.bundle, from {origin}; "
+                "set it or pass --model BUNDLE_DIR)"
+            )
         return verify(config.model.bundle)
 
     def _open_backend(self, bundle: Bundle, config: ServeConfig, energy: DeviceProfile) -> Backend:
@@ -214,8 +229,9 @@ class Daemon:
         if backend.name != "simulator":
             try:
                 shape = bundle.golden.outputs.shape
-                check_golden(bundle, lambda frames: backend.infer(frames).scores.reshape(shape),
-                             f"the {backend.name} backend")
+                check_golden(
+                    bundle, lambda frames: backend.infer(frames).scores.reshape(shape), f"the {backend.name} backend"
+                )
             except BaseException:
                 backend.close()
                 raise
@@ -247,13 +263,20 @@ class Daemon:
         )
         mapping = manifest.mappings.get(self._energy.device)
         if mapping is not None and mapping.multi_pass:
-            log.warning("%s maps in %d passes on %s: its modelled energy and latency are the least certain "
-                        "(docs/energy-model.md); calibrate on the board to trust them", manifest.name,
-                        mapping.passes, self._energy.device.upper())
+            log.warning(
+                "%s maps in %d passes on %s: its modelled energy and latency are the least certain "
+                "(docs/energy-model.md); calibrate on the board to trust them",
+                manifest.name,
+                mapping.passes,
+                self._energy.device.upper(),
+            )
         self.metrics.set_energy_model(
-            self._energy.device, self._energy.version, None if energy is None else energy.dynamic_j,
+            self._energy.device,
+            self._energy.version,
+            None if energy is None else energy.dynamic_j,
             None if energy is None else energy.chip_s,
-            [("simulator", "model")])  # only the simulator (also the fallback) models them
+            [("simulator", "model")],
+        )  # only the simulator (also the fallback) models them
         self.metrics.set_backend(backend, on_accelerator=backend == "akida")
 
     # --- run ------------------------------------------------------------------------------------
@@ -283,8 +306,11 @@ class Daemon:
         health = self._health
         if health.source_finished and not self._finish_logged:
             self._finish_logged = True
-            then = ("draining the queue, then exiting" if self._exit_when_done
-                    else "still serving /metrics until stopped (serve --exit-when-done exits instead)")
+            then = (
+                "draining the queue, then exiting"
+                if self._exit_when_done
+                else "still serving /metrics until stopped (serve --exit-when-done exits instead)"
+            )
             log.info("source %s finished: no more frames; %s", self.config.source.spec, then)
         if not self._ready_sent and health.source_seen and self.bundle is not None:
             self._ready_sent = True
@@ -401,5 +427,3 @@ def install_signal_handlers(mailbox: Mailbox) -> None:
 
 def _ignore(signum: int, frame: Any) -> None:
     """Replaces the default actions (SIGINT's KeyboardInterrupt, SIGHUP's exit)."""
-
-

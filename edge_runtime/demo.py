@@ -118,9 +118,13 @@ def read_registry(registry: CollectorRegistry, at: float) -> Reading:
                 name.endswith(("_sum", "_count"))
             ):
                 per_label[name][labels["layer"]] += value
-            elif name in ("edge_inferences_total", "edge_inference_energy_joules_sum",
-                          "edge_inference_energy_joules_count", "edge_inference_dynamic_energy_joules_sum",
-                          "edge_inference_dynamic_energy_joules_count"):
+            elif name in (
+                "edge_inferences_total",
+                "edge_inference_energy_joules_sum",
+                "edge_inference_energy_joules_count",
+                "edge_inference_dynamic_energy_joules_sum",
+                "edge_inference_dynamic_energy_joules_count",
+            ):
                 totals[name] += value
     return Reading(
         at=at,
@@ -264,19 +268,24 @@ def energy_headline(bundle: Bundle, device: str, baseline: Bundle | None) -> str
     figures = bundle.manifest.metrics.energy.get(device)
     if figures is None:
         return f"energy: the bundle records no {device.upper()} figures"
-    line = (f"modelled on {device.upper()} ({figures.profile}, from the manifest): total {_micro(figures.total_j)} "
-            f"per inference (floor x frame time + dynamic, as model.statistics reports), dynamic "
-            f"{_micro(figures.dynamic_j, 2)}, on-chip latency {figures.chip_s * 1e6:.0f} µs")
+    line = (
+        f"modelled on {device.upper()} ({figures.profile}, from the manifest): total {_micro(figures.total_j)} "
+        f"per inference (floor x frame time + dynamic, as model.statistics reports), dynamic "
+        f"{_micro(figures.dynamic_j, 2)}, on-chip latency {figures.chip_s * 1e6:.0f} µs"
+    )
     base = None if baseline is None else baseline.manifest.metrics.energy.get(device)
     if baseline is not None and base is not None:
-        line += (f"\n  against {baseline.manifest.name}: total {_micro(base.total_j)} -> "
-                 f"{100 * (1 - figures.total_j / base.total_j):.1f}% less, dynamic {_micro(base.dynamic_j, 2)} -> "
-                 f"{100 * (1 - figures.dynamic_j / base.dynamic_j):.1f}% less")
+        line += (
+            f"\n  against {baseline.manifest.name}: total {_micro(base.total_j)} -> "
+            f"{100 * (1 - figures.total_j / base.total_j):.1f}% less, dynamic {_micro(base.dynamic_j, 2)} -> "
+            f"{100 * (1 - figures.dynamic_j / base.dynamic_j):.1f}% less"
+        )
     return line
 
 
-def status_line(elapsed: float, step: Window, neurons: dict[str, int], log: PredictionLog,
-                baseline_total: float | None = None) -> str:
+def status_line(
+    elapsed: float, step: Window, neurons: dict[str, int], log: PredictionLog, baseline_total: float | None = None
+) -> str:
     sparsity = activation_sparsity(step.events_per_inference, neurons)
     return (
         f"[{elapsed:5.1f} s] {step.inferred / step.seconds:6.1f} frames/s"
@@ -288,8 +297,15 @@ def status_line(elapsed: float, step: Window, neurons: dict[str, int], log: Pred
     )
 
 
-def summary(total: Window, backend: str, bundle: Bundle, neurons: dict[str, int], log: PredictionLog,
-            dropped: dict[str, float], device: str) -> list[str]:
+def summary(
+    total: Window,
+    backend: str,
+    bundle: Bundle,
+    neurons: dict[str, int],
+    log: PredictionLog,
+    dropped: dict[str, float],
+    device: str,
+) -> list[str]:
     """The final report: the run against what the bundle's manifest promised."""
     metrics = bundle.manifest.metrics
     expected_sparsity = 1.0 - metrics.nonzero_activations_per_frame / sum(neurons.values())
@@ -325,16 +341,37 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, metavar="BUNDLE_DIR",
-                        help=f"bundle to serve (default: models/{BUNDLE_NAME} of this source tree)")
-    parser.add_argument("--seconds", type=cliutil.positive_float, default=DEFAULT_SECONDS,
-                        help="stop after this long (default %(default)s; Ctrl-C stops earlier)")
-    parser.add_argument("--rate", type=cliutil.positive_float, default=DEFAULT_RATE, metavar="HZ",
-                        help="frames per second the emulated sensor sends (default %(default)s)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto",
-                        help="auto (default) = the Akida board if present, else the simulator")
-    parser.add_argument("--metrics-addr", default="127.0.0.1:0", metavar="HOST:PORT",
-                        help="where the daemon serves /metrics (default: a free port on 127.0.0.1, printed)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        metavar="BUNDLE_DIR",
+        help=f"bundle to serve (default: models/{BUNDLE_NAME} of this source tree)",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=cliutil.positive_float,
+        default=DEFAULT_SECONDS,
+        help="stop after this long (default %(default)s; Ctrl-C stops earlier)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=cliutil.positive_float,
+        default=DEFAULT_RATE,
+        metavar="HZ",
+        help="frames per second the emulated sensor sends (default %(default)s)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="auto (default) = the Akida board if present, else the simulator",
+    )
+    parser.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where the daemon serves /metrics (default: a free port on 127.0.0.1, printed)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -346,20 +383,25 @@ def run(args: argparse.Namespace) -> int:
     stop_on_signals()
     with tempfile.TemporaryDirectory(prefix="edge-demo-") as scratch, PtyPort() as port:
         log_path = Path(scratch) / "predictions.jsonl"
-        daemon = Daemon(None, {
-            "model.bundle": str(bundle_dir),
-            "source.spec": f"serial:{port.path}",
-            "metrics.listen": args.metrics_addr,
-            "inference.backend": args.backend,
-            "predictions.path": str(log_path),
-            "predictions.max_bytes": LOG_MAX_BYTES,
-        }, notifier=Notifier(environ={}))  # not the service manager's business, even under systemd
+        daemon = Daemon(
+            None,
+            {
+                "model.bundle": str(bundle_dir),
+                "source.spec": f"serial:{port.path}",
+                "metrics.listen": args.metrics_addr,
+                "inference.backend": args.backend,
+                "predictions.path": str(log_path),
+                "predictions.max_bytes": LOG_MAX_BYTES,
+            },
+            notifier=Notifier(environ={}),
+        )  # not the service manager's business, even under systemd
         daemon.start()
         return _run_started(args, daemon, port, data.test_images, PredictionLog(log_path, data.test_labels))
 
 
-def _run_started(args: argparse.Namespace, daemon: Daemon, port: PtyPort, images: np.ndarray,
-                 log: PredictionLog) -> int:
+def _run_started(
+    args: argparse.Namespace, daemon: Daemon, port: PtyPort, images: np.ndarray, log: PredictionLog
+) -> int:
     assert daemon.bundle is not None
     bundle = daemon.bundle
     neurons = {layer.name: layer.neurons for layer in bundle.model.layers if layer.activation}
@@ -381,8 +423,16 @@ def _run_started(args: argparse.Namespace, daemon: Daemon, port: PtyPort, images
             time.sleep(max(0.0, first.at + min(tick, args.seconds) - time.monotonic()))
             log.poll()
             now = read_registry(daemon.registry, time.monotonic())
-            print(status_line(now.at - first.at, window(last, now), neurons, log,
-                              None if base_figures is None else base_figures.total_j), flush=True)
+            print(
+                status_line(
+                    now.at - first.at,
+                    window(last, now),
+                    neurons,
+                    log,
+                    None if base_figures is None else base_figures.total_j,
+                ),
+                flush=True,
+            )
             last = now
     except KeyboardInterrupt:
         print("interrupted: stopping", flush=True)

@@ -170,11 +170,14 @@ def _make_link(target: str, link: Path) -> None:
     """Point the symlink ``link`` at ``target``, replacing only a stale link to another pty."""
     if os.path.islink(link):
         if not os.readlink(link).startswith(PTY_DIR):
-            raise ConfigError(f"--link {link}: a symlink to {os.readlink(link)}, not to a pty; refusing to replace "
-                              "it, choose another path")
+            raise ConfigError(
+                f"--link {link}: a symlink to {os.readlink(link)}, not to a pty; refusing to replace "
+                "it, choose another path"
+            )
     elif os.path.lexists(link):
-        raise ConfigError(f"--link {link}: already exists and is not a symlink; refusing to replace it, choose "
-                          "another path")
+        raise ConfigError(
+            f"--link {link}: already exists and is not a symlink; refusing to replace it, choose another path"
+        )
     temporary = link.with_name(f".{link.name}.{os.getpid()}.tmp")
     try:
         os.symlink(target, temporary)
@@ -191,8 +194,10 @@ def check_frame_size(images: np.ndarray) -> None:
     """Refuse frames (N, H, W, C) that the serial protocol cannot carry, before any port is opened."""
     size = int(np.prod(images.shape[1:]))
     if size > MAX_PAYLOAD_BYTES or max(images.shape[1:]) > 0xFFFF:
-        raise DataError(f"frames of {'x'.join(map(str, images.shape[1:]))} ({size} bytes) do not fit the serial "
-                        f"protocol: at most {MAX_PAYLOAD_BYTES} bytes per frame and 65535 per axis")
+        raise DataError(
+            f"frames of {'x'.join(map(str, images.shape[1:]))} ({size} bytes) do not fit the serial "
+            f"protocol: at most {MAX_PAYLOAD_BYTES} bytes per frame and 65535 per axis"
+        )
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -212,8 +217,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--frames", default=MNIST_TEST, metavar="SOURCE", help=f"{MNIST_TEST} (default) or an .npy uint8 file"
     )
-    parser.add_argument("--rate", type=cliutil.positive_float, metavar="HZ",
-                        help="frames/s (default: as fast as possible)")
+    parser.add_argument(
+        "--rate", type=cliutil.positive_float, metavar="HZ", help="frames/s (default: as fast as possible)"
+    )
     parser.add_argument("--count", type=_positive_int, metavar="N", help="stop after N sequence numbers")
     parser.add_argument("--loop", action="store_true", help="repeat the frames")
     parser.add_argument("--start-seq", type=_seq, default=0, metavar="N", help="first sequence number")

@@ -196,15 +196,22 @@ def layer_features(place: Placement, activity: Activity) -> dict[str, np.ndarray
     if place.unit == "CNP":
         work = events * place.width
         features = {name: share * work / place.nps for name, share in kernel_weights(place.kernel_area).items()}
-        features.update(cnp_clk_per_layer=active,
-                        cnp_clk_per_neuron=active * (place.positions * place.width / place.nps),
-                        dyn_pj_per_event_filter=work, dyn_pj_per_synop=synops)
+        features.update(
+            cnp_clk_per_layer=active,
+            cnp_clk_per_neuron=active * (place.positions * place.width / place.nps),
+            dyn_pj_per_event_filter=work,
+            dyn_pj_per_synop=synops,
+        )
         return features
     if place.unit == "FNP":
         work = events * place.width
         kind = "fnp2" if "FNP2" in place.np_types else "fnp3"
-        return {f"{kind}_clk_per_event_unit": work / place.nps, "fnp_clk_per_layer": active,
-                "dyn_pj_per_fnp_event_unit": work, "dyn_pj_per_synop": synops}
+        return {
+            f"{kind}_clk_per_event_unit": work / place.nps,
+            "fnp_clk_per_layer": active,
+            "dyn_pj_per_fnp_event_unit": work,
+            "dyn_pj_per_synop": synops,
+        }
     return {}
 
 
@@ -220,8 +227,7 @@ def host_features(mapping: ModelMapping, frames_per_call: float) -> dict[str, fl
 
 
 def _dot(coefficients: Coefficients, features: Mapping[str, np.ndarray | float], group: str) -> np.ndarray | float:
-    return sum((getattr(coefficients, name) * value for name, value in features.items() if GROUPS[name] == group),
-               0.0)
+    return sum((getattr(coefficients, name) * value for name, value in features.items() if GROUPS[name] == group), 0.0)
 
 
 # --------------------------------------------------------------------------- estimates
@@ -258,8 +264,10 @@ class Estimate:
             "time_per_frame_s": {"chip": float(np.mean(self.chip_s)), "frame": float(np.mean(self.frame_s))},
             "energy_per_frame_j": {"dynamic": float(np.mean(self.dynamic_j)), "total": float(np.mean(self.total_j))},
             "layers": {
-                name: {"chip_s": float(np.mean(self.layer_clocks[:, i])) / self.clock_hz,
-                       "dynamic_j": float(np.mean(self.layer_dynamic_j[:, i]))}
+                name: {
+                    "chip_s": float(np.mean(self.layer_clocks[:, i])) / self.clock_hz,
+                    "dynamic_j": float(np.mean(self.layer_dynamic_j[:, i])),
+                }
                 for i, name in enumerate(self.layer_names)
             },
         }
@@ -322,13 +330,25 @@ class ModelCost:
         else:
             slowest = clocks.max(axis=1) / c.clock_hz
             per_frame = slowest if math.isinf(frames_per_call) else slowest + (chip - slowest) / frames_per_call
-        host = (self.host_long_call_s if math.isinf(frames_per_call)
-                else float(_dot(c, host_features(self.mapping, frames_per_call), "host")))
+        host = (
+            self.host_long_call_s
+            if math.isinf(frames_per_call)
+            else float(_dot(c, host_features(self.mapping, frames_per_call), "host"))
+        )
         frame = per_frame + host
         dynamic_total = dynamic.sum(axis=1)
-        return Estimate(self.profile.version, self.profile.device, c.clock_hz,
-                        tuple(p.name for p in self.mapping.layers), chip, frame, dynamic_total,
-                        c.floor_power_w * frame + dynamic_total, clocks, dynamic)
+        return Estimate(
+            self.profile.version,
+            self.profile.device,
+            c.clock_hz,
+            tuple(p.name for p in self.mapping.layers),
+            chip,
+            frame,
+            dynamic_total,
+            c.floor_power_w * frame + dynamic_total,
+            clocks,
+            dynamic,
+        )
 
     def evaluate_counters(self, counters: Sequence[LayerCounters], frames_per_call: float = math.inf) -> Estimate:
         """:meth:`evaluate` from the simulator's counters (layers named as in the mapping).
@@ -339,14 +359,21 @@ class ModelCost:
         """
         names = tuple(layer.name for layer in counters)
         if names != tuple(place.name for place in self.mapping.layers):
-            raise DataError(f"counters of layers {list(names)} given to the mapping of "
-                            f"{[place.name for place in self.mapping.layers]}")
+            raise DataError(
+                f"counters of layers {list(names)} given to the mapping of "
+                f"{[place.name for place in self.mapping.layers]}"
+            )
         if counters[0].frames == 1 and math.isinf(frames_per_call) and not self.mapping.multi_pass:
-            return self._one_frame([float(layer.input_events[0]) for layer in counters],
-                                   [float(layer.synaptic_ops[0]) for layer in counters])
+            return self._one_frame(
+                [float(layer.input_events[0]) for layer in counters],
+                [float(layer.synaptic_ops[0]) for layer in counters],
+            )
         activity = [Activity.of(layer) for layer in counters]
-        return self.evaluate(np.stack([a.input_events for a in activity], axis=1),
-                             np.stack([a.synaptic_ops for a in activity], axis=1), frames_per_call)
+        return self.evaluate(
+            np.stack([a.input_events for a in activity], axis=1),
+            np.stack([a.synaptic_ops for a in activity], axis=1),
+            frames_per_call,
+        )
 
     def _one_frame(self, events: list[float], synops: list[float]) -> Estimate:
         """:meth:`evaluate` of one frame in a long call of a single-pass mapping, in Python floats."""
@@ -359,10 +386,18 @@ class ModelCost:
         chip = sum(clocks) / c.clock_hz
         frame = max(clocks) / c.clock_hz + self.host_long_call_s
         dyn = sum(dynamic)
-        return Estimate(self.profile.version, self.profile.device, c.clock_hz,
-                        tuple(p.name for p in self.mapping.layers), np.array([chip]), np.array([frame]),
-                        np.array([dyn]), np.array([c.floor_power_w * frame + dyn]), np.array([clocks]),
-                        np.array([dynamic]))
+        return Estimate(
+            self.profile.version,
+            self.profile.device,
+            c.clock_hz,
+            tuple(p.name for p in self.mapping.layers),
+            np.array([chip]),
+            np.array([frame]),
+            np.array([dyn]),
+            np.array([c.floor_power_w * frame + dyn]),
+            np.array([clocks]),
+            np.array([dynamic]),
+        )
 
     @functools.cached_property
     def _clk(self) -> list[list[float]]:
@@ -438,15 +473,27 @@ class DeviceProfile:
                 problems.extend([problem] if problem else [])
         if problems:
             raise ConfigError(f"{origin}: " + "; ".join(problems))
-        return cls(document["version"], document["device"], Coefficients(**values), sources,
-                   str(document.get("description", "")))
+        return cls(
+            document["version"],
+            document["device"],
+            Coefficients(**values),
+            sources,
+            str(document.get("description", "")),
+        )
 
     def to_document(self) -> dict:
         """The JSON form: every coefficient with its value, unit and source side by side."""
-        entries = {name: {"value": getattr(self.coefficients, name), "unit": unit, "source": self.sources.get(name, "")}
-                   for name, unit in UNITS.items()}
-        return {"schema": SCHEMA, "version": self.version, "device": self.device, "description": self.description,
-                "coefficients": entries}
+        entries = {
+            name: {"value": getattr(self.coefficients, name), "unit": unit, "source": self.sources.get(name, "")}
+            for name, unit in UNITS.items()
+        }
+        return {
+            "schema": SCHEMA,
+            "version": self.version,
+            "device": self.device,
+            "description": self.description,
+            "coefficients": entries,
+        }
 
     def save(self, path: Path) -> None:
         """Write atomically (temp file + ``os.replace``) so a reader never sees half a file."""
@@ -457,13 +504,17 @@ class DeviceProfile:
         """This profile's costs for one mapped model (see :class:`ModelCost`)."""
         return ModelCost.bind(self, mapping)
 
-    def estimate(self, mapping: ModelMapping, activity: Sequence[Activity],
-                 frames_per_call: float = math.inf) -> Estimate:
+    def estimate(
+        self, mapping: ModelMapping, activity: Sequence[Activity], frames_per_call: float = math.inf
+    ) -> Estimate:
         """Every figure per frame for one mapped model; ``activity`` per layer in model order."""
         if len(activity) != len(mapping.layers):
             raise DataError(f"{len(activity)} layers of activity for a mapping of {len(mapping.layers)} layers")
-        return self.bind(mapping).evaluate(np.stack([a.input_events for a in activity], axis=1),
-                                           np.stack([a.synaptic_ops for a in activity], axis=1), frames_per_call)
+        return self.bind(mapping).evaluate(
+            np.stack([a.input_events for a in activity], axis=1),
+            np.stack([a.synaptic_ops for a in activity], axis=1),
+            frames_per_call,
+        )
 
 
 def _entry(name: str, entry: object) -> tuple[float, str, str | None]:

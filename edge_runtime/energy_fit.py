@@ -86,26 +86,37 @@ def fit(rows: Sequence[Row], free: Sequence[str], held: Mapping[str, float]) -> 
     _check_identifiable(a, list(free))
     solution = _scaled_nnls(a, b)
     values = {**held, **{name: float(x) for name, x in zip(free, solution, strict=True)}}
-    return Fit(values, tuple(free), tuple(held), tuple(n for n, x in zip(free, solution, strict=True) if x == 0),
-               tuple(rows), predict(rows, values))
+    return Fit(
+        values,
+        tuple(free),
+        tuple(held),
+        tuple(n for n, x in zip(free, solution, strict=True) if x == 0),
+        tuple(rows),
+        predict(rows, values),
+    )
 
 
 def _check_identifiable(a: np.ndarray, names: Sequence[str]) -> None:
     rows, unknowns = a.shape
     if rows < unknowns:
-        raise DataError(f"{rows} measurements cannot fit {unknowns} coefficients ({', '.join(names)}): "
-                        f"need at least {unknowns}")
+        raise DataError(
+            f"{rows} measurements cannot fit {unknowns} coefficients ({', '.join(names)}): need at least {unknowns}"
+        )
     norms = np.linalg.norm(a, axis=0)
     idle = [name for name, norm in zip(names, norms, strict=True) if norm == 0]
     if idle:
-        raise DataError(f"the measurements cannot fit {', '.join(idle)}: no measurement exercises it "
-                        "(hold it with --fix or measure a layer that uses it)")
+        raise DataError(
+            f"the measurements cannot fit {', '.join(idle)}: no measurement exercises it "
+            "(hold it with --fix or measure a layer that uses it)"
+        )
     _, singular, vt = np.linalg.svd(a / norms, full_matrices=False)
     condition = singular[0] / singular[-1] if singular[-1] > 0 else math.inf
     if condition > MAX_CONDITION:
         tangled = [name for name, weight in zip(names, vt[-1], strict=True) if abs(weight) > 0.1]
-        raise DataError(f"the measurements cannot tell apart {', '.join(tangled)} (condition number "
-                        f"{condition:.3g}): measure more varied inputs or hold some with --fix")
+        raise DataError(
+            f"the measurements cannot tell apart {', '.join(tangled)} (condition number "
+            f"{condition:.3g}): measure more varied inputs or hold some with --fix"
+        )
 
 
 def _scaled_nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -211,8 +222,9 @@ class Calibration:
     fits: dict[str, Fit]  # by stage: "clocks", "host", "dynamic energy"
 
 
-def calibrate(base: DeviceProfile, samples: Sequence[Sample], *, version: str,
-              fix: Collection[str] = ()) -> Calibration:
+def calibrate(
+    base: DeviceProfile, samples: Sequence[Sample], *, version: str, fix: Collection[str] = ()
+) -> Calibration:
     """Fit a profile to a board's measurements, stage by stage, as the devhub measures.
 
     1. clocks (``inference_clk``) of single-frame calls -> the clock coefficients (a long call overlaps
@@ -229,13 +241,33 @@ def calibrate(base: DeviceProfile, samples: Sequence[Sample], *, version: str,
     values = dataclasses.asdict(c)
     fits: dict[str, Fit] = {}
     stages = (
-        ("clocks", CLOCK_COEFFICIENTS, [Row(s.label, clock_features(s.mapping, s.activity), s.clocks)
-                                        for s in samples if s.clocks is not None and s.frames_per_call == 1]),
-        ("host", HOST_COEFFICIENTS, [Row(s.label, host_features(s.mapping, s.frames_per_call),
-                                         s.frame_s - s.clocks / c.clock_hz)
-                                     for s in samples if s.frame_s is not None and s.clocks is not None]),
-        ("dynamic energy", ENERGY_COEFFICIENTS, [Row(s.label, energy_features(s.mapping, s.activity), s.dynamic_j)
-                                                 for s in samples if s.dynamic_j is not None]),
+        (
+            "clocks",
+            CLOCK_COEFFICIENTS,
+            [
+                Row(s.label, clock_features(s.mapping, s.activity), s.clocks)
+                for s in samples
+                if s.clocks is not None and s.frames_per_call == 1
+            ],
+        ),
+        (
+            "host",
+            HOST_COEFFICIENTS,
+            [
+                Row(s.label, host_features(s.mapping, s.frames_per_call), s.frame_s - s.clocks / c.clock_hz)
+                for s in samples
+                if s.frame_s is not None and s.clocks is not None
+            ],
+        ),
+        (
+            "dynamic energy",
+            ENERGY_COEFFICIENTS,
+            [
+                Row(s.label, energy_features(s.mapping, s.activity), s.dynamic_j)
+                for s in samples
+                if s.dynamic_j is not None
+            ],
+        ),
     )
     for stage, names, rows in stages:
         if not rows:
@@ -253,8 +285,10 @@ def calibrate(base: DeviceProfile, samples: Sequence[Sample], *, version: str,
     sources = dict(base.sources)
     for stage, result in fits.items():
         worst = float(np.max(np.abs(result.relative_errors)))
-        note = (f"fitted by calibrate to {len(result.rows)} measurements of {stage} (largest relative error "
-                f"{worst:.1%}), from {base.version}")
+        note = (
+            f"fitted by calibrate to {len(result.rows)} measurements of {stage} (largest relative error "
+            f"{worst:.1%}), from {base.version}"
+        )
         sources.update(dict.fromkeys(result.fitted, note))
     if floors and "floor_power_w" not in fix:
         sources["floor_power_w"] = f"mean of {len(floors)} measured floors (calibrate), from {base.version}"

@@ -52,20 +52,29 @@ def check_fbz(path: Path) -> None:
     if expected is None:
         raise ModelError(f"{path}: not a readable Akida model (no model header); give a .fbz written by akida")
     if len(data) < expected:
-        raise ModelError(f"{path}: not a readable Akida model (truncated, or not a .fbz: {len(data)} bytes where "
-                         f"akida writes {expected} for the model it announces); copy or export it again")
+        raise ModelError(
+            f"{path}: not a readable Akida model (truncated, or not a .fbz: {len(data)} bytes where "
+            f"akida writes {expected} for the model it announces); copy or export it again"
+        )
     digest = hashlib.sha256(data).hexdigest()
     if digest in _read_cleanly:
         return
     try:
-        result = subprocess.run([sys.executable, "-c", _PROBE, str(path)], stdin=subprocess.DEVNULL,
-                                capture_output=True, timeout=_PROBE_TIMEOUT_S, check=False)
+        result = subprocess.run(
+            [sys.executable, "-c", _PROBE, str(path)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=_PROBE_TIMEOUT_S,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         raise ModelError(f"{path}: akida did not finish reading the model in {_PROBE_TIMEOUT_S:.0f} s") from None
     if result.returncode < 0:
         name = signal.Signals(-result.returncode).name
-        raise ModelError(f"{path}: not a readable Akida model (damaged: akida's reader died with {name} on "
-                         "it); copy or export it again")
+        raise ModelError(
+            f"{path}: not a readable Akida model (damaged: akida's reader died with {name} on "
+            "it); copy or export it again"
+        )
     if result.returncode == 0:
         _read_cleanly.add(digest)
     # Any other status is an ordinary error: the in-process read raises it as a ModelError with its message.

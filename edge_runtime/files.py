@@ -106,8 +106,9 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     check_target(path)
     temporary = None
     try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                         delete=False) as handle:
+        with tempfile.NamedTemporaryFile(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+        ) as handle:
             temporary = handle.name
             write(handle)
             handle.flush()

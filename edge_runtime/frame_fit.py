@@ -40,6 +40,8 @@ def check_demo_bundle(bundle_dir: Path, frame_shape: tuple[int, ...], what: str)
     manifest, _ = read_manifest(bundle_dir)
     problem = shape_mismatch(frame_shape, 255, manifest.input.shape, manifest.input.value_range[1])
     if problem is not None:
-        raise ConfigError(f"demo --model {bundle_dir}: {problem} (the demo's sensor sends {what}); serve it on "
-                          f"frames of its input with `edge-runtime serve --model {bundle_dir} --source "
-                          "replay:FRAMES.npy`")
+        raise ConfigError(
+            f"demo --model {bundle_dir}: {problem} (the demo's sensor sends {what}); serve it on "
+            f"frames of its input with `edge-runtime serve --model {bundle_dir} --source "
+            "replay:FRAMES.npy`"
+        )

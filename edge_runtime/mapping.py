@@ -56,8 +56,12 @@ def map_model(model: Any, device: str, mode: str = DEFAULT_MAP_MODE) -> ModelMap
 
 def weight_count(model: Any) -> int:
     """Weights of every layer (a separable layer's depthwise and pointwise kernels both count)."""
-    return sum(math.prod(layer.get_variable(name).shape) for layer in model.layers
-               for name in layer.get_variable_names() if name.startswith("weights"))
+    return sum(
+        math.prod(layer.get_variable(name).shape)
+        for layer in model.layers
+        for name in layer.get_variable_names()
+        if name.startswith("weights")
+    )
 
 
 def placement(layer: Any) -> Placement:
@@ -70,8 +74,9 @@ def placement(layer: Any) -> Placement:
         return Placement(layer.name, "none", 1, 0, np_types=types)
     units = {_UNITS.get(t) for t in types}
     if len(units) != 1 or None in units:
-        raise ModelError(f"layer '{layer.name}' ({kind}) is mapped on NPs {types}, which the energy model "
-                         "does not know")
+        raise ModelError(
+            f"layer '{layer.name}' ({kind}) is mapped on NPs {types}, which the energy model does not know"
+        )
     unit = units.pop()
     assert unit is not None
     if unit == "FNP":

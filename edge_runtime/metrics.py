@@ -33,7 +33,22 @@ PREFIX = "edge"
 LATENCY_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0)
 AGE_BUCKETS = (*LATENCY_BUCKETS, 2.5, 5.0, 10.0)
 ENERGY_BUCKETS = (
-    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
+    1e-6,
+    2.5e-6,
+    5e-6,
+    1e-5,
+    2.5e-5,
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    1e-2,
+    2.5e-2,
+    5e-2,
+    0.1,
 )
 DYNAMIC_ENERGY_BUCKETS = tuple(m * 10.0**e for e in range(-8, -2) for m in (1.0, 2.5, 5.0))  # 10 nJ .. 5 mJ
 CHIP_LATENCY_BUCKETS = tuple(m * 10.0**e for e in range(-6, 0) for m in (1.0, 2.5, 5.0))  # 1 µs .. 0.5 s
@@ -41,7 +56,26 @@ CHIP_LATENCY_BUCKETS = tuple(m * 10.0**e for e in range(-6, 0) for m in (1.0, 2.
 # because per-inference energy of one model varies by a few percent (measured on the shipped bundle
 # over MNIST: p50 520.7 µJ, p99 522.7 µJ), and coarse far from it, where only "how far off" matters.
 ENERGY_BUCKET_FACTORS = (
-    0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 1.0, 1.005, 1.01, 1.02, 1.05, 1.1, 1.25, 1.5, 2.0, 4.0, 10.0,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    0.9,
+    0.95,
+    0.98,
+    0.99,
+    0.995,
+    1.0,
+    1.005,
+    1.01,
+    1.02,
+    1.05,
+    1.1,
+    1.25,
+    1.5,
+    2.0,
+    4.0,
+    10.0,
 )
 SPARSITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.975, 0.99, 1.0)
 EVENT_BUCKETS = (0, *(2**i for i in range(17)))  # le="0": a layer that stayed silent
@@ -89,8 +123,14 @@ class BatchHistogram:
     (``_bucket{le}``, ``_sum``, ``_count``) a Histogram has.
     """
 
-    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
-                 registry: CollectorRegistry) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
         self._name, self._documentation, self._labelnames = name, documentation, tuple(labelnames)
         self._bounds = np.asarray(buckets, dtype=np.float64)
         self._bounds_list = self._bounds.tolist()
@@ -181,99 +221,150 @@ class Metrics:
 
         r = registry
         ProcessCollector(registry=r)  # process_cpu_seconds_total, RSS, open fds: cheap and expected
-        self.build_info = Gauge(name("build_info"), "Software versions of this daemon (value 1)",
-                                ["version", "akida_version", "python_version"], registry=r)
-        self.model_info = Gauge(name("model_info"), "The bundle being served (value 1)",
-                                ["name", "sha256", "input_shape"], registry=r)
+        self.build_info = Gauge(
+            name("build_info"),
+            "Software versions of this daemon (value 1)",
+            ["version", "akida_version", "python_version"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            name("model_info"), "The bundle being served (value 1)", ["name", "sha256", "input_shape"], registry=r
+        )
         self.model_expected_energy = Gauge(
             name("model_expected_energy_joules"),
             "Total energy per inference the bundle's manifest expects on the configured device (energy model v2)",
-            registry=r)
+            registry=r,
+        )
         self.model_expected_sparsity = Gauge(
             name("model_expected_activation_sparsity_ratio"),
             "Per-layer activation sparsity the bundle's manifest expects (on its evaluation set)",
-            ["layer"], registry=r)
-        self.backend_active = Gauge(name("backend_active"), "1 for the backend running inference, else 0",
-                                    ["backend"], registry=r)
-        self.accelerator_up = Gauge(name("accelerator_up"), "1 while inference runs on the Akida board",
-                                    registry=r)
+            ["layer"],
+            registry=r,
+        )
+        self.backend_active = Gauge(
+            name("backend_active"), "1 for the backend running inference, else 0", ["backend"], registry=r
+        )
+        self.accelerator_up = Gauge(name("accelerator_up"), "1 while inference runs on the Akida board", registry=r)
         self.accelerator_power = Gauge(
             name("accelerator_power_watts"),
             "Mean Akida board power over the last power-meter window, idle included (NaN: not measured)",
-            registry=r)
+            registry=r,
+        )
         self.accelerator_power.set(float("nan"))
         self.sensor_up = Gauge(name("sensor_up"), "1 while the frame source is open", registry=r)
         self.frames_received = Counter(name("frames_received"), "Frames delivered by the source", registry=r)
-        self.frames_dropped = Counter(name("frames_dropped"), "Frames lost before inference, by reason",
-                                      ["reason"], registry=r)
-        self.sensor_bytes = Counter(name("sensor_received_bytes"), "Raw bytes read from the sensor link",
-                                    registry=r)
+        self.frames_dropped = Counter(
+            name("frames_dropped"), "Frames lost before inference, by reason", ["reason"], registry=r
+        )
+        self.sensor_bytes = Counter(name("sensor_received_bytes"), "Raw bytes read from the sensor link", registry=r)
         self.sensor_flushed_bytes = Counter(
             name("sensor_flushed_bytes"),
             "Bytes waiting in the sensor port when it opened (sent before the daemon listened), discarded",
-            registry=r)
+            registry=r,
+        )
         self.bad_packets = Counter(
             name("sensor_bad_packets"),
             "Packets dropped by the protocol checks, by kind (packets, not frames: noise makes them too)",
-            ["kind"], registry=r)
-        self.sensor_silence = Gauge(name("sensor_silence_seconds"),
-                                    "Time since the last good frame (or since the source opened, before one)",
-                                    registry=r)
+            ["kind"],
+            registry=r,
+        )
+        self.sensor_silence = Gauge(
+            name("sensor_silence_seconds"),
+            "Time since the last good frame (or since the source opened, before one)",
+            registry=r,
+        )
         self.sensor_stale_after = Gauge(
             name("sensor_stale_after_seconds"),
             "Silence after which the source counts as stale, from its expected frame rate (+Inf: rate not set)",
-            registry=r)
+            registry=r,
+        )
         self.queue_depth = Gauge(name("queue_depth"), "Frames waiting for inference", registry=r)
-        self.queue_capacity = Gauge(name("queue_capacity"), "Frames the queue holds before dropping the oldest",
-                                    registry=r)
-        self.frame_age = BatchHistogram(name("frame_age_seconds"),
-                                        "Time from frame receipt to the start of its inference", [], AGE_BUCKETS, r)
-        self.frame_latency = BatchHistogram(name("frame_latency_seconds"), "Time from frame receipt to its prediction",
-                                            [], AGE_BUCKETS, r)
-        self.batch_size = BatchHistogram(name("inference_batch_size"), "Frames per backend call (micro-batching)",
-                                         [], BATCH_BUCKETS, r)
+        self.queue_capacity = Gauge(
+            name("queue_capacity"), "Frames the queue holds before dropping the oldest", registry=r
+        )
+        self.frame_age = BatchHistogram(
+            name("frame_age_seconds"), "Time from frame receipt to the start of its inference", [], AGE_BUCKETS, r
+        )
+        self.frame_latency = BatchHistogram(
+            name("frame_latency_seconds"), "Time from frame receipt to its prediction", [], AGE_BUCKETS, r
+        )
+        self.batch_size = BatchHistogram(
+            name("inference_batch_size"), "Frames per backend call (micro-batching)", [], BATCH_BUCKETS, r
+        )
         self.inferences = Counter(name("inferences"), "Frames inferred", ["backend"], registry=r)
         self.inference_latency = BatchHistogram(
             name("inference_latency_seconds"),
             "Duration of the backend call that produced each inference (observed once per frame)",
-            ["backend"], LATENCY_BUCKETS, r)
+            ["backend"],
+            LATENCY_BUCKETS,
+            r,
+        )
         self.inference_energy = BatchHistogram(
             name("inference_energy_joules"),
             "Total energy per inference, floor power over the frame time included (model.statistics' convention)",
-            ["backend", "source"], ENERGY_BUCKETS, r)
+            ["backend", "source"],
+            ENERGY_BUCKETS,
+            r,
+        )
         self.inference_dynamic_energy = BatchHistogram(
             name("inference_dynamic_energy_joules"),
             "Energy per inference above the floor (the devhub's dynamic convention); modelled",
-            ["backend", "source"], DYNAMIC_ENERGY_BUCKETS, r)
+            ["backend", "source"],
+            DYNAMIC_ENERGY_BUCKETS,
+            r,
+        )
         self.inference_chip_latency = BatchHistogram(
-            name("inference_chip_latency_seconds"), "On-chip time of one inference (clocks / clock); modelled",
-            ["backend", "source"], CHIP_LATENCY_BUCKETS, r)
+            name("inference_chip_latency_seconds"),
+            "On-chip time of one inference (clocks / clock); modelled",
+            ["backend", "source"],
+            CHIP_LATENCY_BUCKETS,
+            r,
+        )
         self.energy_model_info = Gauge(
             name("energy_model_info"),
             "The device profile behind modelled energy and latency (value 1; edge_runtime/data/devices)",
-            ["device", "profile"], registry=r)
+            ["device", "profile"],
+            registry=r,
+        )
         self.model_expected_dynamic_energy = Gauge(
             name("model_expected_dynamic_energy_joules"),
-            "Dynamic energy per inference the bundle's manifest expects on the configured device", registry=r)
+            "Dynamic energy per inference the bundle's manifest expects on the configured device",
+            registry=r,
+        )
         self.model_expected_chip_latency = Gauge(
             name("model_expected_chip_latency_seconds"),
-            "On-chip latency per inference the bundle's manifest expects on the configured device", registry=r)
-        self.energy = Counter(name("energy_joules"), "Energy used by inferences; rate() is watts",
-                              ["backend", "source"], registry=r)
-        self.layer_sparsity = BatchHistogram(name("layer_activation_sparsity_ratio"),
-                                             "Fraction of a layer's activations that are zero, per inference",
-                                             ["layer", "source"], SPARSITY_BUCKETS, r)
-        self.layer_events = BatchHistogram(name("layer_output_events"),
-                                           "Non-zero activations (events) a layer emits, per inference",
-                                           ["layer", "source"], EVENT_BUCKETS, r)
+            "On-chip latency per inference the bundle's manifest expects on the configured device",
+            registry=r,
+        )
+        self.energy = Counter(
+            name("energy_joules"), "Energy used by inferences; rate() is watts", ["backend", "source"], registry=r
+        )
+        self.layer_sparsity = BatchHistogram(
+            name("layer_activation_sparsity_ratio"),
+            "Fraction of a layer's activations that are zero, per inference",
+            ["layer", "source"],
+            SPARSITY_BUCKETS,
+            r,
+        )
+        self.layer_events = BatchHistogram(
+            name("layer_output_events"),
+            "Non-zero activations (events) a layer emits, per inference",
+            ["layer", "source"],
+            EVENT_BUCKETS,
+            r,
+        )
         self.predictions = Counter(name("predictions"), "Predicted classes", ["class"], registry=r)
         self.backend_errors = Counter(name("backend_errors"), "Failed backend calls", ["backend"], registry=r)
-        self.backend_fallbacks = Counter(name("backend_fallbacks"),
-                                         "Switches to the simulator after a backend failed (batch re-run)",
-                                         ["backend"], registry=r)
+        self.backend_fallbacks = Counter(
+            name("backend_fallbacks"),
+            "Switches to the simulator after a backend failed (batch re-run)",
+            ["backend"],
+            registry=r,
+        )
         self.reloads = Counter(name("reloads"), "SIGHUP reloads by result", ["result"], registry=r)
-        self.sink_errors = Counter(name("sink_errors"), "Prediction records that could not be written",
-                                   ["sink"], registry=r)
+        self.sink_errors = Counter(
+            name("sink_errors"), "Prediction records that could not be written", ["sink"], registry=r
+        )
 
         akida_version = _akida_version()
         self.build_info.labels(__version__, akida_version, platform.python_version()).set(1)
@@ -295,9 +386,17 @@ class Metrics:
 
     # --- model and backend state -------------------------------------------------------------
 
-    def set_model(self, name: str, sha256: str, input_shape: Sequence[int], classes: Iterable[str],
-                  expected_energy: float | None, expected_sparsity: dict[str, float],
-                  energy_sources: Iterable[tuple[str, str]], layers: Iterable[tuple[str, str]]) -> None:
+    def set_model(
+        self,
+        name: str,
+        sha256: str,
+        input_shape: Sequence[int],
+        classes: Iterable[str],
+        expected_energy: float | None,
+        expected_sparsity: dict[str, float],
+        energy_sources: Iterable[tuple[str, str]],
+        layers: Iterable[tuple[str, str]],
+    ) -> None:
         """Describe a newly loaded bundle; series of the previous one are removed, new ones start at 0.
 
         Removed: the previous model's info, its expected sparsity, and the per-layer histograms of
@@ -329,8 +428,14 @@ class Metrics:
             self.layer_sparsity.labels(layer, source)
             self.layer_events.labels(layer, source)
 
-    def set_energy_model(self, device: str, profile: str, expected_dynamic: float | None,
-                         expected_chip_s: float | None, sources: Iterable[tuple[str, str]]) -> None:
+    def set_energy_model(
+        self,
+        device: str,
+        profile: str,
+        expected_dynamic: float | None,
+        expected_chip_s: float | None,
+        sources: Iterable[tuple[str, str]],
+    ) -> None:
         """Name the device profile behind modelled figures and what the manifest expects under it;
         ``sources`` are the (backend, source) pairs that report modelled dynamic energy and latency."""
         self.energy_model_info.clear()
@@ -357,8 +462,9 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def observe_batch(self, backend: str, duration: float, ages: np.ndarray, latencies: np.ndarray,
-                      classes: np.ndarray) -> None:
+    def observe_batch(
+        self, backend: str, duration: float, ages: np.ndarray, latencies: np.ndarray, classes: np.ndarray
+    ) -> None:
         """One backend call: per frame, ``ages`` at its start, ``latencies`` at its end, predicted ``classes``."""
         n = len(classes)
         self.batch_size.observe(n)

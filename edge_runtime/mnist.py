@@ -62,8 +62,10 @@ def cache_exists(path: Path) -> bool:
 
 
 def _unreadable(path: Path, error: OSError) -> DataError:
-    return DataError(f"cannot read the MNIST cache {path} ({error.strerror or error}): make it and its directory "
-                     "readable by this user, or point EDGE_CACHE_DIR at a cache this user can read")
+    return DataError(
+        f"cannot read the MNIST cache {path} ({error.strerror or error}): make it and its directory "
+        "readable by this user, or point EDGE_CACHE_DIR at a cache this user can read"
+    )
 
 
 def arrays_digest(arrays: dict[str, np.ndarray]) -> str:

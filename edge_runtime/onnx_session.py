@@ -56,8 +56,7 @@ class OnnxSession:
         """Run a batch (N, H, W, C) uint8; refuse anything else rather than cast it silently."""
         if frames.dtype != np.uint8 or frames.shape[1:] != self.input_shape or frames.ndim != 4:
             raise BackendError(
-                f"frames must be uint8 (N, {', '.join(map(str, self.input_shape))}), "
-                f"got {frames.dtype} {frames.shape}"
+                f"frames must be uint8 (N, {', '.join(map(str, self.input_shape))}), got {frames.dtype} {frames.shape}"
             )
         if self._session is None:
             raise BackendError("the ONNX session is closed")

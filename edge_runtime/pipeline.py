@@ -237,8 +237,10 @@ class Health:
             return False, "source not open"
         silence, limit = self.silence_s(), stale_after(self.expected_rate)
         if silence > limit:
-            return False, (f"source stale: no frame for {silence:.0f} s (expected {self.expected_rate:g} frames/s, "
-                           f"stale after {limit:g} s)")
+            return False, (
+                f"source stale: no frame for {silence:.0f} s (expected {self.expected_rate:g} frames/s, "
+                f"stale after {limit:g} s)"
+            )
         return True, "ready"
 
 
@@ -295,8 +297,13 @@ class _Swap:
     takes the lock first decides, and the other side sees that decision.
     """
 
-    def __init__(self, factory: BackendFactory, fallback: BackendFactory, input_shape: tuple[int, ...],
-                 sinks: Sequence[Sink] | None) -> None:
+    def __init__(
+        self,
+        factory: BackendFactory,
+        fallback: BackendFactory,
+        input_shape: tuple[int, ...],
+        sinks: Sequence[Sink] | None,
+    ) -> None:
         self.factory, self.fallback, self.input_shape, self.sinks = factory, fallback, tuple(input_shape), sinks
         self.done = threading.Event()
         self.error: BaseException | None = None
@@ -379,8 +386,14 @@ class Pipeline:
             sink.close()
         return Totals(self._received, self._inferred, dict(self._dropped))
 
-    def swap(self, factory: BackendFactory, fallback: BackendFactory, input_shape: tuple[int, ...],
-             sinks: Sequence[Sink] | None, timeout: float) -> str:
+    def swap(
+        self,
+        factory: BackendFactory,
+        fallback: BackendFactory,
+        input_shape: tuple[int, ...],
+        sinks: Sequence[Sink] | None,
+        timeout: float,
+    ) -> str:
         """Have the inference thread build a new backend (and take new sinks) between batches.
 
         The old backend keeps serving until the new one is built; if building fails the old one
@@ -398,8 +411,7 @@ class Pipeline:
                 request.cancelled = True
                 if self._swap is request:
                     self._swap = None
-                raise BackendError(
-                    f"inference thread did not take the new model within {timeout:.0f} s (busy or hung)")
+                raise BackendError(f"inference thread did not take the new model within {timeout:.0f} s (busy or hung)")
         if request.error is not None:
             raise request.error
         return self._backend.name

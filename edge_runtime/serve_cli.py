@@ -24,20 +24,37 @@ Examples:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("serve", help="run the inference daemon", description=DESCRIPTION,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="TOML config (commented example: config/edge-runtime.toml)")
+    parser = sub.add_parser(
+        "serve",
+        help="run the inference daemon",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML config (commented example: config/edge-runtime.toml)"
+    )
     parser.add_argument("--model", metavar="BUNDLE_DIR", help="bundle directory (model.bundle)")
-    parser.add_argument("--source", metavar="SPEC",
-                        help="serial:PORT_OR_URL[?baud=N] or replay:PATH|mnist-test[?rate=HZ&loop=1] (source.spec)")
-    parser.add_argument("--metrics-addr", metavar="HOST:PORT",
-                        help=f"where to serve /metrics, /healthz, /readyz (metrics.listen; default {DEFAULT_LISTEN})")
+    parser.add_argument(
+        "--source",
+        metavar="SPEC",
+        help="serial:PORT_OR_URL[?baud=N] or replay:PATH|mnist-test[?rate=HZ&loop=1] (source.spec)",
+    )
+    parser.add_argument(
+        "--metrics-addr",
+        metavar="HOST:PORT",
+        help=f"where to serve /metrics, /healthz, /readyz (metrics.listen; default {DEFAULT_LISTEN})",
+    )
     parser.add_argument("--backend", choices=BACKENDS, help="inference backend (inference.backend; default auto)")
-    parser.add_argument("--predictions-stdout", action="store_true",
-                        help="print one JSON object per inference on stdout (predictions.stdout)")
-    parser.add_argument("--exit-when-done", action="store_true",
-                        help="exit (status 0, queue drained) when the source ends, e.g. a replay without loop=1")
+    parser.add_argument(
+        "--predictions-stdout",
+        action="store_true",
+        help="print one JSON object per inference on stdout (predictions.stdout)",
+    )
+    parser.add_argument(
+        "--exit-when-done",
+        action="store_true",
+        help="exit (status 0, queue drained) when the source ends, e.g. a replay without loop=1",
+    )
     parser.set_defaults(func=serve)
 
 

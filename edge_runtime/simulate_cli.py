@@ -41,21 +41,43 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", type=Path, metavar="MODEL.fbz", help="Akida 1.0 model saved by akida")
-    parser.add_argument("frames", type=Path, metavar="FRAMES.npy",
-                        help="uint8 frames, (N, X, Y, C), or (N, X, Y) for one channel")
+    parser.add_argument(
+        "frames", type=Path, metavar="FRAMES.npy", help="uint8 frames, (N, X, Y, C), or (N, X, Y) for one channel"
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="OUT.npz", help="outputs and per-frame counters")
-    parser.add_argument("--stats", type=Path, metavar="STATS.json",
-                        help="per-layer means, and modelled time and energy per frame: time_per_frame_s {chip, frame}, "
-                        "energy_per_frame_j {dynamic, total}, the same per layer")
-    parser.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE,
-                        help=f"device whose profile prices the counters (default: {DEFAULT_DEVICE})")
-    parser.add_argument("--device-profile", type=Path, default=None, metavar="FILE",
-                        help="a profile from edge-runtime calibrate instead of the packaged one for --device")
-    parser.add_argument("--map-mode", choices=MAP_MODES, default=DEFAULT_MAP_MODE,
-                        help=f"akida MapMode for mapping the model on --device (default: {DEFAULT_MAP_MODE})")
-    parser.add_argument("--mapping", type=Path, default=None, metavar="BUNDLE",
-                        help="use the mapping a bundle (directory or manifest.json) recorded for --device "
-                        "instead of mapping the .fbz")
+    parser.add_argument(
+        "--stats",
+        type=Path,
+        metavar="STATS.json",
+        help="per-layer means, and modelled time and energy per frame: time_per_frame_s {chip, frame}, "
+        "energy_per_frame_j {dynamic, total}, the same per layer",
+    )
+    parser.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=DEFAULT_DEVICE,
+        help=f"device whose profile prices the counters (default: {DEFAULT_DEVICE})",
+    )
+    parser.add_argument(
+        "--device-profile",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a profile from edge-runtime calibrate instead of the packaged one for --device",
+    )
+    parser.add_argument(
+        "--map-mode",
+        choices=MAP_MODES,
+        default=DEFAULT_MAP_MODE,
+        help=f"akida MapMode for mapping the model on --device (default: {DEFAULT_MAP_MODE})",
+    )
+    parser.add_argument(
+        "--mapping",
+        type=Path,
+        default=None,
+        metavar="BUNDLE",
+        help="use the mapping a bundle (directory or manifest.json) recorded for --device instead of mapping the .fbz",
+    )
     parser.set_defaults(func=run)
 
 
@@ -72,8 +94,11 @@ def run(args: argparse.Namespace) -> int:
     files.atomic_write(args.out, lambda f: np.savez(f, **arrays))
     if args.stats is not None:
         assert mapping is not None
-        document = {"model": str(args.model), "frames_file": str(args.frames),
-                    **stats(result.counters, profile, mapping)}
+        document = {
+            "model": str(args.model),
+            "frames_file": str(args.frames),
+            **stats(result.counters, profile, mapping),
+        }
         files.atomic_write(args.stats, lambda f: f.write((json.dumps(document, indent=2) + "\n").encode()))
     print(f"simulated {len(frames)} frames: outputs {result.outputs.dtype}{list(result.outputs.shape)} -> {args.out}")
     return 0
@@ -96,8 +121,9 @@ def device_mapping(args: argparse.Namespace) -> ModelMapping:
         return map_model(akida.Model(str(args.model)), args.device, args.map_mode)
     manifest, _ = read_manifest(args.mapping.parent if args.mapping.name == "manifest.json" else args.mapping)
     if args.device not in manifest.mappings:
-        raise ConfigError(f"{args.mapping}: records no mapping on {args.device} (it has "
-                          f"{', '.join(manifest.mappings) or 'none'})")
+        raise ConfigError(
+            f"{args.mapping}: records no mapping on {args.device} (it has {', '.join(manifest.mappings) or 'none'})"
+        )
     return manifest.mappings[args.device]
 
 
@@ -120,6 +146,10 @@ def stats(counters: Counters, profile: DeviceProfile, mapping: ModelMapping) -> 
         "multi_pass": mapping.multi_pass,
         "time_per_frame_s": estimate["time_per_frame_s"],
         "energy_per_frame_j": estimate["energy_per_frame_j"],
-        "conventions": {"chip": "on-chip latency of one frame", "frame": "host-inclusive, in a long forward call",
-                        "dynamic": "floor subtracted", "total": "floor x frame time + dynamic (model.statistics)"},
+        "conventions": {
+            "chip": "on-chip latency of one frame",
+            "frame": "host-inclusive, in a long forward call",
+            "dynamic": "floor subtracted",
+            "total": "floor x frame time + dynamic (model.statistics)",
+        },
     }

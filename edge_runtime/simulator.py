@@ -224,8 +224,15 @@ class _Inputs:
     dtype: type
     counting: np.ndarray
 
-    def _set_inputs(self, shape: tuple[int, int, int], before: tuple[int, int], after: tuple[int, int],
-                    columns: list[np.ndarray], pad_value: int, dtype: type) -> None:
+    def _set_inputs(
+        self,
+        shape: tuple[int, int, int],
+        before: tuple[int, int],
+        after: tuple[int, int],
+        columns: list[np.ndarray],
+        pad_value: int,
+        dtype: type,
+    ) -> None:
         """``columns``: per-input (X, Y, C) tables of the counting product."""
         (x, y, c), (bx, by), (ax, ay) = shape, before, after
         self.shape, self.before, self.pad_value, self.dtype = shape, before, pad_value, dtype
@@ -309,8 +316,16 @@ class _Stage(_Inputs):
     dense_ops: int
     static_values: tuple[int, int, int, int]
 
-    def _finish(self, layer: Layer, matrix: np.ndarray, fanout: np.ndarray, dense_ops: int,
-                before: tuple[int, int] = (0, 0), after: tuple[int, int] = (0, 0), pad_value: int = 0) -> None:
+    def _finish(
+        self,
+        layer: Layer,
+        matrix: np.ndarray,
+        fanout: np.ndarray,
+        dense_ops: int,
+        before: tuple[int, int] = (0, 0),
+        after: tuple[int, int] = (0, 0),
+        pad_value: int = 0,
+    ) -> None:
         """Set what all kinds share, from the integer weights matrix (fan-in x filters).
 
         A global average pool sums ``summed_positions`` products per potential: the exactness
@@ -343,8 +358,12 @@ class _Stage(_Inputs):
         self.dense_ops = dense_ops
         # in counters.STATIC order: neurons, inputs, weights, nonzero_weights
         stored = layer.stored_weights
-        self.static_values = (layer.neurons, self.inputs, sum(int(w.size) for w in stored),
-                              sum(int(np.count_nonzero(w)) for w in stored))
+        self.static_values = (
+            layer.neurons,
+            self.inputs,
+            sum(int(w.size) for w in stored),
+            sum(int(np.count_nonzero(w)) for w in stored),
+        )
         self._set_inputs(layer.input_shape, before, after, [np.ones(self.inputs), fanout], pad_value, dtype)
 
     def runner(self, n: int) -> Callable[[_Views, np.ndarray | None], np.ndarray]:
@@ -439,8 +458,16 @@ class _ConvStage(_Stage):
         return as_strided(
             values,
             shape=(values.shape[0], wx, wy, qx, qy, kx, ky, c),
-            strides=(frame, sx * along_x, sy * along_y, px * sx * along_x, py * sy * along_y, along_x, along_y,
-                     channel),
+            strides=(
+                frame,
+                sx * along_x,
+                sy * along_y,
+                px * sx * along_x,
+                py * sy * along_y,
+                along_x,
+                along_y,
+                channel,
+            ),
             writeable=False,
         )
 
@@ -463,7 +490,6 @@ class _ConvStage(_Stage):
         if self.firing is not None:
             self.firing(views.potentials, out)
         return views.potentials
-
 
     def _sum_positions(self, views: _Views) -> None:
         """Global average pool: the engine's running sum of the positions' potentials, x slowest (the
@@ -655,8 +681,10 @@ class Simulator:
             if not layer.activation:
                 raise ModelError(f"layer '{layer.name}' has no activation but is not the last layer")
             if following.input_shape != layer.output_shape:
-                raise ModelError(f"layer '{following.name}' takes {following.input_shape}, "
-                                 f"layer '{layer.name}' gives {layer.output_shape}")
+                raise ModelError(
+                    f"layer '{following.name}' takes {following.input_shape}, "
+                    f"layer '{layer.name}' gives {layer.output_shape}"
+                )
         self._stages = tuple(
             _DenseStage(layer) if isinstance(layer, Dense) else _ConvStage(layer) for layer in model.layers
         )
@@ -669,8 +697,9 @@ class Simulator:
         largest = max(*self._constants, model.layers[-1].neurons)
         self._counts_dtype = np.float32 if dtypes == {np.float32} and largest < FLOAT32_EXACT else np.float64
         self._gatherers = [stage for stage in self._stages if isinstance(stage, _DenseStage) and stage.gathers]
-        self._static = [dict(zip(("name", *STATIC), (stage.name, *stage.static_values), strict=True))
-                        for stage in self._stages]
+        self._static = [
+            dict(zip(("name", *STATIC), (stage.name, *stage.static_values), strict=True)) for stage in self._stages
+        ]
         self._indices: dict[object, np.ndarray] = {}
         self._plans: dict[int, tuple] = {}
         self._capacity = 0
@@ -693,8 +722,10 @@ class Simulator:
             raise DataError(f"frames must have shape (N>0, {', '.join(map(str, expected))}), got {frames.shape}")
         top = self._input_max
         if top < 255 and int(frames.max()) > top:  # as the engine, which refuses such frames
-            raise DataError(f"frames hold values up to {int(frames.max())}; this model's "
-                            f"{self.model.input_data.input_bits}-bit InputData takes 0..{top}")
+            raise DataError(
+                f"frames hold values up to {int(frames.max())}; this model's "
+                f"{self.model.input_data.input_bits}-bit InputData takes 0..{top}"
+            )
 
     def _regions(self, n: int) -> tuple[list[dict[bool, int]], int, int, int]:
         """Where each producer of counts writes in the counts buffer for n frames: per layer, its
@@ -790,7 +821,11 @@ class Simulator:
     def _counters(self, counts: np.ndarray) -> Counters:
         per_frame = len(PER_FRAME)
         rows = list(counts.reshape(-1, counts.shape[-1]))  # (layers * PER_FRAME) arrays of n counts
-        return Counters(tuple([
-            LayerCounters._of(static, rows[k * per_frame : (k + 1) * per_frame])
-            for k, static in enumerate(self._static)
-        ]))
+        return Counters(
+            tuple(
+                [
+                    LayerCounters._of(static, rows[k * per_frame : (k + 1) * per_frame])
+                    for k, static in enumerate(self._static)
+                ]
+            )
+        )

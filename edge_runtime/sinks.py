@@ -117,8 +117,11 @@ class _LossReporter:
         self._count(self._name, n)
         if not self.failing:
             self.failing = True
-            log.error("cannot write predictions to %s (%s); counting them as lost and carrying on",
-                      self._target, error.strerror or error)
+            log.error(
+                "cannot write predictions to %s (%s); counting them as lost and carrying on",
+                self._target,
+                error.strerror or error,
+            )
 
     def succeeded(self) -> None:
         if self.failing:

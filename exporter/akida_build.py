@@ -60,19 +60,28 @@ def to_akida(model: AkidaModel) -> akida.Model:
 
 
 def _akida_layer(layer: Layer) -> Any:
-    common: dict[str, Any] = {"name": layer.name, "weights_bits": layer.weights_bits,
-                              "activation": layer.activation, "act_bits": layer.act_bits}
+    common: dict[str, Any] = {
+        "name": layer.name,
+        "weights_bits": layer.weights_bits,
+        "activation": layer.activation,
+        "act_bits": layer.act_bits,
+    }
     if isinstance(layer, Dense):
         return akida.FullyConnected(units=layer.units, **common)
-    conv: dict[str, Any] = {"kernel_size": layer.kernel, "filters": layer.filters,
-                            "padding": _PADDING[layer.padding], "kernel_stride": layer.stride}
+    conv: dict[str, Any] = {
+        "kernel_size": layer.kernel,
+        "filters": layer.filters,
+        "padding": _PADDING[layer.padding],
+        "kernel_stride": layer.stride,
+    }
     if layer.pool is not None:
         conv.update(pool_type=akida.PoolType.Max, pool_size=layer.pool.size, pool_stride=layer.pool.stride)
     if layer.global_avg_pool:
         conv.update(pool_type=akida.PoolType.Average)
     if isinstance(layer, InputConv):
-        return akida.InputConvolutional(input_shape=layer.input_shape, padding_value=layer.padding_value,
-                                        **conv, **common)
+        return akida.InputConvolutional(
+            input_shape=layer.input_shape, padding_value=layer.padding_value, **conv, **common
+        )
     if isinstance(layer, Conv):
         return akida.Convolutional(**conv, **common)
     if isinstance(layer, SepConv):

@@ -114,8 +114,13 @@ class VerifyReport:
 def mnist_eval_set(cache_dir: Path | None = None) -> EvalSet:
     """The MNIST test split (10,000 frames), fetched into the cache if needed."""
     data = mnist_fetch.load_mnist(cache_dir)
-    return EvalSet(MNIST_TEST, data.test_images[..., None], data.test_labels.astype(np.int64),
-                   tuple(str(d) for d in range(10)), MNIST_PREPROCESSING)
+    return EvalSet(
+        MNIST_TEST,
+        data.test_images[..., None],
+        data.test_labels.astype(np.int64),
+        tuple(str(d) for d in range(10)),
+        MNIST_PREPROCESSING,
+    )
 
 
 # --------------------------------------------------------------------------- reading a run
@@ -127,8 +132,14 @@ def _read_only(array: np.ndarray, dtype: type) -> np.ndarray:
     return out
 
 
-def _conv_geometry(shape: tuple[int, int, int], kernel: tuple[int, int], stride: tuple[int, int],
-                   padding: Any, filters: int, pool: MaxPool | None) -> tuple[int, int, int]:
+def _conv_geometry(
+    shape: tuple[int, int, int],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: Any,
+    filters: int,
+    pool: MaxPool | None,
+) -> tuple[int, int, int]:
     """Output shape of a conv layer (after pooling), with the simulator's window rules."""
     x, y = (window_geometry(shape[a], kernel[a], stride[a], padding)[0] for a in (0, 1))
     if pool is not None:
@@ -136,8 +147,9 @@ def _conv_geometry(shape: tuple[int, int, int], kernel: tuple[int, int], stride:
     return (x, y, filters)
 
 
-def model_from_spec(layers: Sequence[Mapping[str, Any]], input_shape: Sequence[int],
-                    arrays: Mapping[str, np.ndarray]) -> AkidaModel:
+def model_from_spec(
+    layers: Sequence[Mapping[str, Any]], input_shape: Sequence[int], arrays: Mapping[str, np.ndarray]
+) -> AkidaModel:
     """Build the AkidaModel a run describes: layer hyper-parameters from ``spec.json`` and
     ``<name>.weights|threshold|act_step`` arrays in akida's layouts (FC weights (1, 1, inputs, units)).
     Layers without activation may omit threshold and act_step (akida's defaults, 0 and 1, are used)."""
@@ -159,8 +171,9 @@ def model_from_spec(layers: Sequence[Mapping[str, Any]], input_shape: Sequence[i
             "activation": bool(spec["activation"]),
         }
         if spec["kind"] == "FullyConnected":
-            layer: Layer = Dense(weights=_read_only(weights.reshape(-1, units), np.int8),
-                                 output_shape=(1, 1, units), **common)
+            layer: Layer = Dense(
+                weights=_read_only(weights.reshape(-1, units), np.int8), output_shape=(1, 1, units), **common
+            )
         else:
             pool_spec = spec.get("pool")
             if pool_spec and pool_spec.get("type", "max") != "max":
@@ -168,8 +181,14 @@ def model_from_spec(layers: Sequence[Mapping[str, Any]], input_shape: Sequence[i
             pool = MaxPool(tuple(pool_spec["size"]), tuple(pool_spec["stride"])) if pool_spec else None
             kernel, stride = tuple(spec["kernel_size"]), tuple(spec.get("kernel_stride", (1, 1)))
             padding = spec.get("padding", "same")
-            conv = {"weights": _read_only(weights, np.int8), "kernel": kernel, "stride": stride, "padding": padding,
-                    "pool": pool, "output_shape": _conv_geometry(shape, kernel, stride, padding, units, pool)}
+            conv = {
+                "weights": _read_only(weights, np.int8),
+                "kernel": kernel,
+                "stride": stride,
+                "padding": padding,
+                "pool": pool,
+                "output_shape": _conv_geometry(shape, kernel, stride, padding, units, pool),
+            }
             if spec["kind"] == "InputConvolutional":
                 layer = InputConv(padding_value=int(spec.get("padding_value", 0)), **common, **conv)
             elif spec["kind"] == "Convolutional":
@@ -199,8 +218,9 @@ def load_run(run_dir: Path) -> TrainedRun:
         params, digest = run_dir / spec["params"]["file"], spec["params"]["sha256"]
         layers, input_shape = spec["layers"], spec["input"]["shape"]
     except (KeyError, TypeError):
-        raise ModelError(f"{run_dir / 'spec.json'}: incomplete (needs params.file, params.sha256, layers, "
-                         "input.shape)") from None
+        raise ModelError(
+            f"{run_dir / 'spec.json'}: incomplete (needs params.file, params.sha256, layers, input.shape)"
+        ) from None
     if not params.is_file():
         raise ModelError(f"{params}: missing; the run directory is incomplete")
     if hashlib.sha256(params.read_bytes()).hexdigest() != digest:
@@ -236,17 +256,18 @@ def three_way(fbz: Path, onnx_path: Path, model: AkidaModel, frames: np.ndarray)
     engine = akida.Model(str(fbz))
     runtime = OnnxSession(onnx_path)
     simulated = Simulator(model).run(frames)
-    reference = np.concatenate([engine.forward(frames[i:i + BATCH]) for i in range(0, len(frames), BATCH)])
+    reference = np.concatenate([engine.forward(frames[i : i + BATCH]) for i in range(0, len(frames), BATCH)])
     others = {
         "the simulator": simulated.outputs,
-        "onnxruntime": np.concatenate([runtime.infer(frames[i:i + BATCH]) for i in range(0, len(frames), BATCH)]),
+        "onnxruntime": np.concatenate([runtime.infer(frames[i : i + BATCH]) for i in range(0, len(frames), BATCH)]),
     }
     runtime.close()
     for backend, outputs in others.items():
         count, first = _first_disagreement(reference, outputs)
         if count:
-            raise BundleError(f"{backend} disagrees with the Akida engine on {count} of {len(frames)} frames "
-                              f"(first: frame {first})")
+            raise BundleError(
+                f"{backend} disagrees with the Akida engine on {count} of {len(frames)} frames (first: frame {first})"
+            )
     return reference, simulated.counters
 
 
@@ -259,29 +280,39 @@ def _check_recorded_scores(scores: np.ndarray, outputs: np.ndarray) -> None:
     ours = outputs[: len(scores)].reshape(min(len(scores), len(outputs)), -1)
     count, first = _first_disagreement(ours, scores[: len(ours)])
     if count:
-        raise BundleError(f"the run's recorded scores differ from the Akida engine's on {count} of {len(ours)} "
-                          f"test frames (first: frame {first}): the trained parameters do not mean on the chip what "
-                          "they meant in training")
+        raise BundleError(
+            f"the run's recorded scores differ from the Akida engine's on {count} of {len(ours)} "
+            f"test frames (first: frame {first}): the trained parameters do not mean on the chip what "
+            "they meant in training"
+        )
 
 
 # --------------------------------------------------------------------------- measuring
 
 
-def modelled_energy(profiles: Mapping[str, DeviceProfile], mappings: Mapping[str, ModelMapping],
-                    counters: Counters) -> dict[str, EnergyMetrics]:
+def modelled_energy(
+    profiles: Mapping[str, DeviceProfile], mappings: Mapping[str, ModelMapping], counters: Counters
+) -> dict[str, EnergyMetrics]:
     """Per device: the v2 model's time and energy per frame (means over the counters' frames)."""
     out = {}
     for device, profile in profiles.items():
         cost = profile.bind(mappings[device])
         estimate, single = cost.evaluate_counters(counters.layers), cost.evaluate_counters(counters.layers, 1)
-        out[device] = EnergyMetrics(profile.version, float(np.mean(estimate.chip_s)), float(np.mean(estimate.frame_s)),
-                                    float(np.mean(estimate.dynamic_j)), float(np.mean(estimate.total_j)),
-                                    float(np.mean(single.frame_s)), float(np.mean(single.total_j)))
+        out[device] = EnergyMetrics(
+            profile.version,
+            float(np.mean(estimate.chip_s)),
+            float(np.mean(estimate.frame_s)),
+            float(np.mean(estimate.dynamic_j)),
+            float(np.mean(estimate.total_j)),
+            float(np.mean(single.frame_s)),
+            float(np.mean(single.total_j)),
+        )
     return out
 
 
-def measure(model: AkidaModel, outputs: np.ndarray, counters: Counters, eval_set: EvalSet,
-            energy: dict[str, EnergyMetrics]) -> Metrics:
+def measure(
+    model: AkidaModel, outputs: np.ndarray, counters: Counters, eval_set: EvalSet, energy: dict[str, EnergyMetrics]
+) -> Metrics:
     """Accuracy, events, weights and modelled energy per frame, from the simulator's exact counters."""
     accuracy = None
     if eval_set.labels is not None:
@@ -301,8 +332,9 @@ def measure(model: AkidaModel, outputs: np.ndarray, counters: Counters, eval_set
         eval_set=eval_set.name,
         frames=len(outputs),
         accuracy=accuracy,
-        nonzero_activations_per_frame=sum(m.nonzero_activations_per_frame
-                                          for m, layer in zip(layers, model.layers, strict=True) if layer.activation),
+        nonzero_activations_per_frame=sum(
+            m.nonzero_activations_per_frame for m, layer in zip(layers, model.layers, strict=True) if layer.activation
+        ),
         nonzero_weights=sum(c.nonzero_weights for c in counters),
         weights=sum(c.weights for c in counters),
         layers=layers,
@@ -325,9 +357,16 @@ def toolchain() -> dict[str, str]:
     }
 
 
-def _build_into(directory: Path, model: AkidaModel, name: str, eval_set: EvalSet, training: Training,
-                profiles: Mapping[str, DeviceProfile], map_mode: str,
-                recorded_scores: np.ndarray | None) -> Manifest:
+def _build_into(
+    directory: Path,
+    model: AkidaModel,
+    name: str,
+    eval_set: EvalSet,
+    training: Training,
+    profiles: Mapping[str, DeviceProfile],
+    map_mode: str,
+    recorded_scores: np.ndarray | None,
+) -> Manifest:
     bounds = check_exact(model)  # fail fast, before akida or the evaluation run
     to_akida(model).save(str(directory / FBZ))
     shipped = load_model(directory / FBZ)  # everything below uses what was saved
@@ -350,9 +389,14 @@ def _build_into(directory: Path, model: AkidaModel, name: str, eval_set: EvalSet
         target=Target(mapping.device, "v1", mapping.nps, mapping.sequences, mapping.passes),
         mappings=mappings,
         input=InputSpec("input", shipped.input_shape, "uint8", (0, shipped.input_max), eval_set.preprocessing),
-        output=OutputSpec("output", shipped.output_shape, shipped.output_dtype.name,
-                          "potentials" if potentials else "activations", eval_set.class_names,
-                          "argmax over the flattened output; ties go to the lowest index"),
+        output=OutputSpec(
+            "output",
+            shipped.output_shape,
+            shipped.output_dtype.name,
+            "potentials" if potentials else "activations",
+            eval_set.class_names,
+            "argmax over the flattened output; ties go to the lowest index",
+        ),
         layers=layer_specs(shipped, lambda layer: mapping.per_layer.get(layer, {})),
         files={file: file_entry(directory / file) for file in (FBZ, ONNX, GOLDEN)},
         golden_frames=golden_n,
@@ -385,11 +429,14 @@ def _replace_dir(new: Path, out: Path) -> None:
         try:
             os.replace(old, out)  # roll back: the old bundle stays in place
         except OSError as rollback:
-            raise BundleError(f"cannot move the new bundle to {out}, nor the old one back ({rollback.strerror}); "
-                              f"the old bundle is at {old}") from None
+            raise BundleError(
+                f"cannot move the new bundle to {out}, nor the old one back ({rollback.strerror}); "
+                f"the old bundle is at {old}"
+            ) from None
         if isinstance(error, OSError):
-            raise BundleError(f"cannot move the new bundle to {out} ({error.strerror or error}); "
-                              "the old bundle is kept") from None
+            raise BundleError(
+                f"cannot move the new bundle to {out} ({error.strerror or error}); the old bundle is kept"
+            ) from None
         raise
     try:
         shutil.rmtree(old)
@@ -410,10 +457,18 @@ def _check_out(out: Path, force: bool) -> None:
         raise BundleError(f"{out}: exists and is not a bundle; refusing to replace it, choose another --out")
 
 
-def export_model(model: AkidaModel, out: Path, eval_set: EvalSet, *, name: str | None = None,
-                 training: Training | None = None, profiles: Mapping[str, DeviceProfile] | None = None,
-                 map_mode: str = DEFAULT_MAP_MODE, force: bool = False,
-                 recorded_scores: np.ndarray | None = None) -> Manifest:
+def export_model(
+    model: AkidaModel,
+    out: Path,
+    eval_set: EvalSet,
+    *,
+    name: str | None = None,
+    training: Training | None = None,
+    profiles: Mapping[str, DeviceProfile] | None = None,
+    map_mode: str = DEFAULT_MAP_MODE,
+    force: bool = False,
+    recorded_scores: np.ndarray | None = None,
+) -> Manifest:
     """Build, verify and atomically write a bundle for ``model`` at ``out``; nothing is written on failure.
 
     ``profiles``: the device profile per device (default: the packaged one of each); ``map_mode``:
@@ -424,14 +479,24 @@ def export_model(model: AkidaModel, out: Path, eval_set: EvalSet, *, name: str |
     out = Path(out)
     _check_out(out, force)
     if eval_set.frames.dtype != np.uint8 or eval_set.frames.shape[1:] != model.input_shape:
-        raise DataError(f"evaluation frames are {eval_set.frames.dtype} {eval_set.frames.shape[1:]}, the model takes "
-                        f"uint8 {model.input_shape}")
+        raise DataError(
+            f"evaluation frames are {eval_set.frames.dtype} {eval_set.frames.shape[1:]}, the model takes "
+            f"uint8 {model.input_shape}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         chosen = {device: DeviceProfile.packaged(device) for device in DEVICES} if profiles is None else profiles
-        manifest = _build_into(work, model, name or out.name, eval_set, training or Training("", None, {}),
-                               chosen, map_mode, recorded_scores)
+        manifest = _build_into(
+            work,
+            model,
+            name or out.name,
+            eval_set,
+            training or Training("", None, {}),
+            chosen,
+            map_mode,
+            recorded_scores,
+        )
         load_bundle(work)  # read back with the runtime's own checks before anyone can see it
         os.chmod(work, 0o755)  # mkdtemp makes it private; the daemon runs as its own user
         for file in work.iterdir():
@@ -443,15 +508,31 @@ def export_model(model: AkidaModel, out: Path, eval_set: EvalSet, *, name: str |
     return manifest
 
 
-def export_run(run_dir: Path, out: Path, eval_set: EvalSet, *, name: str | None = None,
-               profiles: Mapping[str, DeviceProfile] | None = None, map_mode: str = DEFAULT_MAP_MODE,
-               force: bool = False) -> Manifest:
+def export_run(
+    run_dir: Path,
+    out: Path,
+    eval_set: EvalSet,
+    *,
+    name: str | None = None,
+    profiles: Mapping[str, DeviceProfile] | None = None,
+    map_mode: str = DEFAULT_MAP_MODE,
+    force: bool = False,
+) -> Manifest:
     """``edge-export export``: a run directory to a verified bundle."""
     run = load_run(Path(run_dir))
     # The run records its scores on the MNIST test split only (its first N frames, in order).
     scores = run.eval_scores if eval_set.name == MNIST_TEST else None
-    return export_model(run.model, out, eval_set, name=name, training=run.training, profiles=profiles,
-                        map_mode=map_mode, force=force, recorded_scores=scores)
+    return export_model(
+        run.model,
+        out,
+        eval_set,
+        name=name,
+        training=run.training,
+        profiles=profiles,
+        map_mode=map_mode,
+        force=force,
+        recorded_scores=scores,
+    )
 
 
 def verify_bundle(path: Path, frames: np.ndarray | None = None) -> VerifyReport:
@@ -466,8 +547,9 @@ def verify_bundle(path: Path, frames: np.ndarray | None = None) -> VerifyReport:
     extra = 0
     if frames is not None:
         if frames.dtype != np.uint8 or frames.shape[1:] != bundle.model.input_shape:
-            raise DataError(f"frames are {frames.dtype} {frames.shape[1:]}, the bundle takes uint8 "
-                            f"{bundle.model.input_shape}")
+            raise DataError(
+                f"frames are {frames.dtype} {frames.shape[1:]}, the bundle takes uint8 {bundle.model.input_shape}"
+            )
         three_way(bundle.fbz_path, bundle.onnx_path, bundle.model, frames)
         extra = len(frames)
     return VerifyReport(bundle, len(bundle.golden.frames), extra, BACKENDS)

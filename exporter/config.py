@@ -126,8 +126,10 @@ def _check_ranges(config: Config) -> list[str]:
         (0 <= pr.sparsity < 1, "prune.sparsity must be in [0, 1)"),
         (0 <= pr.start_epoch < pr.end_epoch, "prune.start_epoch must be < prune.end_epoch"),
         (config.data.train_limit >= 0 and config.data.test_limit >= 0, "data limits must be >= 0"),
-        (config.distill.weight >= 0 and config.distill.temperature > 0,
-         "distill.weight must be >= 0 and distill.temperature > 0"),
+        (
+            config.distill.weight >= 0 and config.distill.temperature > 0,
+            "distill.weight must be >= 0 and distill.temperature > 0",
+        ),
     ]
     return [message for ok, message in checks if not ok]
 
@@ -138,11 +140,15 @@ def config_warnings(config: Config) -> list[str]:
     t, p, pr = config.train, config.penalty, config.prune
     warnings = []
     if (p.activations > 0 or p.weights > 0) and t.qat_epochs <= p.start_epoch:
-        warnings.append(f"penalties start at QAT epoch {p.start_epoch} but train.qat_epochs is {t.qat_epochs}: "
-                        "they never apply (raise qat_epochs or lower penalty.start_epoch)")
+        warnings.append(
+            f"penalties start at QAT epoch {p.start_epoch} but train.qat_epochs is {t.qat_epochs}: "
+            "they never apply (raise qat_epochs or lower penalty.start_epoch)"
+        )
     if pr.sparsity > 0 and t.qat_epochs <= pr.start_epoch:
-        warnings.append(f"pruning starts at QAT epoch {pr.start_epoch} but train.qat_epochs is {t.qat_epochs}: "
-                        "it never applies (raise qat_epochs or lower prune.start_epoch)")
+        warnings.append(
+            f"pruning starts at QAT epoch {pr.start_epoch} but train.qat_epochs is {t.qat_epochs}: "
+            "it never applies (raise qat_epochs or lower prune.start_epoch)"
+        )
     return warnings
 
 
@@ -170,4 +176,3 @@ def with_overrides(config: Config, overrides: Sequence[tuple[str, Any]], origin:
             raise ConfigError(f"{origin}: {dotted!r} is not of the form section.key")
         raw.setdefault(section, {})[key] = value
     return config_from_dict(raw, origin)
-

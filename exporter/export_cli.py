@@ -42,17 +42,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "of FRAMES, golden vectors, expected sparsity and energy, and accuracy when LABELS are given.",
     )
     pack.add_argument("fbz", type=Path, metavar="MODEL.fbz", help="an Akida 1.0 model saved by akida or cnn2snn")
-    pack.add_argument("--frames", type=Path, required=True, metavar="FRAMES.npy",
-                      help="uint8 frames (N, X, Y, C) in the model's input shape, or (N, X, Y) for one channel")
+    pack.add_argument(
+        "--frames",
+        type=Path,
+        required=True,
+        metavar="FRAMES.npy",
+        help="uint8 frames (N, X, Y, C) in the model's input shape, or (N, X, Y) for one channel",
+    )
     pack.add_argument("--labels", type=Path, default=None, metavar="LABELS.npy", help="(N,) integer class labels")
-    pack.add_argument("--names", type=Path, default=None, metavar="NAMES.txt",
-                      help="class names, one a line (default: 0, 1, ...)")
+    pack.add_argument(
+        "--names", type=Path, default=None, metavar="NAMES.txt", help="class names, one a line (default: 0, 1, ...)"
+    )
     _bundle_arguments(pack)
     pack.set_defaults(func=_package)
 
-    inspect = sub.add_parser("inspect", help="summarise a bundle and re-check its hashes",
-                             description="Print layers, shapes, bits, NPs and expected metrics from the manifest, "
-                             "and re-check every file's SHA-256 (exit 2 if any is missing or altered).")
+    inspect = sub.add_parser(
+        "inspect",
+        help="summarise a bundle and re-check its hashes",
+        description="Print layers, shapes, bits, NPs and expected metrics from the manifest, "
+        "and re-check every file's SHA-256 (exit 2 if any is missing or altered).",
+    )
     inspect.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
     inspect.set_defaults(func=_inspect)
 
@@ -63,8 +72,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "then check that they agree on FRAMES (default: the MNIST test set, if cached and the input is 28x28x1).",
     )
     verify.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
-    verify.add_argument("--frames", type=Path, default=None, metavar="FRAMES.npy",
-                        help="uint8 frames (N, X, Y, C), or (N, X, Y) for one channel")
+    verify.add_argument(
+        "--frames",
+        type=Path,
+        default=None,
+        metavar="FRAMES.npy",
+        help="uint8 frames (N, X, Y, C), or (N, X, Y) for one channel",
+    )
     verify.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
     verify.set_defaults(func=_verify)
 
@@ -74,11 +88,21 @@ def _bundle_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="BUNDLE_DIR", help="bundle directory to write")
     parser.add_argument("--name", default=None, help="model name in the manifest (default: the --out directory's name)")
     parser.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
-    parser.add_argument("--device-profile", type=Path, action="append", default=[], metavar="FILE",
-                        help="a device profile (e.g. from edge-runtime calibrate) replacing the packaged one for "
-                        "its device; repeat for several devices (default: the packaged akd1000 and akd1500 profiles)")
-    parser.add_argument("--map-mode", choices=MAP_MODES, default=DEFAULT_MAP_MODE,
-                        help=f"akida's MapMode for every device mapping (default: {DEFAULT_MAP_MODE}, akida's own)")
+    parser.add_argument(
+        "--device-profile",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a device profile (e.g. from edge-runtime calibrate) replacing the packaged one for "
+        "its device; repeat for several devices (default: the packaged akd1000 and akd1500 profiles)",
+    )
+    parser.add_argument(
+        "--map-mode",
+        choices=MAP_MODES,
+        default=DEFAULT_MAP_MODE,
+        help=f"akida's MapMode for every device mapping (default: {DEFAULT_MAP_MODE}, akida's own)",
+    )
 
 
 def device_profiles(paths: list[Path]) -> dict[str, DeviceProfile]:
@@ -101,17 +125,37 @@ def _wrote(out: Path, manifest: Manifest) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .bundle_build import export_run, mnist_eval_set  # onnx and onnxruntime: the export extra
 
-    return _wrote(args.out, export_run(args.run_dir, args.out, mnist_eval_set(args.cache_dir), name=args.name,
-                                       profiles=device_profiles(args.device_profile), map_mode=args.map_mode,
-                                       force=args.force))
+    return _wrote(
+        args.out,
+        export_run(
+            args.run_dir,
+            args.out,
+            mnist_eval_set(args.cache_dir),
+            name=args.name,
+            profiles=device_profiles(args.device_profile),
+            map_mode=args.map_mode,
+            force=args.force,
+        ),
+    )
 
 
 def _package(args: argparse.Namespace) -> int:
     from .package import package  # onnx and onnxruntime: the export extra
 
-    return _wrote(args.out, package(args.fbz, args.out, args.frames, labels_path=args.labels, names_path=args.names,
-                                    name=args.name, profiles=device_profiles(args.device_profile),
-                                    map_mode=args.map_mode, force=args.force))
+    return _wrote(
+        args.out,
+        package(
+            args.fbz,
+            args.out,
+            args.frames,
+            labels_path=args.labels,
+            names_path=args.names,
+            name=args.name,
+            profiles=device_profiles(args.device_profile),
+            map_mode=args.map_mode,
+            force=args.force,
+        ),
+    )
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -126,8 +170,10 @@ def _inspect(args: argparse.Namespace) -> int:
 def _load_frames(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
     frames = files.load_frames(path)
     if frames.shape[1:] != shape:
-        raise DataError(f"{path}: frames are {frames.dtype} {frames.shape}, the bundle takes uint8 (N, "
-                        f"{', '.join(map(str, shape))})")
+        raise DataError(
+            f"{path}: frames are {frames.dtype} {frames.shape}, the bundle takes uint8 (N, "
+            f"{', '.join(map(str, shape))})"
+        )
     return frames
 
 
@@ -183,11 +229,13 @@ def format_metrics(manifest: Manifest) -> str:
     for device, e in m.energy.items():
         mapping = manifest.mappings.get(device)
         passes = f", {mapping.passes} passes: multi-pass, least certain" if mapping and mapping.multi_pass else ""
-        lines.append(f"modelled on {device.upper()} ({e.profile}, {mapping.mode if mapping else '?'} mapping{passes}): "
-                     f"total {e.total_j * 1e6:.1f} uJ/frame (model.statistics convention: floor x frame time + "
-                     f"dynamic), dynamic {e.dynamic_j * 1e6:.2f} uJ/frame, on-chip latency {e.chip_s * 1e6:.1f} us, "
-                     f"frame time {e.frame_s * 1e6:.1f} us in a long batch; one frame per call: total "
-                     f"{e.total_j_one_per_call * 1e6:.1f} uJ/frame, {e.frame_s_one_per_call * 1e6:.1f} us/frame")
+        lines.append(
+            f"modelled on {device.upper()} ({e.profile}, {mapping.mode if mapping else '?'} mapping{passes}): "
+            f"total {e.total_j * 1e6:.1f} uJ/frame (model.statistics convention: floor x frame time + "
+            f"dynamic), dynamic {e.dynamic_j * 1e6:.2f} uJ/frame, on-chip latency {e.chip_s * 1e6:.1f} us, "
+            f"frame time {e.frame_s * 1e6:.1f} us in a long batch; one frame per call: total "
+            f"{e.total_j_one_per_call * 1e6:.1f} uJ/frame, {e.frame_s_one_per_call * 1e6:.1f} us/frame"
+        )
     return "\n".join(lines)
 
 

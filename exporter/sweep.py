@@ -25,8 +25,16 @@ from .train_cli import parse_overrides
 log = logging.getLogger(__name__)
 
 BASELINE = (("penalty.activations", 0.0), ("penalty.weights", 0.0), ("prune.sparsity", 0.0))
-COLUMNS = ("name", "accuracy", "activations_nonzero_per_image", "weights_nonzero", "synops_per_image",
-           "total_uj_per_image", "dynamic_uj_per_image", "pareto")
+COLUMNS = (
+    "name",
+    "accuracy",
+    "activations_nonzero_per_image",
+    "weights_nonzero",
+    "synops_per_image",
+    "total_uj_per_image",
+    "dynamic_uj_per_image",
+    "pareto",
+)
 PARETO_DEVICE = "akd1000"  # the front is drawn against modelled total energy on this device
 
 
@@ -39,14 +47,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         "energy per image) to DIR, with each run in DIR/runs/NAME.",
     )
     parser.add_argument("--config", type=Path, required=True, help="base TOML config")
-    parser.add_argument("--grid", action="append", required=True, metavar="SECTION.KEY=V1,V2,...",
-                        help="one axis of the grid (repeatable), e.g. --grid penalty.activations=1,4,16")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="SECTION.KEY=V1,V2,...",
+        help="one axis of the grid (repeatable), e.g. --grid penalty.activations=1,4,16",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a base config value for every point (repeatable)")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="train N points at once, in worker processes (each with train.threads torch threads); "
-                        "results do not depend on N (default 1)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a base config value for every point (repeatable)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train N points at once, in worker processes (each with train.threads torch threads); "
+        "results do not depend on N (default 1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_sweep)
 
@@ -91,12 +114,15 @@ def cost_of(r: dict[str, Any]) -> float:
     return r["total_uj_per_image"] if r["total_uj_per_image"] is not None else r["synops_per_image"]
 
 
-def mark_pareto(rows: list[dict[str, Any]], cost: Callable[[dict[str, Any]], float] = cost_of,
-                flag: str = "pareto") -> list[dict[str, Any]]:
+def mark_pareto(
+    rows: list[dict[str, Any]], cost: Callable[[dict[str, Any]], float] = cost_of, flag: str = "pareto"
+) -> list[dict[str, Any]]:
     """Set ``row[flag]`` on rows that no other row beats on both accuracy (higher) and ``cost`` (lower)."""
     for r in rows:
         r[flag] = not any(
-            o is not r and o["accuracy"] >= r["accuracy"] and cost(o) <= cost(r)
+            o is not r
+            and o["accuracy"] >= r["accuracy"]
+            and cost(o) <= cost(r)
             and (o["accuracy"] > r["accuracy"] or cost(o) < cost(r))
             for o in rows
         )
@@ -126,15 +152,23 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    label = (f"modelled total energy per image on {PARETO_DEVICE.upper()} (µJ, model v2)"
-             if rows[0]["total_uj_per_image"] is not None else "synops per image")
+    label = (
+        f"modelled total energy per image on {PARETO_DEVICE.upper()} (µJ, model v2)"
+        if rows[0]["total_uj_per_image"] is not None
+        else "synops per image"
+    )
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in rows:
         baseline = r["name"] == "baseline"
-        ax.scatter(cost_of(r), 100 * r["accuracy"], marker="*" if baseline else "o", s=160 if baseline else 30,
-                   color="tab:red" if baseline else ("tab:blue" if r["pareto"] else "tab:gray"), zorder=3)
-        ax.annotate(r["name"], (cost_of(r), 100 * r["accuracy"]), fontsize=6, xytext=(3, 3),
-                    textcoords="offset points")
+        ax.scatter(
+            cost_of(r),
+            100 * r["accuracy"],
+            marker="*" if baseline else "o",
+            s=160 if baseline else 30,
+            color="tab:red" if baseline else ("tab:blue" if r["pareto"] else "tab:gray"),
+            zorder=3,
+        )
+        ax.annotate(r["name"], (cost_of(r), 100 * r["accuracy"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     front = sorted((r for r in rows if r["pareto"]), key=cost_of)
     ax.plot([cost_of(r) for r in front], [100 * r["accuracy"] for r in front], color="tab:blue", lw=1)
     ax.set_xlabel(label)
@@ -154,8 +188,9 @@ def _train_point(name: str, config: Config, out: Path, progress: bool) -> tuple[
     return name, report
 
 
-def run_sweep(base: Config, grid: Sequence[tuple[str, list[Any]]], out: Path, progress: bool = True,
-              jobs: int = 1) -> list[dict]:
+def run_sweep(
+    base: Config, grid: Sequence[tuple[str, list[Any]]], out: Path, progress: bool = True, jobs: int = 1
+) -> list[dict]:
     """Train every point (validated up front), then write the tables and the plot.
 
     ``jobs`` > 1 trains that many points at once in worker processes. Why processes: each run uses

@@ -66,20 +66,36 @@ def load_data(config: Config) -> Data:
     """MNIST from the shared cache, cut to the configured limits (tests train on small slices)."""
     cache = Path(config.data.cache_dir) if config.data.cache_dir else None
     split = mnist_fetch.load_mnist(cache)
-    return data_from_arrays(split.train_images, split.train_labels, split.test_images, split.test_labels,
-                            config.data.train_limit, config.data.test_limit)
+    return data_from_arrays(
+        split.train_images,
+        split.train_labels,
+        split.test_images,
+        split.test_labels,
+        config.data.train_limit,
+        config.data.test_limit,
+    )
 
 
-def data_from_arrays(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                     train_limit: int = 0, test_limit: int = 0) -> Data:
+def data_from_arrays(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    train_limit: int = 0,
+    test_limit: int = 0,
+) -> Data:
     def images(a: np.ndarray, limit: int) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(a[: limit or None])).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
 
     def labels(a: np.ndarray, limit: int) -> Tensor:
         return torch.from_numpy(a[: limit or None].astype(np.int64))
 
-    return Data(images(train_x, train_limit), labels(train_y, train_limit),
-                images(test_x, test_limit), labels(test_y, test_limit))
+    return Data(
+        images(train_x, train_limit),
+        labels(train_y, train_limit),
+        images(test_x, test_limit),
+        labels(test_y, test_limit),
+    )
 
 
 def seed_everything(seed: int, threads: int) -> torch.Generator:
@@ -100,7 +116,7 @@ def random_shift(images: Tensor, max_shift: int, generator: torch.Generator) -> 
     n, size = len(images), images.shape[-1]
     padded = F.pad(images, (max_shift,) * 4)
     offsets = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, y:y + size, x:x + size] for i, (y, x) in enumerate(offsets)])
+    return torch.stack([padded[i, :, y : y + size, x : x + size] for i, (y, x) in enumerate(offsets)])
 
 
 def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
@@ -132,8 +148,9 @@ def apply_pruning(model: ZeroAwareNet, fraction: float) -> None:
                 mask.mul_((weight.abs() > cutoff).to(mask.dtype))
 
 
-def event_costs(fanouts: list[Tensor], next_widths: list[int], energy_model: Any | None,
-                through_weights: bool) -> list[Tensor | float]:
+def event_costs(
+    fanouts: list[Tensor], next_widths: list[int], energy_model: Any | None, through_weights: bool
+) -> list[Tensor | float]:
     """Dynamic energy of one output event per activated layer: what the energy model (v2) charges the
     next layer for it, per (event x filter or unit) of that layer plus per synaptic op on the ``fanout``
     non-zero weights it reaches; without a model, 1 + fanout. With ``through_weights`` the fan-outs
@@ -146,11 +163,15 @@ def event_costs(fanouts: list[Tensor], next_widths: list[int], energy_model: Any
     else:
         c = energy_model.coefficients
         per_event = [0.0] * len(fanouts)
-        per_filter = [c.dyn_pj_per_event_filter if i < len(fanouts) - 1 else c.dyn_pj_per_fnp_event_unit
-                      for i in range(len(fanouts))]
+        per_filter = [
+            c.dyn_pj_per_event_filter if i < len(fanouts) - 1 else c.dyn_pj_per_fnp_event_unit
+            for i in range(len(fanouts))
+        ]
         per_synop = c.dyn_pj_per_synop
-    return [e + pf * w + per_synop * (f if through_weights else float(f.detach()))
-            for e, pf, w, f in zip(per_event, per_filter, next_widths, fanouts, strict=True)]
+    return [
+        e + pf * w + per_synop * (f if through_weights else float(f.detach()))
+        for e, pf, w, f in zip(per_event, per_filter, next_widths, fanouts, strict=True)
+    ]
 
 
 def load_teacher(run_dir: Path) -> ZeroAwareNet:
@@ -165,8 +186,9 @@ def load_teacher(run_dir: Path) -> ZeroAwareNet:
         teacher = ZeroAwareNet(ModelConfig(**saved["config"]["model"]))
         teacher.load_state_dict(saved["model"])
     except FileNotFoundError:
-        raise ConfigError(f"distill.teacher: {path} does not exist; train the teacher first "
-                          f"(edge-export train --out {run_dir})") from None
+        raise ConfigError(
+            f"distill.teacher: {path} does not exist; train the teacher first (edge-export train --out {run_dir})"
+        ) from None
     except (RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as error:
         raise ConfigError(f"distill.teacher: {path} is not a model.pt written by edge-export train ({error})") from None
     teacher.eval()
@@ -191,15 +213,25 @@ class EpochStats:
     nonzero_fraction: float  # fraction of activated neurons firing (QAT: exact counts)
 
 
-def train_one_epoch(model: ZeroAwareNet, optimizer: torch.optim.Optimizer, data: Data, config: Config,
-                    generator: torch.Generator, step0: int, total_steps: int, qat_epoch: int | None,
-                    energy_model: Any | None, progress: bool, desc: str,
-                    teacher: ZeroAwareNet | None = None) -> EpochStats:
+def train_one_epoch(
+    model: ZeroAwareNet,
+    optimizer: torch.optim.Optimizer,
+    data: Data,
+    config: Config,
+    generator: torch.Generator,
+    step0: int,
+    total_steps: int,
+    qat_epoch: int | None,
+    energy_model: Any | None,
+    progress: bool,
+    desc: str,
+    teacher: ZeroAwareNet | None = None,
+) -> EpochStats:
     """One pass over the training set; penalties and pruning only in QAT epochs (``qat_epoch`` set)."""
     t, p = config.train, config.penalty
     model.train()
     order = torch.randperm(len(data.train_y), generator=generator)
-    batches = [order[i:i + t.batch_size] for i in range(0, len(order), t.batch_size)]
+    batches = [order[i : i + t.batch_size] for i in range(0, len(order), t.batch_size)]
     neurons = penalties.layer_neurons(model)
     sizes = [w.numel() for w in (model.w0, model.w1, model.w2, model.w3)]
     loss_sum = correct = seen = fired = 0.0
@@ -207,8 +239,10 @@ def train_one_epoch(model: ZeroAwareNet, optimizer: torch.optim.Optimizer, data:
     for i, index in enumerate(bar):
         qat_progress = None if qat_epoch is None else qat_epoch + i / len(batches)
         if qat_progress is not None and config.prune.sparsity > 0:
-            apply_pruning(model, prune_fraction(qat_progress, config.prune.sparsity,
-                                                config.prune.start_epoch, config.prune.end_epoch))
+            apply_pruning(
+                model,
+                prune_fraction(qat_progress, config.prune.sparsity, config.prune.start_epoch, config.prune.end_epoch),
+            )
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step0 + i, total_steps, t.lr, t.lr_min)
         x, y = random_shift(data.train_x[index].float(), t.shift, generator), data.train_y[index]
@@ -217,8 +251,9 @@ def train_one_epoch(model: ZeroAwareNet, optimizer: torch.optim.Optimizer, data:
         if teacher is not None and config.distill.weight > 0:
             with torch.no_grad():
                 teacher_logits = teacher(x).logits
-            loss = loss + config.distill.weight * distillation_loss(result.logits, teacher_logits,
-                                                                    config.distill.temperature)
+            loss = loss + config.distill.weight * distillation_loss(
+                result.logits, teacher_logits, config.distill.temperature
+            )
         if qat_progress is not None:
             strength = ramp(qat_progress, p.start_epoch, p.ramp_epochs)
             if strength > 0 and p.activations > 0:
@@ -248,7 +283,7 @@ def torch_eval(model: ZeroAwareNet, images: Tensor) -> Tensor:
     """Class scores of the training-time forward (int32 potentials once quantised), in batches."""
     model.eval()
     with torch.no_grad():
-        return torch.cat([model(images[i:i + EVAL_BATCH].float()).scores for i in range(0, len(images), EVAL_BATCH)])
+        return torch.cat([model(images[i : i + EVAL_BATCH].float()).scores for i in range(0, len(images), EVAL_BATCH)])
 
 
 # ---------------------------------------------------------------- measuring the exported model
@@ -265,8 +300,13 @@ def simulate(layers: list[IntegerLayer], images: np.ndarray) -> tuple[np.ndarray
     return result.outputs.reshape(len(images), -1), result.counters.layers
 
 
-def summarise(layers: list[IntegerLayer], counters: tuple[LayerCounters, ...], scores: np.ndarray,
-              labels: np.ndarray, energy_model: Any | None) -> dict[str, Any]:
+def summarise(
+    layers: list[IntegerLayer],
+    counters: tuple[LayerCounters, ...],
+    scores: np.ndarray,
+    labels: np.ndarray,
+    energy_model: Any | None,
+) -> dict[str, Any]:
     """The report: accuracy, events, weights, synops and (if a model is given) energy per image.
 
     Names follow NeuroBench: ``activations_nonzero`` are the events a layer emits (the input of the
@@ -276,10 +316,12 @@ def summarise(layers: list[IntegerLayer], counters: tuple[LayerCounters, ...], s
     means = [c.means() for c in counters]
     per_layer = [
         {
-            "name": c.name, "kind": layer.kind,
+            "name": c.name,
+            "kind": layer.kind,
             "input_events_per_image": m["input_events"],
             "activations_nonzero_per_image": m["output_events"],
-            "weights_nonzero": c.nonzero_weights, "weights_total": c.weights,
+            "weights_nonzero": c.nonzero_weights,
+            "weights_total": c.weights,
             "synops_per_image": m["synaptic_ops"],
         }
         for c, layer, m in zip(counters, layers, means, strict=True)
@@ -311,10 +353,13 @@ def modelled_energy(layers: list[IntegerLayer], counters: tuple[LayerCounters, .
     for device in DEVICES:
         profile = DeviceProfile.packaged(device)
         estimate = profile.bind(map_model(to_akida(layers), device, DEFAULT_MAP_MODE)).evaluate_counters(counters)
-        out[device] = {"profile": profile.version, "total_j_per_image": float(estimate.total_j.mean()),
-                       "dynamic_j_per_image": float(estimate.dynamic_j.mean()),
-                       "chip_s_per_image": float(estimate.chip_s.mean()),
-                       "frame_s_per_image": float(estimate.frame_s.mean())}
+        out[device] = {
+            "profile": profile.version,
+            "total_j_per_image": float(estimate.total_j.mean()),
+            "dynamic_j_per_image": float(estimate.dynamic_j.mean()),
+            "chip_s_per_image": float(estimate.chip_s.mean()),
+            "frame_s_per_image": float(estimate.frame_s.mean()),
+        }
     return out
 
 
@@ -336,15 +381,40 @@ def layer_spec(layers: list[IntegerLayer]) -> list[dict[str, Any]]:
     """Hyper-parameters of each layer, enough to rebuild it with akida's Python API."""
     l0, l1, l2, l3 = layers
     return [
-        {"name": "conv0", "kind": l0.kind, "input_shape": [IMAGE_SIZE, IMAGE_SIZE, 1], "filters": l0.weights.shape[3],
-         "kernel_size": [3, 3], "kernel_stride": [1, 1], "padding": "same", "padding_value": 0,
-         "pool": {"type": "max", "size": [2, 2], "stride": [2, 2]}, "weights_bits": 8, "activation": True,
-         "act_bits": ACT_BITS},
-        {"name": "conv1", "kind": l1.kind, "filters": l1.weights.shape[3], "kernel_size": [3, 3],
-         "kernel_stride": [2, 2], "padding": "same", "pool": None, "weights_bits": 4, "activation": True,
-         "act_bits": ACT_BITS},
-        {"name": "fc2", "kind": l2.kind, "units": l2.weights.shape[3], "weights_bits": 4, "activation": True,
-         "act_bits": ACT_BITS},
+        {
+            "name": "conv0",
+            "kind": l0.kind,
+            "input_shape": [IMAGE_SIZE, IMAGE_SIZE, 1],
+            "filters": l0.weights.shape[3],
+            "kernel_size": [3, 3],
+            "kernel_stride": [1, 1],
+            "padding": "same",
+            "padding_value": 0,
+            "pool": {"type": "max", "size": [2, 2], "stride": [2, 2]},
+            "weights_bits": 8,
+            "activation": True,
+            "act_bits": ACT_BITS,
+        },
+        {
+            "name": "conv1",
+            "kind": l1.kind,
+            "filters": l1.weights.shape[3],
+            "kernel_size": [3, 3],
+            "kernel_stride": [2, 2],
+            "padding": "same",
+            "pool": None,
+            "weights_bits": 4,
+            "activation": True,
+            "act_bits": ACT_BITS,
+        },
+        {
+            "name": "fc2",
+            "kind": l2.kind,
+            "units": l2.weights.shape[3],
+            "weights_bits": 4,
+            "activation": True,
+            "act_bits": ACT_BITS,
+        },
         {"name": "fc3", "kind": l3.kind, "units": l3.weights.shape[3], "weights_bits": 4, "activation": False},
     ]
 
@@ -364,9 +434,12 @@ def layers_from_arrays(arrays: dict[str, np.ndarray] | Any) -> list[IntegerLayer
     """Inverse of :func:`params_arrays` (accepts an open ``np.load`` result)."""
     kinds = ("InputConvolutional", "Convolutional", "FullyConnected", "FullyConnected")
     return [
-        IntegerLayer(kind, np.asarray(arrays[f"{name}.weights"]),
-                     np.asarray(arrays[f"{name}.threshold"]) if f"{name}.threshold" in arrays else None,
-                     np.asarray(arrays[f"{name}.act_step"]) if f"{name}.act_step" in arrays else None)
+        IntegerLayer(
+            kind,
+            np.asarray(arrays[f"{name}.weights"]),
+            np.asarray(arrays[f"{name}.threshold"]) if f"{name}.threshold" in arrays else None,
+            np.asarray(arrays[f"{name}.act_step"]) if f"{name}.act_step" in arrays else None,
+        )
         for name, kind in zip(LAYER_NAMES, kinds, strict=True)
     ]
 
@@ -380,17 +453,31 @@ def write_json(path: Path, payload: Any) -> None:
     os.replace(tmp.name, path)
 
 
-def save_checkpoint(path: Path, model: ZeroAwareNet, optimizer: torch.optim.Optimizer, config: Config,
-                    epoch: int) -> None:
+def save_checkpoint(
+    path: Path, model: ZeroAwareNet, optimizer: torch.optim.Optimizer, config: Config, epoch: int
+) -> None:
     """State dicts and the config only (loadable with ``torch.load(..., weights_only=True)``)."""
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "config": config_to_dict(config), "epoch": epoch}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "config": config_to_dict(config),
+            "epoch": epoch,
+        },
+        tmp,
+    )
     os.replace(tmp, path)
 
 
-def write_run(out: Path, model: ZeroAwareNet, config: Config, layers: list[IntegerLayer],
-              report: dict[str, Any], eval_scores: np.ndarray) -> None:
+def write_run(
+    out: Path,
+    model: ZeroAwareNet,
+    config: Config,
+    layers: list[IntegerLayer],
+    report: dict[str, Any],
+    eval_scores: np.ndarray,
+) -> None:
     """Everything the exporter needs: integer params + spec, golden scores, config, model, report."""
     out.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, Any] = params_arrays(layers)
@@ -399,16 +486,22 @@ def write_run(out: Path, model: ZeroAwareNet, config: Config, layers: list[Integ
     os.replace(tmp, out / "params.npz")
     digest = hashlib.sha256((out / "params.npz").read_bytes()).hexdigest()
     np.save(out / "eval_scores.npy", eval_scores.astype(np.int32))
-    write_json(out / "spec.json", {
-        "format": PARAMS_FORMAT,
-        "target": "AKD1000 (Akida 1.0)",
-        "input": {"shape": [IMAGE_SIZE, IMAGE_SIZE, 1], "dtype": "uint8"},
-        "layers": layer_spec(layers),
-        "params": {"file": "params.npz", "sha256": digest,
-                   "keys": {k: [str(v.dtype), list(v.shape)] for k, v in arrays.items()}},
-        "eval_scores": {"file": "eval_scores.npy", "images": "test split, first N in order", "n": len(eval_scores)},
-        "seed": config.train.seed,
-    })
+    write_json(
+        out / "spec.json",
+        {
+            "format": PARAMS_FORMAT,
+            "target": "AKD1000 (Akida 1.0)",
+            "input": {"shape": [IMAGE_SIZE, IMAGE_SIZE, 1], "dtype": "uint8"},
+            "layers": layer_spec(layers),
+            "params": {
+                "file": "params.npz",
+                "sha256": digest,
+                "keys": {k: [str(v.dtype), list(v.shape)] for k, v in arrays.items()},
+            },
+            "eval_scores": {"file": "eval_scores.npy", "images": "test split, first N in order", "n": len(eval_scores)},
+            "seed": config.train.seed,
+        },
+    )
     write_json(out / "config.json", config_to_dict(config))
     torch.save({"model": model.state_dict(), "config": config_to_dict(config)}, out / "model.pt")
     write_json(out / "report.json", report)
@@ -417,8 +510,13 @@ def write_run(out: Path, model: ZeroAwareNet, config: Config, layers: list[Integ
 # ---------------------------------------------------------------- the whole run
 
 
-def train(config: Config, out: Path | None = None, data: Data | None = None, progress: bool = True,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> tuple[ZeroAwareNet, dict[str, Any]]:
+def train(
+    config: Config,
+    out: Path | None = None,
+    data: Data | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[ZeroAwareNet, dict[str, Any]]:
     """Train, export and measure one model; writes the run directory when ``out`` is given."""
     for warning in config_warnings(config):
         log.warning("%s", warning)
@@ -444,15 +542,40 @@ def train(config: Config, out: Path | None = None, data: Data | None = None, pro
             log.info("switched to the integer (QAT) forward after %d float epochs", t.float_epochs)
         phase = "float" if qat_epoch is None else "qat"
         desc = f"{phase} {epoch + 1}/{t.float_epochs + t.qat_epochs}"
-        stats = train_one_epoch(model, optimizer, data, config, generator, epoch * steps_per_epoch, total_steps,
-                                qat_epoch, energy_model, progress, desc, teacher)
+        stats = train_one_epoch(
+            model,
+            optimizer,
+            data,
+            config,
+            generator,
+            epoch * steps_per_epoch,
+            total_steps,
+            qat_epoch,
+            energy_model,
+            progress,
+            desc,
+            teacher,
+        )
         test_acc = float((torch_eval(model, data.test_x).argmax(1) == data.test_y).float().mean())
-        entry = {"epoch": epoch + 1, "phase": phase, "loss": stats.loss, "train_accuracy": stats.accuracy,
-                 "nonzero_fraction": stats.nonzero_fraction, "test_accuracy": test_acc,
-                 "seconds": time.monotonic() - started}
+        entry = {
+            "epoch": epoch + 1,
+            "phase": phase,
+            "loss": stats.loss,
+            "train_accuracy": stats.accuracy,
+            "nonzero_fraction": stats.nonzero_fraction,
+            "test_accuracy": test_acc,
+            "seconds": time.monotonic() - started,
+        }
         history.append(entry)
-        log.info("epoch %d (%s): loss %.4f train acc %.4f test acc %.4f non-zero %.4f",
-                 epoch + 1, phase, stats.loss, stats.accuracy, test_acc, stats.nonzero_fraction)
+        log.info(
+            "epoch %d (%s): loss %.4f train acc %.4f test acc %.4f non-zero %.4f",
+            epoch + 1,
+            phase,
+            stats.loss,
+            stats.accuracy,
+            test_acc,
+            stats.nonzero_fraction,
+        )
         if on_epoch:
             on_epoch(entry)
         if out is not None:
@@ -464,8 +587,9 @@ def train(config: Config, out: Path | None = None, data: Data | None = None, pro
     report = summarise(layers, counters, exported_scores, data.test_y.numpy(), energy_model)
     engine_scores = to_akida(layers).forward(test_images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1))
     report["exact_match_training_forward"] = bool(np.array_equal(train_scores, exported_scores))
-    report["exact_match_akida_engine"] = bool(np.array_equal(engine_scores.reshape(exported_scores.shape),
-                                                             exported_scores))
+    report["exact_match_akida_engine"] = bool(
+        np.array_equal(engine_scores.reshape(exported_scores.shape), exported_scores)
+    )
     report["seed"] = config.train.seed
     report["train_seconds"] = time.monotonic() - started
     report["history"] = history

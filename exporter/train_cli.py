@@ -25,10 +25,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", type=Path, required=True, help="TOML config (see exporter/configs/)")
     parser.add_argument("--out", type=Path, required=True, help="run directory to create (must not exist)")
-    parser.add_argument("--force", action="store_true",
-                        help="write into --out even if it exists (its files are overwritten)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value (repeatable), e.g. --set penalty.activations=2")
+    parser.add_argument(
+        "--force", action="store_true", help="write into --out even if it exists (its files are overwritten)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (repeatable), e.g. --set penalty.activations=2",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     parser.set_defaults(func=_train)
 
@@ -54,10 +60,15 @@ def _train(args: argparse.Namespace) -> int:
     config = with_overrides(load_config(args.config), parse_overrides(args.set), str(args.config))
     _, report = train(config, args.out, progress=not args.no_progress)
     energy = (report.get("energy") or {}).get("akd1000")
-    print(f"{args.out}: accuracy {report['accuracy']:.4f}, "
-          f"{report['activations_nonzero_per_image']:.1f} non-zero activations/image, "
-          f"{report['weights_nonzero']} non-zero weights"
-          + (f", {energy['total_j_per_image'] * 1e6:.1f} uJ/image total on AKD1000 ({energy['profile']}, "
-             f"modelled)" if energy else "")
-          + f", exact={report['exact_match_training_forward']}")
+    print(
+        f"{args.out}: accuracy {report['accuracy']:.4f}, "
+        f"{report['activations_nonzero_per_image']:.1f} non-zero activations/image, "
+        f"{report['weights_nonzero']} non-zero weights"
+        + (
+            f", {energy['total_j_per_image'] * 1e6:.1f} uJ/image total on AKD1000 ({energy['profile']}, modelled)"
+            if energy
+            else ""
+        )
+        + f", exact={report['exact_match_training_forward']}"
+    )
     return 0

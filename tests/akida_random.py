@@ -49,8 +49,13 @@ class Draw:
     weights_bits: tuple[int, ...] = (1, 2, 4)  # of the layers after the first (the software engine also takes 8)
 
 
-EVERY_KIND = Draw(input_data_share=0.3, separable_share=0.4, global_pool_share=0.15, conv_kernels=(1, 3, 5, 7),
-                  weights_bits=(1, 2, 4, 8))
+EVERY_KIND = Draw(
+    input_data_share=0.3,
+    separable_share=0.4,
+    global_pool_share=0.15,
+    conv_kernels=(1, 3, 5, 7),
+    weights_bits=(1, 2, 4, 8),
+)
 
 
 def _pick(rng: np.random.Generator, options: list) -> object:
@@ -94,8 +99,11 @@ def _input_layer(rng: np.random.Generator, draw: Draw) -> tuple[akida.Layer, int
     side_x, side_y = (int(v) for v in rng.integers(4, draw.max_side + 1, 2))
     if draw.input_data_share and rng.random() < draw.input_data_share:
         extra = max(int(rng.integers(0, draw.max_extra_layers + 1)), 1)
-        layer = akida.InputData(input_shape=(side_x, side_y, int(rng.integers(1, 5))),
-                                input_bits=int(_pick(rng, [1, 2, 4])), name="input_data")
+        layer = akida.InputData(
+            input_shape=(side_x, side_y, int(rng.integers(1, 5))),
+            input_bits=int(_pick(rng, [1, 2, 4])),
+            name="input_data",
+        )
         return layer, extra
     padding = _pick(rng, [akida.Padding.Same, akida.Padding.Valid])
     kernel = _pair(rng, [3, 5, 7])
@@ -118,8 +126,9 @@ def _input_layer(rng: np.random.Generator, draw: Draw) -> tuple[akida.Layer, int
     return layer, extra
 
 
-def _conv_layer(rng: np.random.Generator, draw: Draw, index: int, side: tuple[int, int],
-                activation: bool) -> akida.Layer:
+def _conv_layer(
+    rng: np.random.Generator, draw: Draw, index: int, side: tuple[int, int], activation: bool
+) -> akida.Layer:
     """A Convolutional or SeparableConvolutional, stride 1/2, same/valid, max or global average pooling."""
     separable = bool(draw.separable_share) and rng.random() < draw.separable_share
     kernel = _pair(rng, [3, 5, 7] if separable else list(draw.conv_kernels))
@@ -243,8 +252,17 @@ def saturating_models() -> list[tuple[str, akida.Model, np.ndarray]]:
     for kind in (akida.Convolutional, akida.SeparableConvolutional):
         model = akida.Model()
         model.add(akida.InputData(input_shape=(16, 16, 64), input_bits=4, name="data"))
-        model.add(kind(kernel_size=(1, 1), filters=2, weights_bits=4, act_bits=4, name="gap",
-                       activation=False, pool_type=akida.PoolType.Average))
+        model.add(
+            kind(
+                kernel_size=(1, 1),
+                filters=2,
+                weights_bits=4,
+                act_bits=4,
+                name="gap",
+                activation=False,
+                pool_type=akida.PoolType.Average,
+            )
+        )
         weights = np.full((1, 1, 64, 2), 7, np.int8)
         weights[0, 0, 32:, 0] = -7  # filter 0: + on channels < 32, - above
         layer = model.layers[1]

@@ -45,8 +45,9 @@ def _correlate(x: np.ndarray, kernel: np.ndarray, stride: tuple[int, int], same:
 def _depthwise(x: np.ndarray, kernel: np.ndarray, stride: tuple[int, int], same: bool) -> np.ndarray:
     """Each channel convolved with its own (KX, KY) kernel: (N, X, Y, C) -> (N, X', Y', C)."""
     channels = x.shape[3]
-    return np.concatenate([_correlate(x[..., c : c + 1], kernel[:, :, c : c + 1, :], stride, same, 0)
-                           for c in range(channels)], axis=3)
+    return np.concatenate(
+        [_correlate(x[..., c : c + 1], kernel[:, :, c : c + 1, :], stride, same, 0) for c in range(channels)], axis=3
+    )
 
 
 def _max_pool(p: np.ndarray, size: tuple[int, int], stride: tuple[int, int], same: bool) -> np.ndarray:

@@ -29,12 +29,31 @@ CLASSES = 10
 def default_spec(conv0: int = 8, conv1: int = 16, fc: int = 32) -> list[dict[str, Any]]:
     """The default architecture as a run's ``spec.json`` layer list (widths are the filter counts)."""
     return [
-        {"name": "conv0", "kind": "InputConvolutional", "filters": conv0, "kernel_size": [3, 3],
-         "kernel_stride": [1, 1], "padding": "same", "padding_value": 0,
-         "pool": {"type": "max", "size": [2, 2], "stride": [2, 2]}, "weights_bits": 8, "activation": True,
-         "act_bits": 4},
-        {"name": "conv1", "kind": "Convolutional", "filters": conv1, "kernel_size": [3, 3], "kernel_stride": [2, 2],
-         "padding": "same", "pool": None, "weights_bits": 4, "activation": True, "act_bits": 4},
+        {
+            "name": "conv0",
+            "kind": "InputConvolutional",
+            "filters": conv0,
+            "kernel_size": [3, 3],
+            "kernel_stride": [1, 1],
+            "padding": "same",
+            "padding_value": 0,
+            "pool": {"type": "max", "size": [2, 2], "stride": [2, 2]},
+            "weights_bits": 8,
+            "activation": True,
+            "act_bits": 4,
+        },
+        {
+            "name": "conv1",
+            "kind": "Convolutional",
+            "filters": conv1,
+            "kernel_size": [3, 3],
+            "kernel_stride": [2, 2],
+            "padding": "same",
+            "pool": None,
+            "weights_bits": 4,
+            "activation": True,
+            "act_bits": 4,
+        },
         {"name": "fc2", "kind": "FullyConnected", "units": fc, "weights_bits": 4, "activation": True, "act_bits": 4},
         {"name": "fc3", "kind": "FullyConnected", "units": CLASSES, "weights_bits": 4, "activation": False},
     ]
@@ -47,8 +66,9 @@ def _weights(rng: np.random.Generator, shape: tuple[int, ...], bits: int) -> np.
     return weights.astype(np.int8)
 
 
-def random_params(rng: np.random.Generator, spec: list[dict[str, Any]], frames: np.ndarray,
-                  density: float = 0.25) -> dict[str, np.ndarray]:
+def random_params(
+    rng: np.random.Generator, spec: list[dict[str, Any]], frames: np.ndarray, density: float = 0.25
+) -> dict[str, np.ndarray]:
     """``params.npz`` arrays for ``spec``: random weights, then per-filter integer thresholds at the
     (1 - density) quantile of that filter's potentials on ``frames`` and integer steps spreading the
     firing neurons over all 15 levels."""
@@ -86,8 +106,9 @@ def _output_shape(spec: list[dict[str, Any]], arrays: dict[str, np.ndarray], fra
     return _model(spec, arrays, frames[:1]).output_shape
 
 
-def random_default_model(rng: np.random.Generator, frames: np.ndarray, widths: tuple[int, int, int] = (8, 16, 32),
-                         density: float = 0.25) -> AkidaModel:
+def random_default_model(
+    rng: np.random.Generator, frames: np.ndarray, widths: tuple[int, int, int] = (8, 16, 32), density: float = 0.25
+) -> AkidaModel:
     """A default-architecture model whose layers fire on about ``density`` of their neurons on ``frames``."""
     spec = default_spec(*widths)
     return _model(spec, random_params(rng, spec, frames, density), frames)
@@ -107,13 +128,17 @@ def write_run_dir(path: Path, rng: np.random.Generator, frames: np.ndarray, seed
     path.mkdir(parents=True)
     np.savez(path / "params.npz", **arrays)
     digest = hashlib.sha256((path / "params.npz").read_bytes()).hexdigest()
-    (path / "spec.json").write_text(json.dumps({
-        "format": "akida-v1-integer-params/1",
-        "input": {"shape": list(frames.shape[1:]), "dtype": "uint8"},
-        "layers": [{**spec[0], "input_shape": list(frames.shape[1:])}, *spec[1:]],
-        "params": {"file": "params.npz", "sha256": digest},
-        "seed": seed,
-    }))
+    (path / "spec.json").write_text(
+        json.dumps(
+            {
+                "format": "akida-v1-integer-params/1",
+                "input": {"shape": list(frames.shape[1:]), "dtype": "uint8"},
+                "layers": [{**spec[0], "input_shape": list(frames.shape[1:])}, *spec[1:]],
+                "params": {"file": "params.npz", "sha256": digest},
+                "seed": seed,
+            }
+        )
+    )
     config = {"model": {"conv0": 8, "conv1": 16, "fc": 32}, "train": {"seed": seed}}
     (path / "config.json").write_text(json.dumps(config))
     return path
@@ -123,8 +148,13 @@ def eval_set(frames: np.ndarray, labels: np.ndarray | None, name: str = "test-fr
     return EvalSet(name, frames, labels, tuple(str(d) for d in range(CLASSES)), "test frames, used as they are")
 
 
-def make_bundle(out: Path, rng: np.random.Generator, frames: np.ndarray, labels: np.ndarray | None = None,
-                widths: tuple[int, int, int] = (8, 16, 32)) -> tuple[Manifest, AkidaModel]:
+def make_bundle(
+    out: Path,
+    rng: np.random.Generator,
+    frames: np.ndarray,
+    labels: np.ndarray | None = None,
+    widths: tuple[int, int, int] = (8, 16, 32),
+) -> tuple[Manifest, AkidaModel]:
     """Export a random default-architecture model (calibrated on ``frames``) as a verified bundle at ``out``."""
     model = random_default_model(rng, frames, widths)
     return export_model(model, out, eval_set(frames, labels)), model

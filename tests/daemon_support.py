@@ -169,8 +169,12 @@ class DaemonProcess:
     @property
     def url(self) -> str:
         """The metrics URL the daemon put in its log (it listens on port 0: any free port)."""
-        line = wait_for(lambda: next((s for s in self.stderr_lines if "metrics at http://" in s), None), 30,
-                        "the daemon's 'metrics at' log line", interval=0.05)
+        line = wait_for(
+            lambda: next((s for s in self.stderr_lines if "metrics at http://" in s), None),
+            30,
+            "the daemon's 'metrics at' log line",
+            interval=0.05,
+        )
         return line.split("metrics at ")[1].split("/metrics")[0]
 
     def wait_exit(self, timeout: float) -> int:
@@ -200,7 +204,11 @@ def daemon_process(tmp_path: Path, args: list[str], watchdog_usec: int | None = 
         env["WATCHDOG_USEC"] = str(watchdog_usec)
     process = subprocess.Popen(
         [str(EDGE_RUNTIME), "serve", "--metrics-addr", "127.0.0.1:0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     stdout_lines: list[str] = []
     stderr_lines: list[str] = []

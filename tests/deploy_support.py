@@ -46,8 +46,21 @@ _ALERT = re.compile(r"^\s*-?\s*alert:\s*(\S+)\s*$", re.MULTILINE)
 PREFIXED_NAME = re.compile(r"(?<![\w:])edge[_:][a-z0-9_:]*[a-z0-9_]")
 
 _PROMQL_KEYWORDS = frozenset(
-    {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless", "offset",
-     "inf", "nan"}
+    {
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "inf",
+        "nan",
+    }
 )
 
 
@@ -55,11 +68,7 @@ def exported_metric_names() -> set[str]:
     """Every sample name the daemon's registry can expose, labelled children or not."""
     registry = CollectorRegistry()
     Metrics(registry, (*SOURCE_DROP_REASONS, *PIPELINE_DROP_REASONS))
-    return {
-        family.name + suffix
-        for family in registry.collect()
-        for suffix in _SUFFIXES[family.type]
-    }
+    return {family.name + suffix for family in registry.collect() for suffix in _SUFFIXES[family.type]}
 
 
 def recording_rule_names() -> set[str]:
@@ -83,7 +92,7 @@ def promql_metric_names(expr: str) -> set[str]:
     text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
     names = set()
     for match in re.finditer(r"(?<![\w.:$])[A-Za-z_:][\w:]*", text):
-        follows = text[match.end():].lstrip()
+        follows = text[match.end() :].lstrip()
         if not follows.startswith("(") and match.group() not in _PROMQL_KEYWORDS:
             names.add(match.group())
     return names

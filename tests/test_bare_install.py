@@ -53,8 +53,10 @@ def bare_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_the_bare_install_has_no_exporter_dependencies(bare_venv: Path) -> None:
-    code = ("import importlib.util, json; "
-            f"print(json.dumps({{m: importlib.util.find_spec(m) is not None for m in {OPTIONAL!r}}}))")
+    code = (
+        "import importlib.util, json; "
+        f"print(json.dumps({{m: importlib.util.find_spec(m) is not None for m in {OPTIONAL!r}}}))"
+    )
     result = _run([str(bare_venv / "bin" / "python"), "-c", code])
     assert json.loads(result.stdout) == dict.fromkeys(OPTIONAL, False), result.stderr
 
@@ -65,9 +67,23 @@ def test_the_bare_install_serves_replayed_frames_on_the_simulator(
 ) -> None:
     frames = mnist_data.test_images[:30]
     np.save(tmp_path / "frames.npy", frames)
-    result = _run([str(bare_venv / "bin" / "edge-runtime"), "serve", "--model", str(BUNDLE),
-                   "--source", f"replay:{tmp_path / 'frames.npy'}", "--backend", "simulator",
-                   "--metrics-addr", "127.0.0.1:0", "--predictions-stdout", "--exit-when-done"], cwd=tmp_path)
+    result = _run(
+        [
+            str(bare_venv / "bin" / "edge-runtime"),
+            "serve",
+            "--model",
+            str(BUNDLE),
+            "--source",
+            f"replay:{tmp_path / 'frames.npy'}",
+            "--backend",
+            "simulator",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--predictions-stdout",
+            "--exit-when-done",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     predictions = [json.loads(line) for line in result.stdout.splitlines()]
     # The committed model is 99% accurate: on these 30 test images it misses at most one.
@@ -79,21 +95,36 @@ def test_the_bare_install_serves_replayed_frames_on_the_simulator(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["edge-export", "train", "--config", "c.toml", "--out", "run"],
-         "edge-export: error: `edge-export train` needs the train extra (no module 'torch'): "
-         "pip install 'akida-edge[train]'"),
-        (["edge-export", "verify", str(BUNDLE)],
-         "edge-export: error: `edge-export verify` needs the export extra (no module 'onnx'): "
-         "pip install 'akida-edge[export]'"),
-        (["edge-runtime", "serve", "--model", str(BUNDLE), "--source", "replay:mnist-test", "--backend", "onnx",
-          "--metrics-addr", "127.0.0.1:0"],
-         "edge-runtime: error: the onnx backend needs onnxruntime (no module 'onnxruntime'): "
-         "pip install 'akida-edge[onnx]', or choose another inference.backend"),
+        (
+            ["edge-export", "train", "--config", "c.toml", "--out", "run"],
+            "edge-export: error: `edge-export train` needs the train extra (no module 'torch'): "
+            "pip install 'akida-edge[train]'",
+        ),
+        (
+            ["edge-export", "verify", str(BUNDLE)],
+            "edge-export: error: `edge-export verify` needs the export extra (no module 'onnx'): "
+            "pip install 'akida-edge[export]'",
+        ),
+        (
+            [
+                "edge-runtime",
+                "serve",
+                "--model",
+                str(BUNDLE),
+                "--source",
+                "replay:mnist-test",
+                "--backend",
+                "onnx",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ],
+            "edge-runtime: error: the onnx backend needs onnxruntime (no module 'onnxruntime'): "
+            "pip install 'akida-edge[onnx]', or choose another inference.backend",
+        ),
     ],
     ids=["train", "verify", "onnx-backend"],
 )
-def test_a_command_that_needs_an_extra_names_it(bare_venv: Path, tmp_path: Path, argv: list[str],
-                                                message: str) -> None:
+def test_a_command_that_needs_an_extra_names_it(bare_venv: Path, tmp_path: Path, argv: list[str], message: str) -> None:
     (tmp_path / "c.toml").write_text("")
     result = _run([str(bare_venv / "bin" / argv[0]), *argv[1:]], cwd=tmp_path)
     assert result.returncode == 2 and result.stderr == message + "\n", result.stderr
@@ -105,7 +136,7 @@ def test_serving_on_the_simulator_never_imports_onnxruntime(tmp_path: Path, mnis
     code = f"""
 import sys
 from edge_runtime import cli
-assert cli.main(["serve", "--model", {str(BUNDLE)!r}, "--source", "replay:{tmp_path / 'frames.npy'}",
+assert cli.main(["serve", "--model", {str(BUNDLE)!r}, "--source", "replay:{tmp_path / "frames.npy"}",
                  "--backend", "simulator", "--metrics-addr", "127.0.0.1:0", "--exit-when-done"]) == 0
 print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))
 """

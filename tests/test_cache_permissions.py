@@ -25,8 +25,9 @@ UNSHARE = shutil.which("unshare") or "unshare"  # util-linux, on every machine o
 
 def run_unprivileged(args: list[str], cache_dir: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGE_CACHE_DIR": str(cache_dir)}
-    return subprocess.run([UNSHARE, "--user", str(EDGE_RUNTIME), *args], capture_output=True, text=True,
-                          env=env, timeout=120, check=False)
+    return subprocess.run(
+        [UNSHARE, "--user", str(EDGE_RUNTIME), *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
 
 
 @pytest.mark.parametrize("what", ["file", "directory"])

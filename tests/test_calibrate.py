@@ -83,15 +83,30 @@ def test_nnls_simple_cases() -> None:
 
 BASE = DeviceProfile.packaged("akd1000")
 _HIDDEN_FACTORS = {  # what the board "really" costs, relative to the packaged profile
-    "hrc_clk_per_block": 1.3, "cnp_clk_per_event_filter_k3": 0.8, "cnp_clk_per_event_filter_k1": 1.5,
-    "cnp_clk_per_layer": 2.0, "cnp_clk_per_neuron": 0.7, "fnp3_clk_per_event_unit": 1.4, "fnp2_clk_per_event_unit": 1.4,
-    "fnp_clk_per_layer": 0.6, "host_s_per_frame": 0.5, "host_s_per_call": 0.3, "floor_power_w": 1.1,
-    "dyn_pj_per_hrc_block": 0.9, "dyn_pj_per_event_filter": 1.7,
+    "hrc_clk_per_block": 1.3,
+    "cnp_clk_per_event_filter_k3": 0.8,
+    "cnp_clk_per_event_filter_k1": 1.5,
+    "cnp_clk_per_layer": 2.0,
+    "cnp_clk_per_neuron": 0.7,
+    "fnp3_clk_per_event_unit": 1.4,
+    "fnp2_clk_per_event_unit": 1.4,
+    "fnp_clk_per_layer": 0.6,
+    "host_s_per_frame": 0.5,
+    "host_s_per_call": 0.3,
+    "floor_power_w": 1.1,
+    "dyn_pj_per_hrc_block": 0.9,
+    "dyn_pj_per_event_filter": 1.7,
     "dyn_pj_per_synop": 0.6,
 }
-HIDDEN = dataclasses.replace(BASE, version="hidden", coefficients=dataclasses.replace(
-    BASE.coefficients, **{name: getattr(BASE.coefficients, name) * f for name, f in _HIDDEN_FACTORS.items()},
-    dyn_pj_per_fnp_event_unit=3.0))  # packaged: 0 (the zoo cannot see it), so not a factor
+HIDDEN = dataclasses.replace(
+    BASE,
+    version="hidden",
+    coefficients=dataclasses.replace(
+        BASE.coefficients,
+        **{name: getattr(BASE.coefficients, name) * f for name, f in _HIDDEN_FACTORS.items()},
+        dyn_pj_per_fnp_event_unit=3.0,
+    ),
+)  # packaged: 0 (the zoo cannot see it), so not a factor
 
 
 class FakeClock:
@@ -139,14 +154,19 @@ class FakeBoard:
                 counters = Simulator(from_akida(self._real)).run(frames).counters.layers
                 n = len(frames)
                 full = board.profile.bind(self._mapping).evaluate_counters(counters, n)
-                no_host = dataclasses.replace(board.profile, coefficients=dataclasses.replace(
-                    board.profile.coefficients, **dict.fromkeys(energy.HOST_COEFFICIENTS, 0.0)))
+                no_host = dataclasses.replace(
+                    board.profile,
+                    coefficients=dataclasses.replace(
+                        board.profile.coefficients, **dict.fromkeys(energy.HOST_COEFFICIENTS, 0.0)
+                    ),
+                )
                 chip = no_host.bind(self._mapping).evaluate_counters(counters, n).frame_s
                 wall = float(np.sum(full.frame_s))
                 board.clock.now += wall
                 energy_mj = float(np.mean(full.total_j)) * 1e3 if board.soc.power_measurement_enabled else None
-                self.statistics = type("Statistics", (), {"fps": n / wall, "energy": energy_mj,
-                                                          "inference_clk": float(np.sum(chip)) * 3e8})()
+                self.statistics = type(
+                    "Statistics", (), {"fps": n / wall, "energy": energy_mj, "inference_clk": float(np.sum(chip)) * 3e8}
+                )()
                 return self._real.forward(frames)
 
         self.Model = Model
@@ -173,15 +193,33 @@ def samples(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("calibration")
     board = FakeBoard(HIDDEN)
     frames = mnist_like(np.random.default_rng(3), 24, (16, 16, 1))
-    return measure(small_model(work / "model.fbz"), frames, work / "measured", device=board, mode="Minimal",
-                   shifts=(-3, -1, 1, 2, 4), load=board.Model, clock=board.clock)
+    return measure(
+        small_model(work / "model.fbz"),
+        frames,
+        work / "measured",
+        device=board,
+        mode="Minimal",
+        shifts=(-3, -1, 1, 2, 4),
+        load=board.Model,
+        clock=board.clock,
+    )
 
 
 def test_measurement_writes_a_sample_per_sub_model_shift_and_reading(samples) -> None:
     rows = list(csv.DictReader(samples.open()))
     labels = [row["label"] for row in rows]
-    assert labels[::2] == ["layers 1-1", "layers 1-2", "layers 1-3", "layers 1-4", "whole model", "threshold shift -3",
-                           "threshold shift -1", "threshold shift +1", "threshold shift +2", "threshold shift +4"]
+    assert labels[::2] == [
+        "layers 1-1",
+        "layers 1-2",
+        "layers 1-3",
+        "layers 1-4",
+        "whole model",
+        "threshold shift -3",
+        "threshold shift -1",
+        "threshold shift +1",
+        "threshold shift +2",
+        "threshold shift +4",
+    ]
     assert [row["frames_per_call"] for row in rows[:2]] == ["1", "24"]
     assert rows[0]["energy_j"] == "" and float(rows[1]["energy_j"]) > 0 and float(rows[1]["floor_w"]) > 0
     silenced = akida.Model(str(samples.parent / rows[2]["model"]))  # layers 1-2: conv1 cannot fire
@@ -191,21 +229,40 @@ def test_measurement_writes_a_sample_per_sub_model_shift_and_reading(samples) ->
 def test_calibration_recovers_the_hidden_cost_model(samples, tmp_path, capsys) -> None:
     """The fit sees only what the board reported; every coefficient the samples exercise comes back
     within 2% of the hidden one, and the rest keep the base profile's values."""
-    assert cli.main(["calibrate", "--samples", str(samples), "--out", str(tmp_path / "fitted.json"),
-                     "--version", "site-1"]) == 0
+    assert (
+        cli.main(
+            ["calibrate", "--samples", str(samples), "--out", str(tmp_path / "fitted.json"), "--version", "site-1"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "clocks: 10 measurements" in out and "wrote" in out
     fitted = DeviceProfile.load(tmp_path / "fitted.json")
     assert fitted.version == "site-1" and fitted.device == "akd1000"
-    exercised = ["hrc_clk_per_block", "cnp_clk_per_event_filter_k3", "cnp_clk_per_event_filter_k1",
-                 "cnp_clk_per_layer", "cnp_clk_per_neuron", "fnp_clk_per_layer", "host_s_per_frame",
-                 "host_s_per_call", "floor_power_w", "dyn_pj_per_hrc_block", "dyn_pj_per_event_filter",
-                 "dyn_pj_per_fnp_event_unit", "dyn_pj_per_synop"]
+    exercised = [
+        "hrc_clk_per_block",
+        "cnp_clk_per_event_filter_k3",
+        "cnp_clk_per_event_filter_k1",
+        "cnp_clk_per_layer",
+        "cnp_clk_per_neuron",
+        "fnp_clk_per_layer",
+        "host_s_per_frame",
+        "host_s_per_call",
+        "floor_power_w",
+        "dyn_pj_per_hrc_block",
+        "dyn_pj_per_event_filter",
+        "dyn_pj_per_fnp_event_unit",
+        "dyn_pj_per_synop",
+    ]
     fnp = "fnp3_clk_per_event_unit" if "FNP3" in _fc_types(samples) else "fnp2_clk_per_event_unit"
     for name in [*exercised, fnp]:
         assert getattr(fitted.coefficients, name) == pytest.approx(getattr(HIDDEN.coefficients, name), rel=0.02), name
-    for name in ("cnp_clk_per_event_filter_k5", "cnp_clk_per_event_filter_k7", "host_s_per_extra_pass",
-                 "host_s_per_input_byte"):
+    for name in (
+        "cnp_clk_per_event_filter_k5",
+        "cnp_clk_per_event_filter_k7",
+        "host_s_per_extra_pass",
+        "host_s_per_input_byte",
+    ):
         assert getattr(fitted.coefficients, name) == getattr(BASE.coefficients, name), name
     assert "fitted by calibrate" in fitted.sources["cnp_clk_per_layer"]
 
@@ -216,8 +273,12 @@ def _fc_types(samples: Path) -> tuple[str, ...]:
 
 
 def test_fix_holds_a_coefficient_and_a_missing_out_is_refused(samples, tmp_path, capsys) -> None:
-    assert cli.main(["calibrate", "--samples", str(samples), "--out", str(tmp_path / "f.json"),
-                     "--fix", "cnp_clk_per_layer"]) == 0
+    assert (
+        cli.main(
+            ["calibrate", "--samples", str(samples), "--out", str(tmp_path / "f.json"), "--fix", "cnp_clk_per_layer"]
+        )
+        == 0
+    )
     fitted = DeviceProfile.load(tmp_path / "f.json")
     assert fitted.coefficients.cnp_clk_per_layer == BASE.coefficients.cnp_clk_per_layer
     capsys.readouterr()
@@ -256,8 +317,20 @@ def test_measure_needs_frames_and_a_board(tmp_path, capsys) -> None:
     assert cli.main(["calibrate", "--measure", str(model)]) == 2
     assert "--measure needs --frames" in capsys.readouterr().err
     np.save(tmp_path / "f.npy", np.zeros((2, 16, 16, 1), np.uint8))
-    assert cli.main(["calibrate", "--measure", str(model), "--frames", str(tmp_path / "f.npy"),
-                     "--out-dir", str(tmp_path / "out")]) == 2
+    assert (
+        cli.main(
+            [
+                "calibrate",
+                "--measure",
+                str(model),
+                "--frames",
+                str(tmp_path / "f.npy"),
+                "--out-dir",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "no Akida device found" in capsys.readouterr().err  # this machine has no board
 
 
@@ -286,7 +359,15 @@ def test_a_model_that_starts_with_input_data_is_measured_from_its_first_computin
     model.save(str(tmp_path / "m.fbz"))
     board = FakeBoard(HIDDEN)
     frames = rng.integers(0, 16, size=(6, 12, 12, 1)).astype(np.uint8)
-    samples = measure(tmp_path / "m.fbz", frames, tmp_path / "out", device=board, mode="Minimal", shifts=(1,),
-                      load=board.Model, clock=board.clock)
+    samples = measure(
+        tmp_path / "m.fbz",
+        frames,
+        tmp_path / "out",
+        device=board,
+        mode="Minimal",
+        shifts=(1,),
+        load=board.Model,
+        clock=board.clock,
+    )
     labels = [row["label"] for row in csv.DictReader(samples.open())][::2]
     assert labels == ["layers 1-2", "whole model", "threshold shift +1"]

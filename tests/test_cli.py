@@ -53,8 +53,9 @@ def _run_python(code: str, journal: bool) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if key != "JOURNAL_STREAM"}
     if journal:
         env["JOURNAL_STREAM"] = "8:12345"
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=env, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
 
 
 LOGS = """
@@ -95,11 +96,14 @@ def test_outside_journald_logs_keep_timestamps_and_tracebacks() -> None:
 
 
 def test_a_user_error_under_journald_is_an_err_entry(tmp_path) -> None:
-    result = _run_python(f"""
+    result = _run_python(
+        f"""
         import sys
         from edge_runtime import cli
         sys.exit(cli.main(["serve", "--config", {str(tmp_path / "missing.toml")!r}]))
-    """, journal=True)
+    """,
+        journal=True,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("<3>edge-runtime: error: ") and result.stderr.count("\n") == 1, result.stderr
 
@@ -115,8 +119,10 @@ def test_a_command_whose_extra_is_missing_names_it(
     code = export_cli.main(["train", "--config", str(config), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2
-    assert err == ("edge-export: error: `edge-export train` needs the train extra (no module 'torch'): "
-                   "pip install 'akida-edge[train]'\n")
+    assert err == (
+        "edge-export: error: `edge-export train` needs the train extra (no module 'torch'): "
+        "pip install 'akida-edge[train]'\n"
+    )
 
 
 def _parsers(main_parser):
@@ -131,8 +137,9 @@ def _parsers(main_parser):
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize(("prog", "registrars"), [("edge-runtime", runtime_cli.REGISTRARS),
-                                                  ("edge-export", export_cli.REGISTRARS)])
+@pytest.mark.parametrize(
+    ("prog", "registrars"), [("edge-runtime", runtime_cli.REGISTRARS), ("edge-export", export_cli.REGISTRARS)]
+)
 def test_help_texts_have_no_developer_markup_and_their_examples_exist(prog: str, registrars) -> None:
     for parser in _parsers(cliutil.build_parser(prog, "", registrars)):
         text = parser.format_help()

@@ -69,8 +69,10 @@ def test_ranges_and_cross_checks() -> None:
 def test_required_keys_name_the_flag_that_sets_them() -> None:
     with pytest.raises(ConfigError) as error:
         load_config(None)
-    assert str(error.value) == ("command line: model.bundle is required (set it or pass --model); "
-                       "source.spec is required (set it or pass --source)")
+    assert str(error.value) == (
+        "command line: model.bundle is required (set it or pass --model); "
+        "source.spec is required (set it or pass --source)"
+    )
 
 
 def test_bad_source_spec_and_listen_address_are_config_errors() -> None:
@@ -113,8 +115,9 @@ def test_a_binary_config_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.C
 def test_device_profile_defaults_to_the_packaged_akd1000_one() -> None:
     assert config_from_dict(REQUIRED).inference.device_profile == ""
     assert config_from_dict(REQUIRED).inference.device == "akd1000"
-    config = config_from_dict({**REQUIRED, "inference": {"device_profile": "/etc/edge-runtime/profile.json",
-                                                          "device": "akd1500"}})
+    config = config_from_dict(
+        {**REQUIRED, "inference": {"device_profile": "/etc/edge-runtime/profile.json", "device": "akd1500"}}
+    )
     assert config.inference.device_profile == "/etc/edge-runtime/profile.json"
     with pytest.raises(ConfigError, match=r"inference\.device must be one of akd1000, akd1500"):
         config_from_dict({**REQUIRED, "inference": {"device": "akd2000"}})
@@ -137,23 +140,30 @@ def test_parse_listen_rejects(text: str) -> None:
 def test_a_penalty_or_pruning_that_never_starts_is_warned_about() -> None:
     from exporter.config import Config, PenaltyConfig, PruneConfig, TrainConfig, config_warnings
 
-    never = Config(train=TrainConfig(qat_epochs=2), penalty=PenaltyConfig(activations=4.0, start_epoch=2),
-                   prune=PruneConfig(sparsity=0.5, start_epoch=3, end_epoch=4))
+    never = Config(
+        train=TrainConfig(qat_epochs=2),
+        penalty=PenaltyConfig(activations=4.0, start_epoch=2),
+        prune=PruneConfig(sparsity=0.5, start_epoch=3, end_epoch=4),
+    )
     warnings = config_warnings(never)
     assert len(warnings) == 2
     assert "penalties start at QAT epoch 2 but train.qat_epochs is 2: they never apply" in warnings[0]
     assert "pruning starts at QAT epoch 3" in warnings[1]
     fine = Config(train=TrainConfig(qat_epochs=3), penalty=PenaltyConfig(activations=4.0, start_epoch=2))
     assert config_warnings(fine) == []
-    assert config_warnings(Config(train=TrainConfig(qat_epochs=1), penalty=PenaltyConfig(activations=0.0,
-                                                                                          weights=0.0))) == []
+    assert (
+        config_warnings(Config(train=TrainConfig(qat_epochs=1), penalty=PenaltyConfig(activations=0.0, weights=0.0)))
+        == []
+    )
 
 
 def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "etc").mkdir()
     path = tmp_path / "etc" / "c.toml"
-    path.write_text('[model]\nbundle = "bundles/current"\n[source]\nspec = "replay:frames/f.npy?rate=5"\n'
-                    '[inference]\ndevice_profile = "/abs/profile.json"\n[predictions]\npath = "../log/p.jsonl"\n')
+    path.write_text(
+        '[model]\nbundle = "bundles/current"\n[source]\nspec = "replay:frames/f.npy?rate=5"\n'
+        '[inference]\ndevice_profile = "/abs/profile.json"\n[predictions]\npath = "../log/p.jsonl"\n'
+    )
     monkeypatch.chdir(tmp_path)  # the file is named relative to here, its paths are not
     config = load_config(Path("etc") / "c.toml", {"predictions.stdout": True})
     assert config.model.bundle == str(tmp_path / "etc" / "bundles" / "current")
@@ -180,5 +190,7 @@ def test_a_missing_bundle_names_the_key_and_the_flag(capsys: pytest.CaptureFixtu
     """The edge host's config tried on a development machine, as a new user would."""
     assert cli.main(["serve", "--config", str(EXAMPLE), "--metrics-addr", "127.0.0.1:0"]) == 2
     err = capsys.readouterr().err
-    assert err == (f"edge-runtime: error: /var/lib/edge-runtime/bundles/current: no such bundle directory "
-                   f"(model.bundle, from {EXAMPLE}; set it or pass --model BUNDLE_DIR)\n")
+    assert err == (
+        f"edge-runtime: error: /var/lib/edge-runtime/bundles/current: no such bundle directory "
+        f"(model.bundle, from {EXAMPLE}; set it or pass --model BUNDLE_DIR)\n"
+    )

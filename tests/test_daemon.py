@@ -126,16 +126,26 @@ def check_counts_agree(samples: dict, records: list[dict]) -> None:
         events = sum(r["events"][layer] for r in records)
         assert value(samples, "edge_layer_output_events_sum", layer=layer, source="simulator") == events
     received = value(samples, "edge_frames_received_total")
-    pipeline_drops = sum(value(samples, "edge_frames_dropped_total", reason=r)
-                         for r in ("queue_full", "bad_shape", "inference_error"))
+    pipeline_drops = sum(
+        value(samples, "edge_frames_dropped_total", reason=r) for r in ("queue_full", "bad_shape", "inference_error")
+    )
     assert received == n + pipeline_drops
 
 
 def test_2000_mnist_frames_over_a_real_pty(tmp_path: Path, mnist_frames, bundle: BundleUnderTest) -> None:
     images, _ = mnist_frames
     log = tmp_path / "predictions.jsonl"
-    with PtyPort() as port, running({"model.bundle": str(bundle.path), "source.spec": f"serial:{port.path}",
-                                     "source.queue_size": 4096, "predictions.path": str(log)}) as daemon:
+    with (
+        PtyPort() as port,
+        running(
+            {
+                "model.bundle": str(bundle.path),
+                "source.spec": f"serial:{port.path}",
+                "source.queue_size": 4096,
+                "predictions.path": str(log),
+            }
+        ) as daemon,
+    ):
         ready(daemon)
         writer = PtyWriter(port)
         writer.run(SensorEmulator(writer.write, images, count=FRAMES).run)
@@ -163,8 +173,17 @@ def test_corrupt_bytes_cost_only_the_frames_they_hit(tmp_path: Path, mnist_frame
         else:  # a flipped byte
             chunks[index] = corrupt_packet(chunks[index])
     log = tmp_path / "predictions.jsonl"
-    with PtyPort() as port, running({"model.bundle": str(bundle.path), "source.spec": f"serial:{port.path}",
-                                     "source.queue_size": 1024, "predictions.path": str(log)}) as daemon:
+    with (
+        PtyPort() as port,
+        running(
+            {
+                "model.bundle": str(bundle.path),
+                "source.spec": f"serial:{port.path}",
+                "source.queue_size": 1024,
+                "predictions.path": str(log),
+            }
+        ) as daemon,
+    ):
         ready(daemon)
         writer = PtyWriter(port).send_chunks(chunks)
         samples = wait_accounted(daemon, log, len(images))
@@ -188,8 +207,14 @@ def test_the_sensor_vanishes_and_comes_back(tmp_path: Path, mnist_frames, bundle
     link = tmp_path / "sensor"
     log = tmp_path / "predictions.jsonl"
     first = PtyPort(link)
-    with running({"model.bundle": str(bundle.path), "source.spec": f"serial:{link}",
-                  "source.queue_size": 1024, "predictions.path": str(log)}) as daemon:
+    with running(
+        {
+            "model.bundle": str(bundle.path),
+            "source.spec": f"serial:{link}",
+            "source.queue_size": 1024,
+            "predictions.path": str(log),
+        }
+    ) as daemon:
         ready(daemon)
         writer = PtyWriter(first)
         writer.run(SensorEmulator(writer.write, images[:400]).run)
@@ -217,8 +242,7 @@ def test_ready_only_once_the_source_is_open_and_the_watchdog_pings(tmp_path: Pat
     notify = NotifyListener(tmp_path / "notify")
     notifier = Notifier({"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"})
     try:
-        with running({"model.bundle": str(bundle.path), "source.spec": f"serial:{link}"},
-                     notifier=notifier) as daemon:
+        with running({"model.bundle": str(bundle.path), "source.spec": f"serial:{link}"}, notifier=notifier) as daemon:
             assert http_get(f"{daemon.url}/healthz") == (200, "ok\n")
             wait_for(lambda: notify.find("STATUS"), 10, "a STATUS line")
             assert http_get(f"{daemon.url}/readyz") == (503, "source not open\n")
@@ -256,15 +280,21 @@ class EngineModel:
 
 
 def test_a_board_failure_falls_back_to_the_simulator_without_losing_frames(
-        tmp_path: Path, mnist_frames, bundle: BundleUnderTest) -> None:
+    tmp_path: Path, mnist_frames, bundle: BundleUnderTest
+) -> None:
     images = mnist_frames[0][:600]
     np.save(tmp_path / "frames.npy", images)
     device = FakeDevice(time.monotonic)
     device.forwarded, device.fail_after = 0, 450
     log = tmp_path / "predictions.jsonl"
-    overrides = {"model.bundle": str(bundle.path), "source.spec": f"replay:{tmp_path / 'frames.npy'}?rate=400",
-                 "source.queue_size": 1024, "predictions.path": str(log), "inference.power_window_s": 0.45,
-                 "inference.sample_every": 5}
+    overrides = {
+        "model.bundle": str(bundle.path),
+        "source.spec": f"replay:{tmp_path / 'frames.npy'}?rate=400",
+        "source.queue_size": 1024,
+        "predictions.path": str(log),
+        "inference.power_window_s": 0.45,
+        "inference.sample_every": 5,
+    }
     with running(overrides, board=Board(devices=lambda: [device], load_model=EngineModel)) as daemon:
         assert value(scrape(daemon.url), "edge_accelerator_up") == 1
         samples = wait_accounted(daemon, log, len(images))
@@ -290,18 +320,24 @@ def serve_replay(tmp_path: Path, bundle: BundleUnderTest, images: np.ndarray, **
     """Serve ``images`` from a replay (back-pressure: nothing dropped) and return the scrape and the log."""
     np.save(tmp_path / "frames.npy", images)
     log = tmp_path / "predictions.jsonl"
-    settings = {"model.bundle": str(bundle.path), "source.spec": f"replay:{tmp_path / 'frames.npy'}",
-                "predictions.path": str(log), **overrides}
+    settings = {
+        "model.bundle": str(bundle.path),
+        "source.spec": f"replay:{tmp_path / 'frames.npy'}",
+        "predictions.path": str(log),
+        **overrides,
+    }
     with running(settings) as daemon:
         samples = wait_accounted(daemon, log, len(images))
     return samples, read_log(log)
 
 
-def test_onnx_backend_agrees_with_the_simulator_and_samples_layers(tmp_path: Path, mnist_frames,
-                                                                   bundle: BundleUnderTest) -> None:
+def test_onnx_backend_agrees_with_the_simulator_and_samples_layers(
+    tmp_path: Path, mnist_frames, bundle: BundleUnderTest
+) -> None:
     images = mnist_frames[0][:300]
-    samples, records = serve_replay(tmp_path, bundle, images, **{"inference.backend": "onnx",
-                                                                 "inference.sample_every": 4})
+    samples, records = serve_replay(
+        tmp_path, bundle, images, **{"inference.backend": "onnx", "inference.sample_every": 4}
+    )
     assert len(records) == 300 and value(samples, "edge_inferences_total", backend="onnx") == 300
     check_predictions(records, bundle, images)
     assert value(samples, "edge_layer_output_events_count", layer="conv0", source="simulator_sample") == 75
@@ -311,21 +347,30 @@ def test_onnx_backend_agrees_with_the_simulator_and_samples_layers(tmp_path: Pat
 
 
 def test_a_full_disk_under_the_prediction_log_is_counted_and_inference_goes_on(
-        tmp_path: Path, mnist_frames, bundle: BundleUnderTest, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, mnist_frames, bundle: BundleUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
     images = mnist_frames[0][:200]
     np.save(tmp_path / "frames.npy", images)
-    settings = {"model.bundle": str(bundle.path), "source.spec": f"replay:{tmp_path / 'frames.npy'}",
-                "predictions.path": "/dev/full"}
+    settings = {
+        "model.bundle": str(bundle.path),
+        "source.spec": f"replay:{tmp_path / 'frames.npy'}",
+        "predictions.path": "/dev/full",
+    }
     with running(settings) as daemon:
-        samples = scrape_when(daemon.url, lambda s: value(s, "edge_sink_errors_total", sink="jsonl") == 200,
-                              "200 records counted as lost")
+        samples = scrape_when(
+            daemon.url, lambda s: value(s, "edge_sink_errors_total", sink="jsonl") == 200, "200 records counted as lost"
+        )
     assert inferred(samples) == 200
     assert len([r for r in caplog.records if "cannot write predictions to /dev/full" in r.getMessage()]) == 1
 
 
 def test_sighup_rejects_what_cannot_be_read_and_keeps_serving(
-        tmp_path: Path, mnist_frames, bundle: BundleUnderTest, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path,
+    mnist_frames,
+    bundle: BundleUnderTest,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """An unreadable manifest, a binary config, or any read failure below them: a rejected reload, never an exit."""
     np.save(tmp_path / "frames.npy", mnist_frames[0][:200])
     unreadable = tmp_path / "unreadable"
@@ -339,8 +384,9 @@ def test_sighup_rejects_what_cannot_be_read_and_keeps_serving(
 
     def reload_rejected(daemon: Daemon, count: int) -> None:
         daemon.post(signal.SIGHUP)
-        samples = scrape_when(daemon.url, lambda s: value(s, "edge_reloads_total", result="rejected") == count,
-                              f"rejected reload {count}")
+        samples = scrape_when(
+            daemon.url, lambda s: value(s, "edge_reloads_total", result="rejected") == count, f"rejected reload {count}"
+        )
         assert value(samples, "edge_reloads_total", result="ok") == 0
         info = ("edge_model_info", (("input_shape", "28x28x1"), ("name", "a"), ("sha256", bundle.bundle.sha256)))
         assert samples[info] == 1  # still serving a
@@ -368,27 +414,35 @@ def test_sighup_rejects_what_cannot_be_read_and_keeps_serving(
 
 
 def test_a_replay_of_frames_the_model_cannot_take_is_refused_at_start(
-        tmp_path: Path, bundle: BundleUnderTest, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, bundle: BundleUnderTest, capsys: pytest.CaptureFixture[str]
+) -> None:
     """32x32 frames for a 28x28 model would all be dropped as bad_shape: a user error, not a silent daemon."""
     wrong = tmp_path / "wrong.npy"
     np.save(wrong, np.zeros((5, 32, 32), np.uint8))
-    daemon = Daemon(None, {"model.bundle": str(bundle.path), "source.spec": f"replay:{wrong}",
-                           "metrics.listen": "127.0.0.1:0"})
+    daemon = Daemon(
+        None, {"model.bundle": str(bundle.path), "source.spec": f"replay:{wrong}", "metrics.listen": "127.0.0.1:0"}
+    )
     with pytest.raises(ConfigError, match=r"frames are 32x32x1, the model takes 28x28x1"):
         daemon.start()
-    assert cli.main(["serve", "--model", str(bundle.path), "--source", f"replay:{wrong}",
-                     "--metrics-addr", "127.0.0.1:0"]) == 2
+    assert (
+        cli.main(["serve", "--model", str(bundle.path), "--source", f"replay:{wrong}", "--metrics-addr", "127.0.0.1:0"])
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("edge-runtime: error: ") and "\n" not in err
     assert f"replay:{wrong}: frames are 32x32x1, the model takes 28x28x1" in err
 
 
 def test_a_calibrated_device_profile_is_used_and_a_bad_path_refused(
-        tmp_path: Path, mnist_frames, bundle: BundleUnderTest) -> None:
+    tmp_path: Path, mnist_frames, bundle: BundleUnderTest
+) -> None:
     default = DeviceProfile.packaged("akd1000")
     c = default.coefficients
-    calibrated = dataclasses.replace(default, version="site-calibrated", coefficients=dataclasses.replace(
-        c, dyn_pj_per_synop=3 * c.dyn_pj_per_synop, floor_power_w=2 * c.floor_power_w))
+    calibrated = dataclasses.replace(
+        default,
+        version="site-calibrated",
+        coefficients=dataclasses.replace(c, dyn_pj_per_synop=3 * c.dyn_pj_per_synop, floor_power_w=2 * c.floor_power_w),
+    )
     calibrated.save(tmp_path / "profile.json")
     images = mnist_frames[0][:60]
     _, records = serve_replay(tmp_path, bundle, images, **{"inference.device_profile": str(tmp_path / "profile.json")})
@@ -399,8 +453,21 @@ def test_a_calibrated_device_profile_is_used_and_a_bad_path_refused(
     np.testing.assert_allclose(got, calibrated.bind(mapping).evaluate_counters(counters).total_j, rtol=1e-9)
     assert not np.allclose(got, default.bind(mapping).evaluate_counters(counters).total_j, rtol=1e-3)
     with pytest.raises(ConfigError, match=r"nowhere\.json: cannot read device profile"):
-        Daemon(None, {"model.bundle": str(bundle.path), "source.spec": "replay:mnist-test",
-                      "inference.device_profile": str(tmp_path / "nowhere.json")})
+        Daemon(
+            None,
+            {
+                "model.bundle": str(bundle.path),
+                "source.spec": "replay:mnist-test",
+                "inference.device_profile": str(tmp_path / "nowhere.json"),
+            },
+        )
     with pytest.raises(ConfigError, match=r"a profile for akd1000, but the device is 'akd1500': set inference\.device"):
-        Daemon(None, {"model.bundle": str(bundle.path), "source.spec": "replay:mnist-test",
-                      "inference.device": "akd1500", "inference.device_profile": str(tmp_path / "profile.json")})
+        Daemon(
+            None,
+            {
+                "model.bundle": str(bundle.path),
+                "source.spec": "replay:mnist-test",
+                "inference.device": "akd1500",
+                "inference.device_profile": str(tmp_path / "profile.json"),
+            },
+        )

@@ -165,13 +165,29 @@ def test_the_pipeline_accounts_for_every_frame_of_multi_frame_batches_into_a_sma
     metrics = Metrics(registry, DROP_REASONS)
     backend, mailbox = GatedBackend(), Mailbox()
     source = BatchSource([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]])
-    pipeline = Pipeline(source, backend, fallback=lambda: backend, metrics=metrics, health=Health(),
-                        mailbox=mailbox, notifier=Notifier({}), sinks=[], make_records=prediction_records,
-                        input_shape=(2, 2, 1), queue_size=3, max_batch=2, backpressure=False)
+    pipeline = Pipeline(
+        source,
+        backend,
+        fallback=lambda: backend,
+        metrics=metrics,
+        health=Health(),
+        mailbox=mailbox,
+        notifier=Notifier({}),
+        sinks=[],
+        make_records=prediction_records,
+        input_shape=(2, 2, 1),
+        queue_size=3,
+        max_batch=2,
+        backpressure=False,
+    )
     pipeline.start()
     try:
-        wait_for(lambda: registry.get_sample_value("edge_frames_received_total") == 12, 30,
-                 "all 12 frames received", interval=0.001)
+        wait_for(
+            lambda: registry.get_sample_value("edge_frames_received_total") == 12,
+            30,
+            "all 12 frames received",
+            interval=0.001,
+        )
         backend.gate.set()  # the inference thread holds at most one batch (2 frames) it took before the gate
     finally:
         totals = pipeline.stop(timeout=30)
@@ -205,8 +221,9 @@ def batch_result() -> BatchResult:
 
 
 def test_records_say_what_was_predicted_how_fast_and_at_what_cost() -> None:
-    records = prediction_records([frame(5, label=1, received_at=9.0), frame(6, received_at=9.5)], batch_result(),
-                                 "akida", 10.0, 0.25)
+    records = prediction_records(
+        [frame(5, label=1, received_at=9.0), frame(6, received_at=9.5)], batch_result(), "akida", 10.0, 0.25
+    )
     first, second = records
     assert first["seq"] == 5 and first["class"] == 1 and first["score"] == 9 and first["label"] == 1
     assert first["latency_s"] == 1.0 and first["inference_s"] == 0.25 and first["backend"] == "akida"
@@ -226,8 +243,11 @@ def test_rotation_keeps_the_newest_files(tmp_path: Path) -> None:
         sink.write([{**record, "seq": seq}])
     sink.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.jsonl", "p.jsonl.1", "p.jsonl.2"]
-    seqs = [json.loads(line)["seq"] for name in ("p.jsonl.2", "p.jsonl.1", "p.jsonl")
-            for line in (tmp_path / name).read_text().splitlines()]
+    seqs = [
+        json.loads(line)["seq"]
+        for name in ("p.jsonl.2", "p.jsonl.1", "p.jsonl")
+        for line in (tmp_path / name).read_text().splitlines()
+    ]
     assert seqs == list(range(seqs[0], 20)) and len(seqs) >= 8  # newest kept, in order, none torn
     assert all((tmp_path / n).stat().st_size <= 4096 for n in ("p.jsonl", "p.jsonl.1", "p.jsonl.2"))
     assert lost == []
@@ -343,8 +363,14 @@ class NoSampler:
 def test_board_backend_reports_power_meter_energy_per_window() -> None:
     now = [0.0]
     device = FakeDevice(lambda: now[0])
-    backend = AkidaBoardBackend(Path("m.fbz"), device, NoSampler(), power_window_s=0.5,
-                                load_model=lambda path: FakeModel(), clock=lambda: now[0])
+    backend = AkidaBoardBackend(
+        Path("m.fbz"),
+        device,
+        NoSampler(),
+        power_window_s=0.5,
+        load_model=lambda path: FakeModel(),
+        clock=lambda: now[0],
+    )
     assert device.soc.power_measurement_enabled is True
     images = np.arange(8 * 3, dtype=np.uint8).reshape(8, 1, 1, 3)
 
@@ -362,16 +388,22 @@ def test_board_backend_reports_power_meter_energy_per_window() -> None:
 
 
 def test_board_without_a_soc_gives_outputs_but_no_energy() -> None:
-    backend = AkidaBoardBackend(Path("m.fbz"), FakeDevice(lambda: 0.0, with_soc=False), NoSampler(),
-                                power_window_s=0.5, load_model=lambda path: FakeModel())
+    backend = AkidaBoardBackend(
+        Path("m.fbz"),
+        FakeDevice(lambda: 0.0, with_soc=False),
+        NoSampler(),
+        power_window_s=0.5,
+        load_model=lambda path: FakeModel(),
+    )
     result = backend.infer(np.zeros((2, 1, 1, 3), np.uint8))
     assert result.energy is None and result.frame_energy is None
 
 
 def test_board_failures_are_backend_errors() -> None:
     device = FakeDevice(lambda: 0.0)
-    backend = AkidaBoardBackend(Path("m.fbz"), device, NoSampler(), power_window_s=0.5,
-                                load_model=lambda path: FakeModel())
+    backend = AkidaBoardBackend(
+        Path("m.fbz"), device, NoSampler(), power_window_s=0.5, load_model=lambda path: FakeModel()
+    )
     device.broken = True
     with pytest.raises(BackendError, match="Akida device fake AKD1000: PCIe link down"):
         backend.infer(np.zeros((1, 1, 1, 3), np.uint8))

@@ -39,8 +39,10 @@ def replay(mnist_data) -> tuple[np.ndarray, np.ndarray]:
 def bundles(tmp_path_factory: pytest.TempPathFactory, replay) -> tuple[BundleUnderTest, BundleUnderTest]:
     images, labels = replay
     root = tmp_path_factory.mktemp("bundles")
-    return (build_bundle(root / "a", 1, images[:200], labels[:200]),
-            build_bundle(root / "b", 2, images[:200], labels[:200]))
+    return (
+        build_bundle(root / "a", 1, images[:200], labels[:200]),
+        build_bundle(root / "b", 2, images[:200], labels[:200]),
+    )
 
 
 def point(link: Path, target: Path) -> None:
@@ -123,9 +125,21 @@ def test_sighup_rejects_a_tampered_bundle_then_takes_a_good_one(tmp_path: Path, 
 def test_stop_signal_under_load_drains_and_accounts_for_every_frame(tmp_path: Path, replay, stop) -> None:
     images, labels = replay
     bundle = build_bundle(tmp_path / "bundle", 3, images[:200], labels[:200])
-    with PtyPort() as port, daemon_process(tmp_path, [
-            "--model", str(bundle.path), "--source", f"serial:{port.path}", "--backend", "simulator",
-            "--predictions-stdout"]) as daemon:
+    with (
+        PtyPort() as port,
+        daemon_process(
+            tmp_path,
+            [
+                "--model",
+                str(bundle.path),
+                "--source",
+                f"serial:{port.path}",
+                "--backend",
+                "simulator",
+                "--predictions-stdout",
+            ],
+        ) as daemon,
+    ):
         url = daemon.url
         wait_for(lambda: daemon.notify.find("READY", "1"), 30, "READY=1")
         writer = PtyWriter(port)
@@ -174,7 +188,16 @@ def test_a_busy_metrics_port_is_a_user_error(tmp_path: Path, bundles, capsys) ->
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        code = cli.main(["serve", "--model", str(bundles[0].path), "--source", "replay:mnist-test",
-                         "--metrics-addr", f"127.0.0.1:{port}"])
+        code = cli.main(
+            [
+                "serve",
+                "--model",
+                str(bundles[0].path),
+                "--source",
+                "replay:mnist-test",
+                "--metrics-addr",
+                f"127.0.0.1:{port}",
+            ]
+        )
     assert code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -28,14 +28,23 @@ EDGE_RUNTIME = Path(sys.executable).with_name("edge-runtime")
 def simulate(model: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     frames = tmp_path / "frames.npy"
     np.save(frames, np.zeros((2, 28, 28, 1), np.uint8))
-    return subprocess.run([str(EDGE_RUNTIME), "simulate", str(model), str(frames), "--out", str(tmp_path / "o.npz")],
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [str(EDGE_RUNTIME), "simulate", str(model), str(frames), "--out", str(tmp_path / "o.npz")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def bare_akida_read(model: Path) -> int:
     """akida.Model(path) in a child: its exit status, negative for a signal (the unguarded behaviour)."""
-    return subprocess.run([sys.executable, "-c", "import sys, akida; akida.Model(sys.argv[1])", str(model)],
-                          capture_output=True, timeout=300, check=False).returncode
+    return subprocess.run(
+        [sys.executable, "-c", "import sys, akida; akida.Model(sys.argv[1])", str(model)],
+        capture_output=True,
+        timeout=300,
+        check=False,
+    ).returncode
 
 
 def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], words: str) -> None:

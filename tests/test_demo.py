@@ -20,9 +20,11 @@ from edge_runtime.demo import BUNDLE_NAME, PredictionLog, activation_sparsity
 from edge_runtime.mnist import Mnist
 
 REPO = Path(__file__).resolve().parent.parent
-STATUS = re.compile(r"^\[\s*[\d.]+ s\]\s+([\d.]+) frames/s \| energy/inference ([\d.]+) µJ(?: \(\d+% less than "
-                    r"baseline\))?, dynamic [\d.]+ µJ \| activation sparsity ([\d.]+) \| accuracy ([\d.]+)% "
-                    r"\((\d+)/(\d+)\)")
+STATUS = re.compile(
+    r"^\[\s*[\d.]+ s\]\s+([\d.]+) frames/s \| energy/inference ([\d.]+) µJ(?: \(\d+% less than "
+    r"baseline\))?, dynamic [\d.]+ µJ \| activation sparsity ([\d.]+) \| accuracy ([\d.]+)% "
+    r"\((\d+)/(\d+)\)"
+)
 HEADLINE = re.compile(r"^  against mnist-baseline: total [\d.]+ µJ -> ([\d.]+)% less")
 SUMMARY = re.compile(r"^summary: (\d+) frames inferred in ([\d.]+) s on (\w+)")
 ACCURACY = re.compile(r"^accuracy: ([\d.]+)% \((\d+)/(\d+) MNIST test frames\)")
@@ -40,8 +42,9 @@ def matches(pattern: re.Pattern[str], text: str) -> list[re.Match[str]]:
 def test_demo_serves_the_committed_bundle_accurately() -> None:
     """The README's main job, as ``./dev demo`` runs it (default bundle), cut to a few seconds."""
     assert (REPO / "models" / BUNDLE_NAME / "manifest.json").is_file(), f"models/{BUNDLE_NAME} is not committed"
-    result = subprocess.run(demo_command("--seconds", "4"), capture_output=True, text=True, timeout=120,
-                            cwd=REPO, check=False)
+    result = subprocess.run(
+        demo_command("--seconds", "4"), capture_output=True, text=True, timeout=120, cwd=REPO, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     status = matches(STATUS, result.stdout)
     assert len(status) == 4, result.stdout
@@ -55,8 +58,10 @@ def test_demo_serves_the_committed_bundle_accurately() -> None:
     assert float(accuracy.group(1)) > 90, result.stdout
     # the headline saving is the two committed manifests' total energies on AKD1000
     [headline] = matches(HEADLINE, result.stdout)
-    manifests = {name: json.loads((REPO / "models" / name / "manifest.json").read_text())
-                 for name in ("mnist-baseline", BUNDLE_NAME)}
+    manifests = {
+        name: json.loads((REPO / "models" / name / "manifest.json").read_text())
+        for name in ("mnist-baseline", BUNDLE_NAME)
+    }
     totals = [manifests[name]["metrics"]["energy"]["akd1000"]["total_j"] for name in ("mnist-baseline", BUNDLE_NAME)]
     assert float(headline.group(1)) == pytest.approx(100 * (1 - totals[1] / totals[0]), abs=0.05)
 
@@ -71,8 +76,13 @@ def test_ctrl_c_ends_the_demo_cleanly_with_a_summary(tmp_path: Path, mnist_data:
     # the default at exec, so catch it in this process while the demo is spawned.
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        demo = subprocess.Popen(demo_command("--model", str(tmp_path / "bundle"), "--seconds", "120"),
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        demo = subprocess.Popen(
+            demo_command("--model", str(tmp_path / "bundle"), "--seconds", "120"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
     finally:
         signal.signal(signal.SIGINT, previous)
     with demo:

@@ -80,10 +80,18 @@ def test_queries_name_only_series_that_exist(dashboard: dict[str, Any]) -> None:
         assert names <= known, f"{title}: {sorted(names - known)} is not exported by the daemon nor recorded"
         used |= names
     # The dashboard covers what operators asked for: energy, power, sparsity, events, latency, drops.
-    assert {"edge:energy_per_inference_joules:mean5m", "edge_model_expected_energy_joules", "edge:power_watts:rate5m",
-            "edge:layer_activation_sparsity_ratio:mean5m", "edge_model_expected_activation_sparsity_ratio",
-            "edge_layer_output_events_sum", "edge_inference_latency_seconds_bucket", "edge_inferences_total",
-            "edge:frames_dropped:rate5m", "edge_backend_active"} <= used
+    assert {
+        "edge:energy_per_inference_joules:mean5m",
+        "edge_model_expected_energy_joules",
+        "edge:power_watts:rate5m",
+        "edge:layer_activation_sparsity_ratio:mean5m",
+        "edge_model_expected_activation_sparsity_ratio",
+        "edge_layer_output_events_sum",
+        "edge_inference_latency_seconds_bucket",
+        "edge_inferences_total",
+        "edge:frames_dropped:rate5m",
+        "edge_backend_active",
+    } <= used
 
 
 def test_variables_query_real_series(dashboard: dict[str, Any]) -> None:
@@ -103,8 +111,9 @@ def test_queries_are_valid_promql(dashboard: dict[str, Any], tmp_path: Path) -> 
         rules.append({"record": f"dashboard:query_{index}", "expr": expr})
     path = tmp_path / "dashboard-queries.yml"
     path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))  # JSON is YAML
-    result = subprocess.run([require_tool("promtool"), "check", "rules", str(path)],
-                            capture_output=True, text=True, check=False, timeout=60)
+    result = subprocess.run(
+        [require_tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True, check=False, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

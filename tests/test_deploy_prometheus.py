@@ -40,7 +40,11 @@ def test_config_is_valid_with_its_rules_and_targets(tmp_path: Path) -> None:
     # Run from elsewhere: rule and file_sd paths must be relative to the config file, as installed.
     result = subprocess.run(
         [require_tool("promtool"), "check", "config", str(PROMETHEUS_DIR / "prometheus.yml")],
-        capture_output=True, text=True, check=False, timeout=60, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        cwd=tmp_path,
     )
     assert_ok(result)
     assert f"{len(RULE_FILES)} rule files found" in result.stdout
@@ -77,7 +81,6 @@ def test_rules_and_their_tests_name_only_real_metrics(path: Path) -> None:
     assert named <= known, f"{path.name} names metrics the daemon does not export: {sorted(named - known)}"
 
 
-
 @pytest.mark.parametrize("path", RULE_FILES + RULE_TEST_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_rules_and_their_tests_name_only_real_drop_reasons(path: Path) -> None:
     """``reason="..."`` matchers and series, and reasons listed in comments, are ones the daemon counts."""
@@ -85,5 +88,6 @@ def test_rules_and_their_tests_name_only_real_drop_reasons(path: Path) -> None:
     named = set(re.findall(r'reason="(\w+)"', text))
     for listed in re.findall(r"by reason \(([^)]*)\)", text):
         named |= {word for word in re.split(r",\s*", listed) if word and word != "..."}
-    assert named <= set(DROP_REASONS), f"{path.name} names drop reasons the daemon never counts: " \
-                                       f"{sorted(named - set(DROP_REASONS))}"
+    assert named <= set(DROP_REASONS), (
+        f"{path.name} names drop reasons the daemon never counts: {sorted(named - set(DROP_REASONS))}"
+    )

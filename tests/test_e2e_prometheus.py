@@ -168,19 +168,43 @@ def test_prometheus_scrapes_the_daemon_and_evaluates_the_rules(
     tmp_path: Path, bundle: Path, sensor: str, processes: list[Process]
 ) -> None:
     daemon_port, prometheus_port = free_port(), free_port()
-    daemon = Process("daemon", [
-        sys.executable, "-m", "edge_runtime.cli", "serve", "--model", str(bundle), "--source", f"serial:{sensor}",
-        "--metrics-addr", f"127.0.0.1:{daemon_port}", "--backend", "simulator",
-    ], tmp_path)
+    daemon = Process(
+        "daemon",
+        [
+            sys.executable,
+            "-m",
+            "edge_runtime.cli",
+            "serve",
+            "--model",
+            str(bundle),
+            "--source",
+            f"serial:{sensor}",
+            "--metrics-addr",
+            f"127.0.0.1:{daemon_port}",
+            "--backend",
+            "simulator",
+        ],
+        tmp_path,
+    )
     processes.append(daemon)
-    wait_for("the daemon to be ready",
-             lambda: True if get(f"http://127.0.0.1:{daemon_port}/readyz")[0] == 200 else None, daemon.output)
+    wait_for(
+        "the daemon to be ready",
+        lambda: True if get(f"http://127.0.0.1:{daemon_port}/readyz")[0] == 200 else None,
+        daemon.output,
+    )
 
     config = prometheus_config(tmp_path, f"127.0.0.1:{daemon_port}")
-    prometheus = Process("prometheus", [
-        require_tool("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn",
-    ], tmp_path)
+    prometheus = Process(
+        "prometheus",
+        [
+            require_tool("prometheus"),
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}",
+            "--log.level=warn",
+        ],
+        tmp_path,
+    )
     processes.append(prometheus)
     api = PrometheusApi(f"http://127.0.0.1:{prometheus_port}")
 
@@ -193,11 +217,12 @@ def test_prometheus_scrapes_the_daemon_and_evaluates_the_rules(
         return values if values and all(value > 0 for _, value in values) else None
 
     # Raw series: inferences, energy, per-layer sparsity and events, with labels from the scrape config.
-    [(inferences, _)] = wait_for("inferences", lambda: positive('edge_inferences_total{backend="simulator"}'),
-                                 diagnostics)
+    [(inferences, _)] = wait_for(
+        "inferences", lambda: positive('edge_inferences_total{backend="simulator"}'), diagnostics
+    )
     assert inferences["instance"] == "127.0.0.1" and inferences["site"] == SITE and inferences["job"] == "edge-runtime"
     assert wait_for("energy", lambda: positive("edge_energy_joules_total"), diagnostics)
-    layers = wait_for("layer sparsity", lambda: positive('edge_layer_activation_sparsity_ratio_count'), diagnostics)
+    layers = wait_for("layer sparsity", lambda: positive("edge_layer_activation_sparsity_ratio_count"), diagnostics)
     assert {labels["layer"] for labels, _ in layers} == {"conv0", "conv1", "fc2", "fc3"}
     assert wait_for("layer events", lambda: positive("edge_layer_output_events_count"), diagnostics)
 
@@ -210,23 +235,34 @@ def test_prometheus_scrapes_the_daemon_and_evaluates_the_rules(
     [(power, _)] = wait_for("power", lambda: positive("edge:power_watts:rate5m"), diagnostics)
     assert power["source"] == "model" and power["site"] == SITE
     assert wait_for("inferences per second", lambda: positive("edge:inferences:rate5m"), diagnostics)
-    [(_, joules)] = wait_for("energy per inference",
-                             lambda: positive("edge:energy_per_inference_joules:mean5m"), diagnostics)
+    [(_, joules)] = wait_for(
+        "energy per inference", lambda: positive("edge:energy_per_inference_joules:mean5m"), diagnostics
+    )
     assert 1e-7 < joules < 0.1
     # On the simulator the joules counter and the energy histogram grow together: watts / (inferences/s)
     # gives the histogram's mean energy per inference (up to a batch counted between two reads of a scrape).
-    [(_, consistency)] = wait_for("power over throughput", lambda: positive(
-        "(edge:power_watts:rate5m / ignoring (source) edge:inferences:rate5m)"
-        " / ignoring (source) edge:energy_per_inference_joules:mean5m"), diagnostics)
+    [(_, consistency)] = wait_for(
+        "power over throughput",
+        lambda: positive(
+            "(edge:power_watts:rate5m / ignoring (source) edge:inferences:rate5m)"
+            " / ignoring (source) edge:energy_per_inference_joules:mean5m"
+        ),
+        diagnostics,
+    )
     assert consistency == pytest.approx(1, rel=0.05)
-    [(_, ratio)] = wait_for("energy against the manifest",
-                            lambda: positive("edge:energy_per_inference_over_expected:ratio5m"), diagnostics)
+    [(_, ratio)] = wait_for(
+        "energy against the manifest", lambda: positive("edge:energy_per_inference_over_expected:ratio5m"), diagnostics
+    )
     assert 0.5 < ratio < 2  # the same energy model, on MNIST frames like the manifest's
-    sparsity = wait_for("mean layer sparsity",
-                        lambda: api.values("edge:layer_activation_sparsity_ratio:mean5m") or None, diagnostics)
+    sparsity = wait_for(
+        "mean layer sparsity", lambda: api.values("edge:layer_activation_sparsity_ratio:mean5m") or None, diagnostics
+    )
     assert len(sparsity) == 4 and all(0 <= value <= 1 for _, value in sparsity)
-    density = wait_for("density against the manifest",
-                       lambda: positive("edge:layer_activation_density_over_expected:ratio5m"), diagnostics)
+    density = wait_for(
+        "density against the manifest",
+        lambda: positive("edge:layer_activation_density_over_expected:ratio5m"),
+        diagnostics,
+    )
     assert all(math.isfinite(value) for _, value in density)
     [(_, dropped)] = wait_for("drop ratio", lambda: api.values("edge:frames_dropped:ratio_rate5m") or None, diagnostics)
     assert 0 <= dropped <= 1  # a ratio; how many frames a loaded host drops is not the rules' property

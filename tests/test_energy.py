@@ -22,25 +22,46 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Round numbers, so the hand-worked example can be checked with a pencil.
 ROUND = Coefficients(
-    clock_hz=1e6, floor_power_w=0.5,
+    clock_hz=1e6,
+    floor_power_w=0.5,
     hrc_clk_per_block=30.0,
-    cnp_clk_per_event_filter_k1=0.5, cnp_clk_per_event_filter_k3=1.0, cnp_clk_per_event_filter_k5=2.0,
-    cnp_clk_per_event_filter_k7=8.0, cnp_clk_per_layer=100.0, cnp_clk_per_neuron=0.25,
-    fnp2_clk_per_event_unit=6.0, fnp3_clk_per_event_unit=0.5, fnp_clk_per_layer=1000.0,
-    host_s_per_frame=1e-4, host_s_per_input_byte=1e-8, host_s_per_extra_pass=1e-3, host_s_per_reloaded_weight=1e-9,
+    cnp_clk_per_event_filter_k1=0.5,
+    cnp_clk_per_event_filter_k3=1.0,
+    cnp_clk_per_event_filter_k5=2.0,
+    cnp_clk_per_event_filter_k7=8.0,
+    cnp_clk_per_layer=100.0,
+    cnp_clk_per_neuron=0.25,
+    fnp2_clk_per_event_unit=6.0,
+    fnp3_clk_per_event_unit=0.5,
+    fnp_clk_per_layer=1000.0,
+    host_s_per_frame=1e-4,
+    host_s_per_input_byte=1e-8,
+    host_s_per_extra_pass=1e-3,
+    host_s_per_reloaded_weight=1e-9,
     host_s_per_call=1e-2,
-    dyn_pj_per_hrc_block=1000.0, dyn_pj_per_event_filter=10.0, dyn_pj_per_fnp_event_unit=2.0, dyn_pj_per_synop=5.0,
+    dyn_pj_per_hrc_block=1000.0,
+    dyn_pj_per_event_filter=10.0,
+    dyn_pj_per_fnp_event_unit=2.0,
+    dyn_pj_per_synop=5.0,
 )
 PROFILE = DeviceProfile("round-v2", "akd1000", ROUND, {})
 
 # An input conv on 28x28 (pre-pool positions 784, 32 filters = 2 blocks), a 3x3 conv with 64 filters
 # over 7x7 outputs on 4 NPs, a 128-unit FC on an FNP2 and a 10-unit FC on an FNP3.
-MAPPING = ModelMapping("akd1000", "AllNps", (
-    Placement("conv0", "HRC", 1, 32, 9, 784, ("HRC",)),
-    Placement("conv1", "CNP", 4, 64, 9, 49, ("CNP1",) * 4),
-    Placement("fc2", "FNP", 1, 128, np_types=("FNP2",)),
-    Placement("fc3", "FNP", 1, 10, np_types=("FNP3",)),
-), passes=1, sequences=1, input_bytes=784, weights=420_000)
+MAPPING = ModelMapping(
+    "akd1000",
+    "AllNps",
+    (
+        Placement("conv0", "HRC", 1, 32, 9, 784, ("HRC",)),
+        Placement("conv1", "CNP", 4, 64, 9, 49, ("CNP1",) * 4),
+        Placement("fc2", "FNP", 1, 128, np_types=("FNP2",)),
+        Placement("fc3", "FNP", 1, 10, np_types=("FNP3",)),
+    ),
+    passes=1,
+    sequences=1,
+    input_bytes=784,
+    weights=420_000,
+)
 
 
 def test_hand_worked_example() -> None:
@@ -69,12 +90,17 @@ def test_a_silent_layer_pays_no_fixed_cost_but_the_input_layer_always_works() ->
     assert e.dynamic_j[0] == pytest.approx(1.568e-6)
 
 
-def _plain(profile: DeviceProfile, mapping: ModelMapping, events: np.ndarray, synops: np.ndarray,
-           frames_per_call: float) -> tuple[list[float], list[float], list[float], list[float]]:
+def _plain(
+    profile: DeviceProfile, mapping: ModelMapping, events: np.ndarray, synops: np.ndarray, frames_per_call: float
+) -> tuple[list[float], list[float], list[float], list[float]]:
     """docs/energy-model.md's formula, frame by frame and layer by layer, written out once more."""
     c = profile.coefficients
-    measured = {1: c.cnp_clk_per_event_filter_k1, 9: c.cnp_clk_per_event_filter_k3,
-                25: c.cnp_clk_per_event_filter_k5, 49: c.cnp_clk_per_event_filter_k7}
+    measured = {
+        1: c.cnp_clk_per_event_filter_k1,
+        9: c.cnp_clk_per_event_filter_k3,
+        25: c.cnp_clk_per_event_filter_k5,
+        49: c.cnp_clk_per_event_filter_k7,
+    }
     chip, frame, dynamic, total = [], [], [], []
     for n in range(events.shape[0]):
         clocks, pj = [], 0.0
@@ -105,10 +131,13 @@ def _plain(profile: DeviceProfile, mapping: ModelMapping, events: np.ndarray, sy
             on_chip = max(clocks)
         else:
             on_chip = (sum(clocks) + (frames_per_call - 1) * max(clocks)) / frames_per_call
-        host = (c.host_s_per_frame + c.host_s_per_input_byte * mapping.input_bytes
-                + c.host_s_per_extra_pass * (mapping.passes - 1)
-                + (c.host_s_per_reloaded_weight * mapping.weights if mapping.passes > 1 else 0.0)
-                + (0.0 if math.isinf(frames_per_call) else c.host_s_per_call / frames_per_call))
+        host = (
+            c.host_s_per_frame
+            + c.host_s_per_input_byte * mapping.input_bytes
+            + c.host_s_per_extra_pass * (mapping.passes - 1)
+            + (c.host_s_per_reloaded_weight * mapping.weights if mapping.passes > 1 else 0.0)
+            + (0.0 if math.isinf(frames_per_call) else c.host_s_per_call / frames_per_call)
+        )
         frame.append(on_chip / c.clock_hz + host)
         dynamic.append(pj * 1e-12)
         total.append(c.floor_power_w * frame[-1] + dynamic[-1])
@@ -124,13 +153,23 @@ def _random_case(rng: np.random.Generator) -> tuple[DeviceProfile, ModelMapping,
         if rng.random() < 0.6:
             nps = int(rng.integers(1, 9))
             area = int(rng.choice([1, 4, 9, 15, 25, 36, 49]))  # measured and interpolated kernels
-            layers.append(Placement(f"c{i}", "CNP", nps, int(rng.integers(1, 300)), area, int(rng.integers(1, 900)),
-                                    ("CNP1",) * nps))
+            layers.append(
+                Placement(
+                    f"c{i}", "CNP", nps, int(rng.integers(1, 300)), area, int(rng.integers(1, 900)), ("CNP1",) * nps
+                )
+            )
         else:
             kind = str(rng.choice(["FNP2", "FNP3"]))
             layers.append(Placement(f"f{i}", "FNP", 1, int(rng.integers(1, 1000)), np_types=(kind,)))
-    mapping = ModelMapping("akd1500", "Minimal", tuple(layers), int(rng.choice([1, 1, 3])), 1,
-                           int(rng.integers(1, 10**5)), int(rng.integers(1, 10**6)))
+    mapping = ModelMapping(
+        "akd1500",
+        "Minimal",
+        tuple(layers),
+        int(rng.choice([1, 1, 3])),
+        1,
+        int(rng.integers(1, 10**5)),
+        int(rng.integers(1, 10**6)),
+    )
     frames = int(rng.integers(1, 5))
     events = rng.integers(0, 500, size=(frames, len(layers))).astype(np.float64)
     events[rng.random(events.shape) < 0.2] = 0.0  # silent layers
@@ -165,8 +204,9 @@ def test_a_long_call_costs_the_fill_once_then_the_slowest_layer() -> None:
 
 def test_kernels_between_the_measured_ones_interpolate_in_area() -> None:
     assert energy.kernel_weights(9) == {"cnp_clk_per_event_filter_k3": 1.0}
-    assert energy.kernel_weights(4) == pytest.approx({"cnp_clk_per_event_filter_k1": 5 / 8,
-                                                      "cnp_clk_per_event_filter_k3": 3 / 8})
+    assert energy.kernel_weights(4) == pytest.approx(
+        {"cnp_clk_per_event_filter_k1": 5 / 8, "cnp_clk_per_event_filter_k3": 3 / 8}
+    )
     with pytest.raises(DataError, match="kernels of 1x1 to 7x7"):
         energy.kernel_weights(64)
 
@@ -268,8 +308,11 @@ def test_packaged_profiles_are_what_the_fit_to_silicon_gives_and_meet_its_target
     layers = [abs(e) for r, e in zip(fit_rows, clocks.relative_errors, strict=True) if "/" in r.label]
     assert np.median(layers) <= 0.15
     rows = [r for r, _ in end_to_end]
-    single = [(r, p) for r, p in zip(rows, energy_fit.energy_fit.predict(rows, clocks.values), strict=True)
-              if "HwPr" not in r.label and not energy_fit._multi(r.label)]
+    single = [
+        (r, p)
+        for r, p in zip(rows, energy_fit.energy_fit.predict(rows, clocks.values), strict=True)
+        if "HwPr" not in r.label and not energy_fit._multi(r.label)
+    ]
     assert max(abs(p / r.target - 1) for r, p in single) <= 0.25
 
 
@@ -283,9 +326,21 @@ def test_the_one_frame_path_equals_the_array_path() -> None:
             continue
         cost = profile.bind(mapping)
         for n in range(events.shape[0]):
-            layers = [LayerCounters(p.name, 1, 1, 1, 1, np.array([int(events[n, i])]), np.array([int(synops[n, i])]),
-                                    np.zeros(1, int), np.zeros(1, int), np.zeros(1, int))
-                      for i, p in enumerate(mapping.layers)]
+            layers = [
+                LayerCounters(
+                    p.name,
+                    1,
+                    1,
+                    1,
+                    1,
+                    np.array([int(events[n, i])]),
+                    np.array([int(synops[n, i])]),
+                    np.zeros(1, int),
+                    np.zeros(1, int),
+                    np.zeros(1, int),
+                )
+                for i, p in enumerate(mapping.layers)
+            ]
             fast = cost.evaluate_counters(layers)
             slow = cost.evaluate(events[n : n + 1], synops[n : n + 1])
             for name in ("chip_s", "frame_s", "dynamic_j", "total_j", "layer_clocks", "layer_dynamic_j"):

@@ -42,8 +42,16 @@ def exported_buckets(registry: CollectorRegistry) -> tuple[list[float], list[flo
 
 
 def announce(metrics: Metrics, expected: float | None) -> None:
-    metrics.set_model(name="m", sha256="0" * 64, input_shape=(28, 28, 1), classes=["0"], expected_energy=expected,
-                      expected_sparsity={}, energy_sources=[("simulator", "model")], layers=[])
+    metrics.set_model(
+        name="m",
+        sha256="0" * 64,
+        input_shape=(28, 28, 1),
+        classes=["0"],
+        expected_energy=expected,
+        expected_sparsity={},
+        energy_sources=[("simulator", "model")],
+        layers=[],
+    )
 
 
 def observe(metrics: Metrics, values: np.ndarray) -> None:

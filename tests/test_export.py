@@ -160,8 +160,14 @@ def test_onnx_equals_engine_and_simulator_on_random_models(tmp_path):
         kinds.update(layer.parameters.layer_type.name for layer in original.layers)
         kinds.update("global_pool" for layer in ours.layers if getattr(layer, "global_avg_pool", False))
     assert exact >= 120, (exact, refused)
-    assert kinds == {"InputData", "InputConvolutional", "Convolutional", "SeparableConvolutional",
-                     "FullyConnected", "global_pool"}
+    assert kinds == {
+        "InputData",
+        "InputConvolutional",
+        "Convolutional",
+        "SeparableConvolutional",
+        "FullyConnected",
+        "global_pool",
+    }
 
 
 def test_onnx_reproduces_the_engines_twenty_bit_potentials(tmp_path):
@@ -198,9 +204,18 @@ def test_fire_levels_equal_the_engine_rule(potential, threshold, act_step, act_b
 
 
 def test_check_exact_refuses_potentials_beyond_float32(model):
-    huge = Dense(name="wide", input_shape=(1, 1, 200_000), output_shape=(1, 1, 1),
-                 weights=np.full((200_000, 1), 7, np.int8), threshold=np.zeros(1, np.int32),
-                 act_step=np.ones(1, np.float32), act_bits=4, weights_bits=4, input_bits=4, activation=False)
+    huge = Dense(
+        name="wide",
+        input_shape=(1, 1, 200_000),
+        output_shape=(1, 1, 1),
+        weights=np.full((200_000, 1), 7, np.int8),
+        threshold=np.zeros(1, np.int32),
+        act_step=np.ones(1, np.float32),
+        act_bits=4,
+        weights_bits=4,
+        input_bits=4,
+        activation=False,
+    )
     with pytest.raises(ModelError, match=r"layer 'wide': potentials can reach 21000000 >= 2\*\*24"):
         check_exact(AkidaModel((model.layers[0], huge)))
     assert max(bound.max_abs_value for bound in check_exact(model)) < FLOAT32_EXACT
@@ -344,8 +359,14 @@ def trained_run(tmp_path_factory, mnist_data) -> Path:
 
     overrides = [("train.threads", 1), ("train.float_epochs", 0), ("train.qat_epochs", 1), ("train.batch_size", 64)]
     config = replace(with_overrides(Config(), overrides), model=ModelConfig(conv0=6, conv1=8, fc=16))
-    data = data_from_arrays(mnist_data.train_images, mnist_data.train_labels, mnist_data.test_images,
-                            mnist_data.test_labels, train_limit=512, test_limit=FRAMES)
+    data = data_from_arrays(
+        mnist_data.train_images,
+        mnist_data.train_labels,
+        mnist_data.test_images,
+        mnist_data.test_labels,
+        train_limit=512,
+        test_limit=FRAMES,
+    )
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(config, out, data=data, progress=False)
     return out
@@ -382,11 +403,21 @@ def test_run_whose_recorded_scores_differ_from_the_engine_is_refused(trained_run
 def test_cli_inspect_prints_the_summary(bundle_dir, capsys):
     assert cli.main(["inspect", str(bundle_dir)]) == 0
     out = capsys.readouterr().out
-    for fragment in ("name     mnist-random", "AKD1000 (Akida IP v1)", "1 HRC", "uint8 (N, 28x28x1) in [0, 255]",
-                     "int32 (N, 1x1x10) potentials; labels 0 1 2 3 4 5 6 7 8 9",
-                     "conv0      InputConvolutional       28x28x1 -> 14x14x8", "2x2/2", "8/8/4", "4/4/pot",
-                     "expected on test-frames (300 frames): accuracy", "verified akida = simulator = onnxruntime",
-                     "model.fbz", "ok"):
+    for fragment in (
+        "name     mnist-random",
+        "AKD1000 (Akida IP v1)",
+        "1 HRC",
+        "uint8 (N, 28x28x1) in [0, 255]",
+        "int32 (N, 1x1x10) potentials; labels 0 1 2 3 4 5 6 7 8 9",
+        "conv0      InputConvolutional       28x28x1 -> 14x14x8",
+        "2x2/2",
+        "8/8/4",
+        "4/4/pot",
+        "expected on test-frames (300 frames): accuracy",
+        "verified akida = simulator = onnxruntime",
+        "model.fbz",
+        "ok",
+    ):
         assert fragment in out, fragment
 
 

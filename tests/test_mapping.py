@@ -29,9 +29,15 @@ def mapped(name: str, device: str, mode: str):
 @pytest.mark.parametrize(
     ("arch", "mode", "published"),
     [  # the devhub's metrics.json "NPs" (sum of each layer's NPs, the HRC included), AKD1500
-        ("vww", "Minimal", 17), ("vww", "AllNps", 29), ("arrhythmia", "Minimal", 7), ("arrhythmia", "AllNps", 31),
-        ("speech_dscnn", "Minimal", 6), ("speech_dscnn", "AllNps", 31), ("imagenet_a0.25_160", "Minimal", 21),
-        ("imagenet_a0.5_224", "Minimal", 33), ("imagenet_a1.0_224", "Minimal", 117),
+        ("vww", "Minimal", 17),
+        ("vww", "AllNps", 29),
+        ("arrhythmia", "Minimal", 7),
+        ("arrhythmia", "AllNps", 31),
+        ("speech_dscnn", "Minimal", 6),
+        ("speech_dscnn", "AllNps", 31),
+        ("imagenet_a0.25_160", "Minimal", 21),
+        ("imagenet_a0.5_224", "Minimal", 33),
+        ("imagenet_a1.0_224", "Minimal", 117),
     ],
 )
 def test_rebuilt_public_models_map_on_the_published_np_counts(arch, mode, published) -> None:
@@ -60,8 +66,11 @@ def test_multi_pass_and_fnp2_are_recorded() -> None:
 def test_a_model_the_hardware_cannot_run_is_refused_in_one_line() -> None:
     model = akida.Model()
     model.add(akida.InputConvolutional((10, 10, 1), (3, 3), 4, name="in", weights_bits=8, act_bits=4))
-    model.add(akida.Convolutional((3, 3), 4, name="conv", weights_bits=4, act_bits=4, pool_type=akida.PoolType.Max,
-                                  pool_size=(2, 2)))
+    model.add(
+        akida.Convolutional(
+            (3, 3), 4, name="conv", weights_bits=4, act_bits=4, pool_type=akida.PoolType.Max, pool_size=(2, 2)
+        )
+    )
     model.add(akida.FullyConnected(5, name="fc", weights_bits=4, activation=False))
     for layer in model.layers:
         for variable in layer.get_variable_names():

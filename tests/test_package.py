@@ -32,12 +32,30 @@ def separable_model(rng: np.random.Generator) -> akida.Model:
     """DS-CNN-like, with akida's API: InputConv 3x3/2, two SeparableConvolutional (the last with a
     global average pool), a FullyConnected of 4 potentials. It maps fully on AKD1000."""
     model = akida.Model()
-    model.add(akida.InputConvolutional(input_shape=(16, 16, 1), kernel_size=(3, 3), filters=8, name="conv_0",
-                                       weights_bits=8, act_bits=4, kernel_stride=(2, 2)))
-    model.add(akida.SeparableConvolutional(kernel_size=(3, 3), filters=16, name="separable_1", weights_bits=4,
-                                           act_bits=4))
-    model.add(akida.SeparableConvolutional(kernel_size=(3, 3), filters=16, name="separable_2", weights_bits=4,
-                                           act_bits=4, pool_type=akida.PoolType.Average))
+    model.add(
+        akida.InputConvolutional(
+            input_shape=(16, 16, 1),
+            kernel_size=(3, 3),
+            filters=8,
+            name="conv_0",
+            weights_bits=8,
+            act_bits=4,
+            kernel_stride=(2, 2),
+        )
+    )
+    model.add(
+        akida.SeparableConvolutional(kernel_size=(3, 3), filters=16, name="separable_1", weights_bits=4, act_bits=4)
+    )
+    model.add(
+        akida.SeparableConvolutional(
+            kernel_size=(3, 3),
+            filters=16,
+            name="separable_2",
+            weights_bits=4,
+            act_bits=4,
+            pool_type=akida.PoolType.Average,
+        )
+    )
     model.add(akida.FullyConnected(units=4, name="classifier", weights_bits=4, activation=False))
     for layer in model.layers:
         set_random_variables(rng, layer)
@@ -53,16 +71,36 @@ def user_files(tmp_path_factory) -> dict[str, Path]:
     np.save(root / "frames.npy", mnist_like(rng, FRAMES, (16, 16, 1)))
     np.save(root / "labels.npy", rng.integers(0, 4, FRAMES))
     (root / "names.txt").write_text("up\ndown\nleft\nright\n")
-    return {"fbz": root / "sep.fbz", "frames": root / "frames.npy", "labels": root / "labels.npy",
-            "names": root / "names.txt", "root": root}
+    return {
+        "fbz": root / "sep.fbz",
+        "frames": root / "frames.npy",
+        "labels": root / "labels.npy",
+        "names": root / "names.txt",
+        "root": root,
+    }
 
 
 @pytest.fixture(scope="module")
 def packaged(user_files) -> Path:
     out = user_files["root"] / "bundle"
     f = user_files
-    assert cli.main(["package", str(f["fbz"]), "--frames", str(f["frames"]), "--labels", str(f["labels"]),
-                     "--names", str(f["names"]), "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "package",
+                str(f["fbz"]),
+                "--frames",
+                str(f["frames"]),
+                "--labels",
+                str(f["labels"]),
+                "--names",
+                str(f["names"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -72,8 +110,12 @@ def test_package_builds_a_verified_bundle_of_the_fbz(packaged, user_files, capsy
     predicted = engine.forward(frames).reshape(FRAMES, -1).argmax(axis=1)
     bundle = load_bundle(packaged)
     manifest = bundle.manifest
-    assert [layer.kind for layer in manifest.layers] == ["InputConvolutional", "SeparableConvolutional",
-                                                        "SeparableConvolutional", "FullyConnected"]
+    assert [layer.kind for layer in manifest.layers] == [
+        "InputConvolutional",
+        "SeparableConvolutional",
+        "SeparableConvolutional",
+        "FullyConnected",
+    ]
     assert [layer.global_avg_pool for layer in manifest.layers] == [False, False, True, False]
     assert manifest.layers[1].weights == 3 * 3 * 8 + 8 * 16  # depthwise + pointwise, as stored
     assert manifest.output.labels == ("up", "down", "left", "right")
@@ -89,8 +131,16 @@ def test_package_builds_a_verified_bundle_of_the_fbz(packaged, user_files, capsy
 def _serve(bundle: Path, spec: str, log: Path, frames: int, feed=None) -> list[dict]:
     """Serve ``bundle`` from ``spec`` until the prediction log holds ``frames`` lines (``feed``, if
     given, runs in a thread once the daemon is up); the records, sorted by sequence number."""
-    daemon = Daemon(None, {"model.bundle": str(bundle), "source.spec": spec, "metrics.listen": "127.0.0.1:0",
-                           "predictions.path": str(log), "source.queue_size": 4096})
+    daemon = Daemon(
+        None,
+        {
+            "model.bundle": str(bundle),
+            "source.spec": spec,
+            "metrics.listen": "127.0.0.1:0",
+            "predictions.path": str(log),
+            "source.queue_size": 4096,
+        },
+    )
     daemon.start()
     status: list[int] = []
     loop = threading.Thread(target=lambda: status.append(daemon.wait()), daemon=True)
@@ -144,21 +194,26 @@ def test_package_refuses_what_does_not_fit_in_one_line(user_files, tmp_path, cap
     common = [str(f["fbz"]), "--out", out]
     np.save(tmp_path / "wide.npy", np.zeros((3, 17, 16), np.uint8))
     assert "frames are 17x16x1, the model takes 16x16x1" in _refused(
-        capsys, *common, "--frames", str(tmp_path / "wide.npy"))
+        capsys, *common, "--frames", str(tmp_path / "wide.npy")
+    )
     np.save(tmp_path / "few.npy", np.zeros(FRAMES - 1, np.int64))
     assert f"labels must be {FRAMES} integers" in _refused(
-        capsys, *common, "--frames", str(f["frames"]), "--labels", str(tmp_path / "few.npy"))
+        capsys, *common, "--frames", str(f["frames"]), "--labels", str(tmp_path / "few.npy")
+    )
     np.save(tmp_path / "big.npy", np.full(FRAMES, 4, np.int64))
     assert "class indices 0..3" in _refused(
-        capsys, *common, "--frames", str(f["frames"]), "--labels", str(tmp_path / "big.npy"))
+        capsys, *common, "--frames", str(f["frames"]), "--labels", str(tmp_path / "big.npy")
+    )
     (tmp_path / "names.txt").write_text("a\nb\n")
     assert "2 class names, the model has 4 outputs" in _refused(
-        capsys, *common, "--frames", str(f["frames"]), "--names", str(tmp_path / "names.txt"))
+        capsys, *common, "--frames", str(f["frames"]), "--names", str(tmp_path / "names.txt")
+    )
     v2 = akida.Model()
     v2.add(akida.InputConv2D(input_shape=(16, 16, 1), kernel_size=3, filters=4, name="v2in"))
     v2.save(str(tmp_path / "v2.fbz"))
     assert "layer 'v2in' has type InputConv2D" in _refused(
-        capsys, str(tmp_path / "v2.fbz"), "--out", out, "--frames", str(f["frames"]))
+        capsys, str(tmp_path / "v2.fbz"), "--out", out, "--frames", str(f["frames"])
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -172,8 +227,13 @@ def test_frames_beyond_an_input_data_models_bits_are_a_mismatch():
 
 
 def test_demo_with_a_bundle_of_another_input_says_so_at_start(packaged):
-    result = subprocess.run([sys.executable, "-m", "edge_runtime.cli", "demo", "--model", str(packaged),
-                             "--metrics-addr", "127.0.0.1:0"], capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_runtime.cli", "demo", "--model", str(packaged), "--metrics-addr", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2 and result.stdout == ""
     err = result.stderr.strip()
     assert "\n" not in err and "frames are 28x28x1, the model takes 16x16x1" in err
@@ -183,7 +243,25 @@ def test_demo_with_a_bundle_of_another_input_says_so_at_start(packaged):
 def test_serve_a_replay_of_the_wrong_frames_is_refused_at_start(packaged, tmp_path, capsys):
     np.save(tmp_path / "mnist_like.npy", np.zeros((3, 28, 28), np.uint8))
     with pytest.raises(ConfigError, match="frames are 28x28x1, the model takes 16x16x1"):
-        Daemon(None, {"model.bundle": str(packaged), "source.spec": f"replay:{tmp_path / 'mnist_like.npy'}",
-                      "metrics.listen": "127.0.0.1:0"}).start()
-    assert runtime_cli.main(["serve", "--model", str(packaged), "--source", f"replay:{tmp_path / 'mnist_like.npy'}",
-                             "--metrics-addr", "127.0.0.1:0"]) == 2
+        Daemon(
+            None,
+            {
+                "model.bundle": str(packaged),
+                "source.spec": f"replay:{tmp_path / 'mnist_like.npy'}",
+                "metrics.listen": "127.0.0.1:0",
+            },
+        ).start()
+    assert (
+        runtime_cli.main(
+            [
+                "serve",
+                "--model",
+                str(packaged),
+                "--source",
+                f"replay:{tmp_path / 'mnist_like.npy'}",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ]
+        )
+        == 2
+    )

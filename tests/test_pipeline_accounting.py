@@ -83,14 +83,26 @@ class ListSink:
         pass
 
 
-def run(batches: list[list[Frame]], backend: Backend, fallback: Callable[[], Backend],
-        max_batch: int = 1) -> tuple[Totals, CollectorRegistry, ListSink]:
+def run(
+    batches: list[list[Frame]], backend: Backend, fallback: Callable[[], Backend], max_batch: int = 1
+) -> tuple[Totals, CollectorRegistry, ListSink]:
     """Serve ``batches`` to the end; the accounting, the metrics and what reached the sink."""
     registry, mailbox, sink = CollectorRegistry(), Mailbox(), ListSink()
-    pipeline = Pipeline(FiniteSource(batches), backend, fallback=fallback, metrics=Metrics(registry, DROP_REASONS),
-                        health=Health(), mailbox=mailbox, notifier=Notifier({}), sinks=[sink],
-                        make_records=prediction_records, input_shape=SHAPE, queue_size=64, max_batch=max_batch,
-                        backpressure=True)
+    pipeline = Pipeline(
+        FiniteSource(batches),
+        backend,
+        fallback=fallback,
+        metrics=Metrics(registry, DROP_REASONS),
+        health=Health(),
+        mailbox=mailbox,
+        notifier=Notifier({}),
+        sinks=[sink],
+        make_records=prediction_records,
+        input_shape=SHAPE,
+        queue_size=64,
+        max_batch=max_batch,
+        backpressure=True,
+    )
     pipeline.start()
     try:
         totals = pipeline.stop(timeout=60)  # the source is finite: stop waits for it, then drains the queue
@@ -113,9 +125,11 @@ def no_fallback() -> Backend:
 
 def test_frames_of_another_shape_are_dropped_as_bad_shape_and_the_rest_inferred() -> None:
     wrong = {3, 4, 9}
-    batches = [[frame(s, (3, 3, 1) if s in wrong else SHAPE) for s in range(0, 6)],
-               [frame(s, (2, 2, 3) if s in wrong else SHAPE) for s in range(6, 12)],
-               [frame(12, (1, 1, 1))]]  # a batch with no frame of the model's shape
+    batches = [
+        [frame(s, (3, 3, 1) if s in wrong else SHAPE) for s in range(0, 6)],
+        [frame(s, (2, 2, 3) if s in wrong else SHAPE) for s in range(6, 12)],
+        [frame(12, (1, 1, 1))],
+    ]  # a batch with no frame of the model's shape
     totals, registry, sink = run(batches, FailingBackend("simulator"), no_fallback, max_batch=8)
     assert totals.received == 13
     assert totals.dropped == {"bad_shape": 4} == {"bad_shape": dropped(registry, "bad_shape")}
@@ -125,8 +139,9 @@ def test_frames_of_another_shape_are_dropped_as_bad_shape_and_the_rest_inferred(
 
 
 def test_a_simulator_failure_drops_its_batch_as_inference_error_and_inference_goes_on() -> None:
-    totals, registry, sink = run([[frame(s) for s in range(10)]], FailingBackend("simulator", frozenset({2, 7})),
-                                 no_fallback)
+    totals, registry, sink = run(
+        [[frame(s) for s in range(10)]], FailingBackend("simulator", frozenset({2, 7})), no_fallback
+    )
     assert totals.dropped == {"inference_error": 2} == {"inference_error": dropped(registry, "inference_error")}
     assert totals.inferred == 8 and totals.received == 10
     assert [r["seq"] for r in sink.records] == [0, 1, 3, 4, 5, 6, 8, 9]
@@ -134,10 +149,14 @@ def test_a_simulator_failure_drops_its_batch_as_inference_error_and_inference_go
     assert counter(registry, "edge_backend_fallbacks_total", "simulator") == 0  # the simulator has no fallback
 
 
-@pytest.mark.parametrize("failure", [BackendError("simulator: out of memory"),
-                                     ConfigError("unknown backend 'simulator'")], ids=["backend", "config"])
-def test_a_failed_fallback_drops_the_batch_as_inference_error(failure: Exception,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "failure",
+    [BackendError("simulator: out of memory"), ConfigError("unknown backend 'simulator'")],
+    ids=["backend", "config"],
+)
+def test_a_failed_fallback_drops_the_batch_as_inference_error(
+    failure: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
     board = FailingBackend("akida", frozenset({5}))
     built: list[int] = []
 
@@ -153,16 +172,23 @@ def test_a_failed_fallback_drops_the_batch_as_inference_error(failure: Exception
     assert counter(registry, "edge_backend_errors_total", "akida") == 1
     assert counter(registry, "edge_backend_errors_total", "simulator") == 1  # the fallback's failure
     assert counter(registry, "edge_backend_fallbacks_total", "akida") == 1
-    assert any("fallback to the simulator failed" in r.getMessage() and str(failure) in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "fallback to the simulator failed" in r.getMessage() and str(failure) in r.getMessage() for r in caplog.records
+    )
 
 
 def test_a_board_failure_re_runs_its_batch_on_the_fallback_and_serves_on() -> None:
     board, simulator = FailingBackend("akida", frozenset({3})), FailingBackend("simulator")
     totals, registry, sink = run([[frame(s) for s in range(6)]], board, lambda: simulator)
     assert totals.dropped == {} and totals.inferred == 6
-    assert [(r["seq"], r["backend"]) for r in sink.records] == [(0, "akida"), (1, "akida"), (2, "akida"),
-                                                               (3, "simulator"), (4, "simulator"), (5, "simulator")]
+    assert [(r["seq"], r["backend"]) for r in sink.records] == [
+        (0, "akida"),
+        (1, "akida"),
+        (2, "akida"),
+        (3, "simulator"),
+        (4, "simulator"),
+        (5, "simulator"),
+    ]
     assert all(r["class"] == r["seq"] % 10 for r in sink.records)  # the failed frame was re-run, not lost
     assert registry.get_sample_value("edge_backend_active", {"backend": "simulator"}) == 1
     assert registry.get_sample_value("edge_backend_active", {"backend": "akida"}) == 0
@@ -201,10 +227,21 @@ class HungBackend:
 def test_stop_gives_up_on_a_drain_that_does_not_finish_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     backend = HungBackend()
     registry, mailbox = CollectorRegistry(), Mailbox()
-    pipeline = Pipeline(FiniteSource([[frame(0)], [frame(1)]]), backend, fallback=no_fallback,
-                        metrics=Metrics(registry, DROP_REASONS), health=Health(), mailbox=mailbox,
-                        notifier=Notifier({}), sinks=[], make_records=prediction_records, input_shape=SHAPE,
-                        queue_size=4, max_batch=1, backpressure=True)
+    pipeline = Pipeline(
+        FiniteSource([[frame(0)], [frame(1)]]),
+        backend,
+        fallback=no_fallback,
+        metrics=Metrics(registry, DROP_REASONS),
+        health=Health(),
+        mailbox=mailbox,
+        notifier=Notifier({}),
+        sinks=[],
+        make_records=prediction_records,
+        input_shape=SHAPE,
+        queue_size=4,
+        max_batch=1,
+        backpressure=True,
+    )
     pipeline.start()
     assert backend.entered.wait(30), "the inference thread never called the backend"
     result: list[Totals] = []
@@ -226,21 +263,32 @@ def bundle(tmp_path_factory: pytest.TempPathFactory, mnist_data) -> BundleUnderT
     return build_bundle(tmp_path_factory.mktemp("shape") / "a", 1, images, labels)
 
 
-def test_the_daemon_counts_frames_of_the_wrong_shape_from_a_sensor(tmp_path: Path, mnist_data,
-                                                                   bundle: BundleUnderTest) -> None:
+def test_the_daemon_counts_frames_of_the_wrong_shape_from_a_sensor(
+    tmp_path: Path, mnist_data, bundle: BundleUnderTest
+) -> None:
     """A sensor sends 14x14 frames among its 28x28 ones: each is one ``bad_shape``, the rest are served right."""
     images = mnist_data.test_images[:120, :, :, None]
     small = set(range(7, 120, 8))
     chunks = [encode_frame(seq, image[::2, ::2] if seq in small else image) for seq, image in enumerate(images)]
     log = tmp_path / "predictions.jsonl"
-    with PtyPort() as port, running({"model.bundle": str(bundle.path), "source.spec": f"serial:{port.path}",
-                                     "source.queue_size": 256, "predictions.path": str(log)}) as daemon:
+    with (
+        PtyPort() as port,
+        running(
+            {
+                "model.bundle": str(bundle.path),
+                "source.spec": f"serial:{port.path}",
+                "source.queue_size": 256,
+                "predictions.path": str(log),
+            }
+        ) as daemon,
+    ):
         ready(daemon)
         writer = PtyWriter(port).send_chunks([DELIMITER, *chunks])
         samples = wait_accounted(daemon, log, len(images))
         writer.join(10)
-        wait_for(lambda: value(scrape(daemon.url), "edge_frames_received_total") == len(images), 10,
-                 "every frame received")
+        wait_for(
+            lambda: value(scrape(daemon.url), "edge_frames_received_total") == len(images), 10, "every frame received"
+        )
     records = read_log(log)
     assert value(samples, "edge_frames_dropped_total", reason="bad_shape") == len(small)
     assert value(samples, "edge_frames_dropped_total", reason="corrupt") == 0

@@ -414,7 +414,8 @@ piece = st.one_of(
 @settings(max_examples=300)
 @given(st.lists(piece, max_size=12), st.integers(min_value=1, max_value=97))
 def test_a_stream_of_noise_good_and_damaged_packets_decodes_as_the_reference_says(
-        pieces: list[bytes], step: int) -> None:
+    pieces: list[bytes], step: int
+) -> None:
     """Only the packets an independent decoder accepts come out, in order, whatever the read sizes."""
     stream = DELIMITER + b"".join(pieces) + DELIMITER
     decoder = FrameDecoder(max_payload=1000)
@@ -449,8 +450,9 @@ def test_mutated_packets_yield_only_the_original_or_nothing(edits: list[tuple[st
     decoder.feed(DELIMITER)
     results = decoder.feed(mutate(VALID, edits))
     after = decoder.feed(DELIMITER + VALID)  # the first 0x00 ends the mutant if its own was lost
-    assert decoded(results + after) == reference_frames(DELIMITER + mutate(VALID, edits) + DELIMITER + VALID,
-                                                        MAX_PAYLOAD_BYTES)
+    assert decoded(results + after) == reference_frames(
+        DELIMITER + mutate(VALID, edits) + DELIMITER + VALID, MAX_PAYLOAD_BYTES
+    )
     for frame in frames_of(results + after):
         assert frame.seq == 77 and np.array_equal(frame.image, frame_image(77))
     assert isinstance(after[-1], DecodedFrame)  # the packet after the damage gets through

@@ -32,8 +32,12 @@ DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_tex
 def test_the_overhead_and_an_mnist_frames_size_are_the_codes(mnist_data) -> None:
     overhead = HEADER.size + CRC.size
     sizes = {len(encode_frame(i, image[:, :, None])) for i, image in enumerate(mnist_data.test_images)}
-    match = re.search(r"a packet carries (\d+) bytes besides the pixels .*?28×28×1 frame is (\d+) \+ 784 = (\d+) "
-                      r"bytes before COBS and (\d+) on the wire", DOC, re.DOTALL)
+    match = re.search(
+        r"a packet carries (\d+) bytes besides the pixels .*?28×28×1 frame is (\d+) \+ 784 = (\d+) "
+        r"bytes before COBS and (\d+) on the wire",
+        DOC,
+        re.DOTALL,
+    )
     assert match, "the throughput guide's sentence changed"
     carried, again, before, wire = map(int, match.groups())
     assert carried == again == overhead

@@ -72,8 +72,10 @@ def serve(config: Path | None, overrides: dict[str, Any], **kwargs: Any) -> Iter
 
 
 def write_config(path: Path, bundle: Path, source: str, listen: str, log: Path) -> None:
-    path.write_text(f'[model]\nbundle = "{bundle}"\n[source]\nspec = "{source}"\n'
-                    f'[metrics]\nlisten = "{listen}"\n[predictions]\npath = "{log}"\n')
+    path.write_text(
+        f'[model]\nbundle = "{bundle}"\n[source]\nspec = "{source}"\n'
+        f'[metrics]\nlisten = "{listen}"\n[predictions]\npath = "{log}"\n'
+    )
 
 
 def replay(tmp_path: Path, mnist_data, name: str, count: int) -> str:
@@ -84,16 +86,21 @@ def replay(tmp_path: Path, mnist_data, name: str, count: int) -> str:
 def test_restart_only_changes_names_source_and_metrics_only(tmp_path: Path) -> None:
     base = {"model.bundle": "/b", "source.spec": "replay:mnist-test", "metrics.listen": "127.0.0.1:0"}
     old = load_config(None, base)
-    assert restart_only_changes(old, load_config(None, {**base, "model.bundle": "/c", "source.queue_size": 64,
-                                                        "predictions.stdout": True})) == []
+    assert (
+        restart_only_changes(
+            old, load_config(None, {**base, "model.bundle": "/c", "source.queue_size": 64, "predictions.stdout": True})
+        )
+        == []
+    )
     assert restart_only_changes(old, load_config(None, {**base, "source.queue_size": 8})) == ["[source]"]
     assert restart_only_changes(old, load_config(None, {**base, "metrics.listen": "127.0.0.1:1"})) == ["[metrics]"]
     both = load_config(None, {**base, "source.spec": "replay:mnist-test?rate=5", "metrics.listen": "[::1]:0"})
     assert restart_only_changes(old, both) == ["[source]", "[metrics]"]
 
 
-def test_a_reload_keeps_source_and_metrics_and_applies_the_rest(tmp_path: Path, mnist_data, bundles,
-                                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_a_reload_keeps_source_and_metrics_and_applies_the_rest(
+    tmp_path: Path, mnist_data, bundles, caplog: pytest.LogCaptureFixture
+) -> None:
     a, b = bundles
     source, other = replay(tmp_path, mnist_data, "frames.npy", 200), replay(tmp_path, mnist_data, "other.npy", 50)
     config, log = tmp_path / "edge-runtime.toml", tmp_path / "predictions.jsonl"
@@ -155,9 +162,13 @@ def reader_processes() -> list[int]:
 
 def test_a_failed_worker_thread_ends_the_daemon_with_status_1(bundles, caplog: pytest.LogCaptureFixture) -> None:
     a, _ = bundles
-    with caplog.at_level(logging.ERROR), PtyPort() as port, serve(None, {
-            "model.bundle": str(a.path), "source.spec": f"serial:{port.path}",
-            "metrics.listen": "127.0.0.1:0"}) as served:
+    with (
+        caplog.at_level(logging.ERROR),
+        PtyPort() as port,
+        serve(
+            None, {"model.bundle": str(a.path), "source.spec": f"serial:{port.path}", "metrics.listen": "127.0.0.1:0"}
+        ) as served,
+    ):
         ready(served.daemon)
         (pid,) = wait_for(reader_processes, 30, "the serial reader process")
         os.kill(pid, signal.SIGKILL)  # the reader dies: the source's thread fails

@@ -68,10 +68,21 @@ class RecordingSink:
 @contextmanager
 def pipeline_with(backend: NamedBackend, sinks: list[RecordingSink]) -> Iterator[Pipeline]:
     mailbox = Mailbox()
-    pipeline = Pipeline(QuietSource(), backend, fallback=lambda: backend,
-                        metrics=Metrics(CollectorRegistry(), DROP_REASONS), health=Health(), mailbox=mailbox,
-                        notifier=Notifier({}), sinks=sinks, make_records=prediction_records, input_shape=(2, 2, 1),
-                        queue_size=4, max_batch=2, backpressure=False)
+    pipeline = Pipeline(
+        QuietSource(),
+        backend,
+        fallback=lambda: backend,
+        metrics=Metrics(CollectorRegistry(), DROP_REASONS),
+        health=Health(),
+        mailbox=mailbox,
+        notifier=Notifier({}),
+        sinks=sinks,
+        make_records=prediction_records,
+        input_shape=(2, 2, 1),
+        queue_size=4,
+        max_batch=2,
+        backpressure=False,
+    )
     pipeline.start()
     try:
         yield pipeline
@@ -80,8 +91,9 @@ def pipeline_with(backend: NamedBackend, sinks: list[RecordingSink]) -> Iterator
         mailbox.close()
 
 
-def swap_that_times_out_mid_build(pipeline: Pipeline, build: NamedBackend, shape: tuple[int, ...],
-                                  sinks: list[RecordingSink]) -> threading.Event:
+def swap_that_times_out_mid_build(
+    pipeline: Pipeline, build: NamedBackend, shape: tuple[int, ...], sinks: list[RecordingSink]
+) -> threading.Event:
     """Call ``swap`` so that its wait expires while the inference thread is building ``build``.
 
     The build waits until the caller has given up, so the order is forced. If the thread did not

@@ -62,18 +62,31 @@ def test_a_compromised_reader_cannot_run_code_in_the_daemon(tmp_path: Path, monk
 
 def sample_records() -> list[bytes]:
     pixels = [np.full((2, 3, 1), i, np.uint8) for i in range(3)]
-    return [wire.up(True, "sensor port /dev/ttyUSB0 open"), wire.flushed(8081), wire.received(2431),
-            wire.bad("crc", "CRC32 mismatch"), wire.frames(12.5, (2, 3, 1), [(7, 0), (9, 1), (10, 0)], pixels),
-            wire.up(False, "lost sensor port: é"), wire.failed("Traceback ..."), wire.end()]
+    return [
+        wire.up(True, "sensor port /dev/ttyUSB0 open"),
+        wire.flushed(8081),
+        wire.received(2431),
+        wire.bad("crc", "CRC32 mismatch"),
+        wire.frames(12.5, (2, 3, 1), [(7, 0), (9, 1), (10, 0)], pixels),
+        wire.up(False, "lost sensor port: é"),
+        wire.failed("Traceback ..."),
+        wire.end(),
+    ]
 
 
 def test_records_survive_any_cut_of_the_stream() -> None:
     stream = b"".join(sample_records())
     expected = wire.RecordReader(1 << 16).feed(stream)
-    assert expected == [wire.Up(True, "sensor port /dev/ttyUSB0 open"), wire.Flushed(8081), wire.Received(2431),
-                        wire.Bad("crc", "CRC32 mismatch"),
-                        wire.Frames(12.5, (2, 3, 1), [(7, 0), (9, 1), (10, 0)], bytes([0] * 6 + [1] * 6 + [2] * 6)),
-                        wire.Up(False, "lost sensor port: é"), wire.Failed("Traceback ..."), wire.End()]
+    assert expected == [
+        wire.Up(True, "sensor port /dev/ttyUSB0 open"),
+        wire.Flushed(8081),
+        wire.Received(2431),
+        wire.Bad("crc", "CRC32 mismatch"),
+        wire.Frames(12.5, (2, 3, 1), [(7, 0), (9, 1), (10, 0)], bytes([0] * 6 + [1] * 6 + [2] * 6)),
+        wire.Up(False, "lost sensor port: é"),
+        wire.Failed("Traceback ..."),
+        wire.End(),
+    ]
     reader = wire.RecordReader(1 << 16)
     one_byte_at_a_time = [record for i in range(len(stream)) for record in reader.feed(stream[i : i + 1])]
     assert one_byte_at_a_time == expected
@@ -85,23 +98,29 @@ def cut_frames_record() -> bytes:
     return record[:1] + struct.pack("<I", len(record) - wire.RECORD.size) + record[wire.RECORD.size :]
 
 
-@pytest.mark.parametrize(("data", "why"), [
-    (struct.pack("<BI", 0, 0), "unknown record kind 0"),
-    (struct.pack("<BI", wire.FRAMES, 0xFFFFFFFF), "exceeds"),  # a 4 GiB claim: refused before buffering
-    (struct.pack("<BI", wire.BAD, 5) + b"evil\x00", "unknown bad-packet kind"),
-    (struct.pack("<BI", wire.RECEIVED, 3) + b"abc", "count record"),
-    (struct.pack("<BI", wire.UP, 1) + b"\x07", "malformed link record"),
-    (struct.pack("<BI", wire.END, 1) + b"x", "end record with a body"),
-    (cut_frames_record(), "does not hold"),
-])
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (struct.pack("<BI", 0, 0), "unknown record kind 0"),
+        (struct.pack("<BI", wire.FRAMES, 0xFFFFFFFF), "exceeds"),  # a 4 GiB claim: refused before buffering
+        (struct.pack("<BI", wire.BAD, 5) + b"evil\x00", "unknown bad-packet kind"),
+        (struct.pack("<BI", wire.RECEIVED, 3) + b"abc", "count record"),
+        (struct.pack("<BI", wire.UP, 1) + b"\x07", "malformed link record"),
+        (struct.pack("<BI", wire.END, 1) + b"x", "end record with a body"),
+        (cut_frames_record(), "does not hold"),
+    ],
+)
 def test_malformed_records_are_refused(data: bytes, why: str) -> None:
     with pytest.raises(wire.WireError, match=why):
         wire.RecordReader(1 << 16).feed(data)
 
 
 def test_frame_records_with_an_impossible_shape_or_time_are_refused() -> None:
-    for head in (wire.FRAMES_HEAD.pack(1.0, 0, 2, 1, 1), wire.FRAMES_HEAD.pack(float("nan"), 2, 2, 1, 1),
-                 wire.FRAMES_HEAD.pack(1.0, 2, 2, 1, 0)):
+    for head in (
+        wire.FRAMES_HEAD.pack(1.0, 0, 2, 1, 1),
+        wire.FRAMES_HEAD.pack(float("nan"), 2, 2, 1, 1),
+        wire.FRAMES_HEAD.pack(1.0, 2, 2, 1, 0),
+    ):
         body = head + wire.FRAME_ID.pack(1, 0) + bytes(4)
         with pytest.raises(wire.WireError, match="frames record"):
             wire.RecordReader(1 << 16).feed(struct.pack("<BI", wire.FRAMES, len(body)) + body)

@@ -16,8 +16,16 @@ def test_exit_when_done_serves_every_frame_then_exits_0(tmp_path: Path, mnist_da
     under_test = build_bundle(tmp_path / "bundle", 5, frames, mnist_data.test_labels[:40])
     replay = frames[:25]
     np.save(tmp_path / "frames.npy", replay)
-    args = ["--model", str(tmp_path / "bundle"), "--source", f"replay:{tmp_path / 'frames.npy'}",
-            "--backend", "simulator", "--predictions-stdout", "--exit-when-done"]
+    args = [
+        "--model",
+        str(tmp_path / "bundle"),
+        "--source",
+        f"replay:{tmp_path / 'frames.npy'}",
+        "--backend",
+        "simulator",
+        "--predictions-stdout",
+        "--exit-when-done",
+    ]
     with daemon_process(tmp_path, args) as daemon:
         assert daemon.wait_exit(120) == 0, "\n".join(daemon.stderr_lines)
     predictions = [json.loads(line) for line in daemon.stdout_lines]
@@ -34,10 +42,21 @@ def test_without_the_flag_a_finished_replay_is_logged_and_the_daemon_keeps_servi
     frames = mnist_data.test_images[:40, :, :, None]
     build_bundle(tmp_path / "bundle", 5, frames, mnist_data.test_labels[:40])
     np.save(tmp_path / "frames.npy", frames[:3])
-    args = ["--model", str(tmp_path / "bundle"), "--source", f"replay:{tmp_path / 'frames.npy'}",
-            "--backend", "simulator"]
+    args = [
+        "--model",
+        str(tmp_path / "bundle"),
+        "--source",
+        f"replay:{tmp_path / 'frames.npy'}",
+        "--backend",
+        "simulator",
+    ]
     with daemon_process(tmp_path, args) as daemon:
-        wait_for(lambda: any("finished: no more frames; still serving /metrics until stopped" in line
-                             for line in daemon.stderr_lines), 60, "the 'source finished' log line")
+        wait_for(
+            lambda: any(
+                "finished: no more frames; still serving /metrics until stopped" in line for line in daemon.stderr_lines
+            ),
+            60,
+            "the 'source finished' log line",
+        )
         samples = scrape_when(daemon.url, lambda s: total(s, "edge_inferences_total") == 3, "3 inferences")
         assert value(samples, "edge_sensor_up") == 0 and daemon.process.poll() is None  # still serving

@@ -58,15 +58,37 @@ def engine_board(fbz: Path) -> Board:
 
 
 def start(bundle: Path, backend: str, **kwargs: Any) -> Daemon:
-    return Daemon(None, {"model.bundle": str(bundle), "source.spec": "replay:mnist-test",
-                         "inference.backend": backend, "metrics.listen": "127.0.0.1:0"}, **kwargs)
+    return Daemon(
+        None,
+        {
+            "model.bundle": str(bundle),
+            "source.spec": "replay:mnist-test",
+            "inference.backend": backend,
+            "metrics.listen": "127.0.0.1:0",
+        },
+        **kwargs,
+    )
 
 
 def test_the_onnx_backend_is_refused_at_start_when_it_disagrees_with_the_golden_outputs(liar: Path, capsys) -> None:
     with pytest.raises(BundleError, match=r"the onnx backend disagrees with the golden outputs on \d+ of \d+ frames"):
         start(liar, "onnx").start()
-    assert cli.main(["serve", "--model", str(liar), "--source", "replay:mnist-test", "--backend", "onnx",
-                     "--metrics-addr", "127.0.0.1:0"]) == 2
+    assert (
+        cli.main(
+            [
+                "serve",
+                "--model",
+                str(liar),
+                "--source",
+                "replay:mnist-test",
+                "--backend",
+                "onnx",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("edge-runtime: error: ") and "\n" not in err and "do not deploy it on this host" in err
 
@@ -76,27 +98,36 @@ def test_a_board_that_computes_another_model_is_refused_and_the_right_one_serves
     with pytest.raises(BundleError, match=r"the akida backend disagrees with the golden outputs"):
         start(a.path, "akida", board=engine_board(b.path / "model.fbz")).start()
     # The same check passes when the board runs the bundle's own model: it refuses a mismatch, not the board.
-    with running({"model.bundle": str(a.path), "source.spec": "replay:mnist-test", "inference.backend": "akida"},
-                  board=engine_board(a.path / "model.fbz")) as daemon:
-        scrape_when(daemon.url, lambda s: value(s, "edge_inferences_total", backend="akida") > 0,
-                    "inferences on the (engine-played) board")
+    with running(
+        {"model.bundle": str(a.path), "source.spec": "replay:mnist-test", "inference.backend": "akida"},
+        board=engine_board(a.path / "model.fbz"),
+    ) as daemon:
+        scrape_when(
+            daemon.url,
+            lambda s: value(s, "edge_inferences_total", backend="akida") > 0,
+            "inferences on the (engine-played) board",
+        )
 
 
-def test_sighup_to_a_bundle_the_onnx_backend_disagrees_with_is_rejected(tmp_path: Path, bundles, liar: Path,
-                                                                        mnist_data) -> None:
+def test_sighup_to_a_bundle_the_onnx_backend_disagrees_with_is_rejected(
+    tmp_path: Path, bundles, liar: Path, mnist_data
+) -> None:
     a, _ = bundles
     frames = tmp_path / "frames.npy"
     np.save(frames, mnist_data.test_images[:200, :, :, None])
     config = tmp_path / "edge-runtime.toml"
-    text = (f'[model]\nbundle = "{a.path}"\n[source]\nspec = "replay:{frames}?rate=500&loop=1"\n'
-            '[inference]\nbackend = "onnx"\n')
+    text = (
+        f'[model]\nbundle = "{a.path}"\n[source]\nspec = "replay:{frames}?rate=500&loop=1"\n'
+        '[inference]\nbackend = "onnx"\n'
+    )
     config.write_text(text)
     with running({}, config) as daemon:
         scrape_when(daemon.url, lambda s: value(s, "edge_inferences_total", backend="onnx") > 0, "onnx inferences")
         config.write_text(text.replace(str(a.path), str(liar)))
         daemon.post(signal.SIGHUP)
-        samples = scrape_when(daemon.url, lambda s: value(s, "edge_reloads_total", result="rejected") == 1,
-                              "the rejected reload")
+        samples = scrape_when(
+            daemon.url, lambda s: value(s, "edge_reloads_total", result="rejected") == 1, "the rejected reload"
+        )
         assert value(samples, "edge_reloads_total", result="ok") == 0
         assert daemon.bundle is not None and daemon.bundle.path == a.path
         before = total(samples, "edge_inferences_total")

@@ -36,8 +36,14 @@ def _ignore_sigint() -> None:
 def started_with_sigint_ignored(args: list[str]) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str]]]:
     """``python -m edge_runtime.cli ARGS`` with SIGINT ignored from the start; stdout lines in a queue."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "edge_runtime.cli", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_ignore_sigint)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edge_runtime.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=_ignore_sigint,
+    )
     lines: queue.Queue[str] = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stdout or ()], daemon=True)
     reader.start()

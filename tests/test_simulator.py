@@ -36,8 +36,9 @@ RANDOM_MODELS = 300
 
 
 def _input_conv(shape, kernel=(3, 3), filters=1, **kwargs) -> akida.InputConvolutional:
-    return akida.InputConvolutional(input_shape=shape, kernel_size=kernel, filters=filters, name="input",
-                                    weights_bits=8, **kwargs)
+    return akida.InputConvolutional(
+        input_shape=shape, kernel_size=kernel, filters=filters, name="input", weights_bits=8, **kwargs
+    )
 
 
 def _set(layer, weights, threshold=0, act_step=1.0) -> None:
@@ -71,12 +72,21 @@ def test_random_models_match_engine_bit_exact():
     (the model, then each prefix)."""
     rng = np.random.default_rng(20240611)
     compared = mismatched = 0
-    seen = {"pool": 0, "global_pool": 0, "valid": 0, "stride2": 0, "exact_path": 0, "fast_path": 0,
-            "potentials": 0, "saturated": 0}
+    seen = {
+        "pool": 0,
+        "global_pool": 0,
+        "valid": 0,
+        "stride2": 0,
+        "exact_path": 0,
+        "fast_path": 0,
+        "potentials": 0,
+        "saturated": 0,
+    }
     seen.update({f"act_bits={b}": 0 for b in (1, 2, 4)} | {f"weights_bits={b}": 0 for b in (1, 2, 4, 8)})
     seen.update({f"input_bits={b}": 0 for b in (1, 2, 4)} | {f"kernel={k}": 0 for k in (1, 3, 5, 7)})
-    seen.update({kind: 0 for kind in ("InputConvolutional", "Convolutional", "SeparableConvolutional",
-                                      "FullyConnected")})
+    seen.update(
+        {kind: 0 for kind in ("InputConvolutional", "Convolutional", "SeparableConvolutional", "FullyConnected")}
+    )
     for _ in range(RANDOM_MODELS):
         model = random_model(rng, EVERY_KIND)
         frames = model_frames(rng, model, 3)
@@ -280,8 +290,9 @@ def test_pooling_same_pads_with_nothing_and_rounds_up():
     'valid' gives floor."""
     for padding, side in ((akida.Padding.Same, 3), (akida.Padding.Valid, 1)):
         model = akida.Model()
-        model.add(_input_conv((5, 5, 1), padding=padding, activation=False, pool_type=akida.PoolType.Max,
-                              pool_size=(2, 2)))
+        model.add(
+            _input_conv((5, 5, 1), padding=padding, activation=False, pool_type=akida.PoolType.Max, pool_size=(2, 2))
+        )
         _set(model.layers[0], -np.ones((3, 3, 1, 1)))
         frame = np.random.default_rng(1).integers(1, 256, (1, 5, 5, 1)).astype(np.uint8)
         expected = model.forward(frame)
@@ -433,9 +444,20 @@ def test_batches_and_chunks_give_the_same_counters():
 def test_load_model_reads_every_field(tmp_path):
     rng = np.random.default_rng(3)
     engine = akida.Model()
-    engine.add(_input_conv((12, 10, 3), kernel=(5, 3), filters=4, act_bits=2, kernel_stride=(2, 1),
-                           padding=akida.Padding.Valid, padding_value=9, pool_type=akida.PoolType.Max,
-                           pool_size=(2, 2), pool_stride=(1, 2)))
+    engine.add(
+        _input_conv(
+            (12, 10, 3),
+            kernel=(5, 3),
+            filters=4,
+            act_bits=2,
+            kernel_stride=(2, 1),
+            padding=akida.Padding.Valid,
+            padding_value=9,
+            pool_type=akida.PoolType.Max,
+            pool_size=(2, 2),
+            pool_stride=(1, 2),
+        )
+    )
     engine.add(akida.Convolutional(kernel_size=(3, 3), filters=5, name="conv", weights_bits=2, act_bits=4))
     engine.add(akida.FullyConnected(units=3, name="dense", weights_bits=4, activation=False))
     for layer in engine.layers:
@@ -460,8 +482,17 @@ def test_load_model_reads_input_data_separable_and_global_pool(tmp_path):
     rng = np.random.default_rng(4)
     engine = akida.Model()
     engine.add(akida.InputData(input_shape=(9, 7, 3), input_bits=2, name="data"))
-    engine.add(akida.SeparableConvolutional(kernel_size=(5, 3), filters=6, name="sep", weights_bits=4, act_bits=2,
-                                            kernel_stride=(2, 1), pool_type=akida.PoolType.Average))
+    engine.add(
+        akida.SeparableConvolutional(
+            kernel_size=(5, 3),
+            filters=6,
+            name="sep",
+            weights_bits=4,
+            act_bits=2,
+            kernel_stride=(2, 1),
+            pool_type=akida.PoolType.Average,
+        )
+    )
     engine.add(akida.FullyConnected(units=3, name="dense", weights_bits=2, activation=False))
     for layer in engine.layers[1:]:
         set_random_variables(rng, layer)
@@ -530,8 +561,12 @@ def test_simulator_refuses_wrong_frames():
     model = akida.Model()
     model.add(_input_conv((8, 8, 1)))
     simulator = Simulator(from_akida(model))
-    for frames in (np.zeros((2, 8, 8, 1), np.float32), np.zeros((2, 8, 8, 3), np.uint8),
-                   np.zeros((8, 8, 1), np.uint8), np.zeros((0, 8, 8, 1), np.uint8)):
+    for frames in (
+        np.zeros((2, 8, 8, 1), np.float32),
+        np.zeros((2, 8, 8, 3), np.uint8),
+        np.zeros((8, 8, 1), np.uint8),
+        np.zeros((0, 8, 8, 1), np.uint8),
+    ):
         with pytest.raises(DataError):
             simulator.run(frames)
 
@@ -577,8 +612,17 @@ def test_simulate_writes_engine_outputs_counters_and_stats(tmp_path, saved_model
     path, engine = saved_model
     frames = mnist_like(np.random.default_rng(2), 6, (10, 10, 1))
     np.save(tmp_path / "frames.npy", frames[..., 0])  # (N, X, Y): one channel
-    code = cli.main(["simulate", str(path), str(tmp_path / "frames.npy"), "--out", str(tmp_path / "out.npz"),
-                     "--stats", str(tmp_path / "stats.json")])
+    code = cli.main(
+        [
+            "simulate",
+            str(path),
+            str(tmp_path / "frames.npy"),
+            "--out",
+            str(tmp_path / "out.npz"),
+            "--stats",
+            str(tmp_path / "stats.json"),
+        ]
+    )
     assert code == 0
     with np.load(tmp_path / "out.npz") as out:
         assert np.array_equal(out["outputs"], engine.forward(frames))
@@ -594,8 +638,21 @@ def test_simulate_writes_engine_outputs_counters_and_stats(tmp_path, saved_model
     assert sum(stats["layers"][name]["dynamic_j"] for name in ("input", "dense")) == pytest.approx(energy["dynamic"])
     floor = DeviceProfile.packaged("akd1000").coefficients.floor_power_w
     assert energy["total"] == pytest.approx(floor * time["frame"] + energy["dynamic"])
-    code = cli.main(["simulate", str(path), str(tmp_path / "frames.npy"), "--out", str(tmp_path / "out.npz"),
-                     "--stats", str(tmp_path / "stats1500.json"), "--device", "akd1500", "--map-mode", "Minimal"])
+    code = cli.main(
+        [
+            "simulate",
+            str(path),
+            str(tmp_path / "frames.npy"),
+            "--out",
+            str(tmp_path / "out.npz"),
+            "--stats",
+            str(tmp_path / "stats1500.json"),
+            "--device",
+            "akd1500",
+            "--map-mode",
+            "Minimal",
+        ]
+    )
     assert code == 0
     other = json.loads((tmp_path / "stats1500.json").read_text())
     assert other["profile"] == "akd1500-v2" and other["map_mode"] == "Minimal"
@@ -606,15 +663,27 @@ def test_simulate_stats_of_a_model_the_chip_cannot_run_is_one_line(tmp_path, cap
     rng = np.random.default_rng(3)
     engine = akida.Model()  # a max-pooled Convolutional followed by a dense layer: the pooled conv runs in software
     engine.add(_input_conv((10, 10, 1), filters=4, act_bits=4))
-    engine.add(akida.Convolutional((3, 3), 4, name="conv", weights_bits=4, act_bits=4, pool_type=akida.PoolType.Max,
-                                   pool_size=(2, 2)))
+    engine.add(
+        akida.Convolutional(
+            (3, 3), 4, name="conv", weights_bits=4, act_bits=4, pool_type=akida.PoolType.Max, pool_size=(2, 2)
+        )
+    )
     engine.add(akida.FullyConnected(units=5, name="dense", weights_bits=4, activation=False))
     for layer in engine.layers:
         set_random_variables(rng, layer)
     engine.save(str(tmp_path / "pooled.fbz"))
     np.save(tmp_path / "frames.npy", np.zeros((2, 10, 10), np.uint8))
-    code = cli.main(["simulate", str(tmp_path / "pooled.fbz"), str(tmp_path / "frames.npy"), "--out",
-                     str(tmp_path / "o.npz"), "--stats", str(tmp_path / "s.json")])
+    code = cli.main(
+        [
+            "simulate",
+            str(tmp_path / "pooled.fbz"),
+            str(tmp_path / "frames.npy"),
+            "--out",
+            str(tmp_path / "o.npz"),
+            "--stats",
+            str(tmp_path / "s.json"),
+        ]
+    )
     error = capsys.readouterr().err
     assert code == 2 and "does not map fully on AKD1000" in error and error.count("\n") == 1
 
@@ -739,8 +808,13 @@ def test_every_layer_kind_matches_loop_reference_and_engine():
         np.testing.assert_array_equal(reference_forward(model, frames), expected)
         np.testing.assert_array_equal(_simulate(model, frames), expected)
         compared += expected.size
-    assert set(kinds) == {"InputData", "InputConvolutional", "Convolutional", "SeparableConvolutional",
-                          "FullyConnected"}, kinds
+    assert set(kinds) == {
+        "InputData",
+        "InputConvolutional",
+        "Convolutional",
+        "SeparableConvolutional",
+        "FullyConnected",
+    }, kinds
     assert compared > 1000
 
 

@@ -91,8 +91,9 @@ class RecordingEvents:
 def reading(source: FrameSource) -> Iterator[queue.Queue[Frame]]:
     """Iterate ``source`` in a thread as the daemon will; close it and check the thread ends."""
     received: queue.Queue[Frame] = queue.Queue()
-    thread = threading.Thread(target=lambda: [received.put(f) for batch in source.batches() for f in batch],
-                              daemon=True)
+    thread = threading.Thread(
+        target=lambda: [received.put(f) for batch in source.batches() for f in batch], daemon=True
+    )
     thread.start()
     try:
         yield received
@@ -318,8 +319,13 @@ def test_serial_source_over_a_pyserial_socket_url() -> None:
 
 def test_a_read_becomes_byte_count_then_bad_packets_and_runs_of_one_shape_in_order() -> None:
     small, large = np.zeros((2, 2, 1), np.uint8), np.arange(12, dtype=np.uint8).reshape(3, 4, 1)
-    decoded = [DecodedFrame(1, small), DecodedFrame(2, small + 1, missing=3), BadPacket("crc", "CRC32 mismatch"),
-               DecodedFrame(5, small + 2), DecodedFrame(6, large)]
+    decoded = [
+        DecodedFrame(1, small),
+        DecodedFrame(2, small + 1, missing=3),
+        BadPacket("crc", "CRC32 mismatch"),
+        DecodedFrame(5, small + 2),
+        DecodedFrame(6, large),
+    ]
     out: list = []
     assert add_records(out, 99, decoded, 7.5) == 4
     records = wire.RecordReader(1 << 20).feed(b"".join(out))
@@ -385,12 +391,22 @@ def test_the_reader_process_stops_when_the_daemon_is_gone(tmp_path: Path) -> Non
     """Without close(), e.g. the daemon was killed: its end of the socket closes and the reader exits."""
     ours, theirs = socket.socketpair()
     with theirs:
-        process = subprocess.Popen([sys.executable, "-c", READER_BOOT, str(PACKAGE_ROOT), str(theirs.fileno())],
-                                   pass_fds=[theirs.fileno()])
+        process = subprocess.Popen(
+            [sys.executable, "-c", READER_BOOT, str(PACKAGE_ROOT), str(theirs.fileno())], pass_fds=[theirs.fileno()]
+        )
     connection = ours
     try:
-        connection.sendall(wire.settings({"url": str(tmp_path / "absent"), "baudrate": DEFAULT_BAUD,
-                                          "read_timeout": 0.05, "backoff": (5.0, 5.0, 2.0), "max_payload": 1024}))
+        connection.sendall(
+            wire.settings(
+                {
+                    "url": str(tmp_path / "absent"),
+                    "baudrate": DEFAULT_BAUD,
+                    "read_timeout": 0.05,
+                    "backoff": (5.0, 5.0, 2.0),
+                    "max_payload": 1024,
+                }
+            )
+        )
         connection.settimeout(TIMEOUT)
         [record] = wire.RecordReader(1 << 20).feed(connection.recv(1 << 16))
         assert isinstance(record, wire.Up) and not record.up  # now waiting 5 s before it retries

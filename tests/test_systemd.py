@@ -38,8 +38,9 @@ def local_copy(tmp_path: Path, extra: str = "") -> Path:
 
 
 def verify(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([SYSTEMD_ANALYZE, "verify", str(path)], capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
@@ -74,8 +75,13 @@ def test_the_unit_is_hardened_but_lets_the_sensor_and_the_board_through() -> Non
 
 
 def test_offline_security_exposure_stays_low(tmp_path: Path) -> None:
-    result = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", str(local_copy(tmp_path))],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=yes", str(local_copy(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     match = re.search(r"Overall exposure level for \S+: ([\d.]+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match[1]) <= 3.0  # systemd rates <= 3.9 "OK"; the devices we need cost a little

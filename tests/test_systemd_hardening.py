@@ -44,8 +44,13 @@ UNDER_MDWE = textwrap.dedent(f"""
 
 def _security(unit: Path) -> dict[str, str]:
     """systemd-analyze's verdict per setting: {'MemoryDenyWriteExecute=': '✓', ...}."""
-    result = subprocess.run([SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(unit)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [SYSTEMD_ANALYZE, "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     verdicts = {}
     for line in result.stdout.splitlines():
         mark, _, rest = line.partition(" ")
@@ -61,8 +66,11 @@ def test_systemd_counts_the_added_settings(tmp_path: Path) -> None:
     assert verdicts["SystemCallFilter=~@privileged"] == "✓"
     # Control: the same unit without them is flagged on exactly these lines.
     unit = local_copy(tmp_path)
-    text = "\n".join(line for line in unit.read_text().splitlines()
-                     if not line.startswith(("MemoryDenyWriteExecute=", "SystemCallFilter=~")))
+    text = "\n".join(
+        line
+        for line in unit.read_text().splitlines()
+        if not line.startswith(("MemoryDenyWriteExecute=", "SystemCallFilter=~"))
+    )
     unit.write_text(text + "\n")
     loose = _security(unit)
     assert loose["MemoryDenyWriteExecute="] == "✗" and loose["SystemCallFilter=~@privileged"] == "✗"
@@ -81,8 +89,20 @@ def _demo(bundle: Path) -> list[str]:
 
 
 def _serve_onnx(bundle: Path, frames: Path) -> list[str]:
-    return [str(EDGE_RUNTIME), "serve", "--model", str(bundle), "--source", f"replay:{frames}", "--backend", "onnx",
-            "--metrics-addr", "127.0.0.1:0", "--predictions-stdout", "--exit-when-done"]
+    return [
+        str(EDGE_RUNTIME),
+        "serve",
+        "--model",
+        str(bundle),
+        "--source",
+        f"replay:{frames}",
+        "--backend",
+        "onnx",
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--predictions-stdout",
+        "--exit-when-done",
+    ]
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -105,8 +125,9 @@ def test_the_daemon_runs_with_writable_executable_memory_refused(
 
 def _syscalls(group: str) -> set[str]:
     """The system calls of a systemd syscall group, nested groups expanded."""
-    listing = subprocess.run([SYSTEMD_ANALYZE, "syscall-filter", group], capture_output=True, text=True,
-                             timeout=60, check=True).stdout
+    listing = subprocess.run(
+        [SYSTEMD_ANALYZE, "syscall-filter", group], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     names: set[str] = set()
     for line in listing.splitlines()[1:]:
         name = line.strip()

@@ -49,8 +49,14 @@ def tiny_config(**penalty: float) -> Config:
 
 @pytest.fixture(scope="module")
 def small_data(mnist_data):
-    return data_from_arrays(mnist_data.train_images, mnist_data.train_labels, mnist_data.test_images,
-                            mnist_data.test_labels, train_limit=512, test_limit=256)
+    return data_from_arrays(
+        mnist_data.train_images,
+        mnist_data.train_labels,
+        mnist_data.test_images,
+        mnist_data.test_labels,
+        train_limit=512,
+        test_limit=256,
+    )
 
 
 def quantised_model(images: np.ndarray, widths: ModelConfig = TINY, seed: int = 0) -> ZeroAwareNet:
@@ -116,8 +122,11 @@ def test_layout_conversions_matter(mnist_data):
     images = mnist_data.test_images[:64]
     layers = export_integer_layers(quantised_model(mnist_data.train_images[:256]))
     reference = akida_outputs(layers, images)[3]
-    unflipped = [layers[0], replace(layers[1], weights=np.ascontiguousarray(layers[1].weights[::-1, ::-1])),
-                 *layers[2:]]
+    unflipped = [
+        layers[0],
+        replace(layers[1], weights=np.ascontiguousarray(layers[1].weights[::-1, ::-1])),
+        *layers[2:],
+    ]
     assert not np.array_equal(to_akida(unflipped).forward(images.reshape(-1, 28, 28, 1)), reference)
     w2 = layers[2].weights[0, 0]  # rows in Fortran order (x, y, c); permute them to C order (x, y, c)
     n_c = layers[1].weights.shape[3]
@@ -148,17 +157,42 @@ def test_cli_writes_a_complete_run_directory(tmp_path: Path, mnist_data):
     )
     out = tmp_path / "run"
     out.mkdir()  # e.g. made beforehand for the logs: --force writes into it
-    assert cli.main(["train", "--config", str(config), "--out", str(out), "--no-progress", "--force",
-                     "--set", "penalty.weights=1.0"]) == 0
-    for name in ("params.npz", "spec.json", "config.json", "report.json", "eval_scores.npy", "model.pt",
-                 "checkpoint.pt"):
+    assert (
+        cli.main(
+            [
+                "train",
+                "--config",
+                str(config),
+                "--out",
+                str(out),
+                "--no-progress",
+                "--force",
+                "--set",
+                "penalty.weights=1.0",
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "params.npz",
+        "spec.json",
+        "config.json",
+        "report.json",
+        "eval_scores.npy",
+        "model.pt",
+        "checkpoint.pt",
+    ):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     spec = json.loads((out / "spec.json").read_text())
     assert report["exact_match_training_forward"] and report["images"] == 128
     assert json.loads((out / "config.json").read_text())["penalty"]["weights"] == 1.0
     assert [layer["kind"] for layer in spec["layers"]] == [
-        "InputConvolutional", "Convolutional", "FullyConnected", "FullyConnected"]
+        "InputConvolutional",
+        "Convolutional",
+        "FullyConnected",
+        "FullyConnected",
+    ]
     with np.load(out / "params.npz") as npz:
         layers = layers_from_arrays(npz)
         assert set(npz.files) == set(spec["params"]["keys"])
@@ -201,8 +235,9 @@ def test_distillation_pulls_the_student_towards_the_teacher(tmp_path: Path, smal
         target = torch.softmax(teacher(images).logits, dim=1)
 
     def distance(weight: float) -> float:
-        config = with_overrides(tiny_config(), [("train.seed", 1), ("distill.teacher", str(teacher_dir)),
-                                                ("distill.weight", weight)])
+        config = with_overrides(
+            tiny_config(), [("train.seed", 1), ("distill.teacher", str(teacher_dir)), ("distill.weight", weight)]
+        )
         student, _ = train(config, data=small_data, progress=False)
         student.eval()
         with torch.no_grad():
@@ -239,16 +274,48 @@ def test_sweep_writes_pareto_table_and_plot(tmp_path: Path):
         "[train]\nthreads = 1\nfloat_epochs = 0\nqat_epochs = 1\nbatch_size = 64\n"
     )
     out = tmp_path / "sweep"
-    assert cli.main(["sweep", "--config", str(config), "--grid", "penalty.activations=4.0",
-                     "--grid", "penalty.form=sigmoid,l1", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "sweep",
+                "--config",
+                str(config),
+                "--grid",
+                "penalty.activations=4.0",
+                "--grid",
+                "penalty.form=sigmoid,l1",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     lines = (out / "pareto.csv").read_text().splitlines()
     assert len(lines) == 4 and lines[1].startswith("baseline,")
     assert (out / "pareto.png").stat().st_size > 1000 and "| name |" in (out / "pareto.md").read_text()
     assert (out / "runs" / "activations=4.0-form=l1" / "params.npz").is_file()
     # Two worker processes train the same points to the same results (every run is deterministic).
     parallel = tmp_path / "sweep-parallel"
-    assert cli.main(["sweep", "--config", str(config), "--grid", "penalty.activations=4.0",
-                     "--grid", "penalty.form=sigmoid,l1", "--out", str(parallel), "--no-progress", "--jobs", "2"]) == 0
+    assert (
+        cli.main(
+            [
+                "sweep",
+                "--config",
+                str(config),
+                "--grid",
+                "penalty.activations=4.0",
+                "--grid",
+                "penalty.form=sigmoid,l1",
+                "--out",
+                str(parallel),
+                "--no-progress",
+                "--jobs",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert (parallel / "pareto.csv").read_text() == (out / "pareto.csv").read_text()
 
 
@@ -270,14 +337,17 @@ def test_unknown_key_is_one_line_naming_allowed_keys(tmp_path: Path):
     assert "unknown section [trian] (allowed: model, data, train, penalty, prune, distill)" in message
 
 
-@pytest.mark.parametrize(("raw", "fragment"), [
-    ({"train": {"seed": "zero"}}, "train.seed must be int, got str"),
-    ({"penalty": {"form": "l2"}}, "penalty.form must be one of sigmoid, linear, hoyer, l1"),
-    ({"train": {"qat_epochs": 0}}, "qat_epochs >= 1"),
-    ({"penalty": {"energy_weighted": 1}}, "penalty.energy_weighted must be bool"),
-    ({"model": []}, "[model] must be a table"),
-    ({"distill": {"temperature": 0.0}}, "distill.temperature > 0"),
-])
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"train": {"seed": "zero"}}, "train.seed must be int, got str"),
+        ({"penalty": {"form": "l2"}}, "penalty.form must be one of sigmoid, linear, hoyer, l1"),
+        ({"train": {"qat_epochs": 0}}, "qat_epochs >= 1"),
+        ({"penalty": {"energy_weighted": 1}}, "penalty.energy_weighted must be bool"),
+        ({"model": []}, "[model] must be a table"),
+        ({"distill": {"temperature": 0.0}}, "distill.temperature > 0"),
+    ],
+)
 def test_invalid_values_are_rejected(raw: dict, fragment: str):
     with pytest.raises(ConfigError, match=None) as error:
         config_from_dict(raw, "x.toml")

@@ -68,8 +68,15 @@ def test_a_reload_extends_the_watchdog_for_its_duration_and_restores_it(tmp_path
     listener = NotifyListener(tmp_path / "notify.sock")
     watchdog_usec = int(seconds(UNIT_SETTINGS["WatchdogSec"][0]) * 1e6)
     notifier = Notifier({"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": str(watchdog_usec)})
-    daemon = Daemon(None, {"model.bundle": str(BUNDLE), "source.spec": f"replay:{frames}?rate=20&loop=1",
-                           "metrics.listen": "127.0.0.1:0"}, notifier=notifier)
+    daemon = Daemon(
+        None,
+        {
+            "model.bundle": str(BUNDLE),
+            "source.spec": f"replay:{frames}?rate=20&loop=1",
+            "metrics.listen": "127.0.0.1:0",
+        },
+        notifier=notifier,
+    )
     daemon.start()
     status: list[int] = []
     loop = threading.Thread(target=lambda: status.append(daemon.wait()), daemon=True)

@@ -59,9 +59,11 @@ class BackendSettings:
 def _simulator(bundle: Bundle, energy: DeviceProfile, settings: BackendSettings, board: Board) -> Backend:
     mapping = bundle.manifest.mappings.get(energy.device)
     if mapping is None:
-        raise ConfigError(f"the bundle records no mapping on {energy.device.upper()} (it has "
-                          f"{', '.join(bundle.manifest.mappings) or 'none'}): set inference.device to one of "
-                          "those, or re-export the bundle")
+        raise ConfigError(
+            f"the bundle records no mapping on {energy.device.upper()} (it has "
+            f"{', '.join(bundle.manifest.mappings) or 'none'}): set inference.device to one of "
+            "those, or re-export the bundle"
+        )
     return SimulatorBackend(Simulator(bundle.model), energy.bind(mapping))
 
 

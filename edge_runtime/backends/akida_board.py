@@ -72,8 +72,9 @@ class PowerWindow:
         self._busy_s = 0.0
         self.last: WindowEnergy | None = None
 
-    def add(self, readings: Iterable[Reading], inferences: int, busy_s: float, now: float,
-            floor_watts: float) -> WindowEnergy | None:
+    def add(
+        self, readings: Iterable[Reading], inferences: int, busy_s: float, now: float, floor_watts: float
+    ) -> WindowEnergy | None:
         """Record a batch; return the window's result when it has lasted ``window_s``, else None.
 
         A window without readings stays open (the meter has not updated yet); one without
@@ -154,8 +155,12 @@ class AkidaBoardBackend:
             raise BackendError(f"cannot map {fbz} on Akida device {_describe(device)}: {error}") from None
         self._meter = self._enable_power_meter(device)
         self._window = PowerWindow(power_window_s, clock())
-        log.info("mapped %s on Akida device %s (power meter %s)", fbz, _describe(device),
-                 "on" if self._meter is not None else "unavailable")
+        log.info(
+            "mapped %s on Akida device %s (power meter %s)",
+            fbz,
+            _describe(device),
+            "on" if self._meter is not None else "unavailable",
+        )
 
     @staticmethod
     def _enable_power_meter(device: Any) -> Any:

@@ -24,8 +24,10 @@ class OnnxBackend:
         try:
             from ..onnx_session import OnnxSession
         except ModuleNotFoundError as error:
-            raise BackendError(f"the onnx backend needs onnxruntime (no module {error.name!r}): "
-                               "pip install 'akida-edge[onnx]', or choose another inference.backend") from None
+            raise BackendError(
+                f"the onnx backend needs onnxruntime (no module {error.name!r}): "
+                "pip install 'akida-edge[onnx]', or choose another inference.backend"
+            ) from None
         self._session = OnnxSession(path, threads=threads)
         self._sampler = sampler
 

@@ -34,8 +34,9 @@ class SimulatorBackend:
         n = len(images)
         return BatchResult(
             scores=result.outputs.reshape(n, -1),
-            energy=EnergyReport(estimate.total_j, "model", profile=estimate.profile, dynamic=estimate.dynamic_j,
-                                chip_s=estimate.chip_s),
+            energy=EnergyReport(
+                estimate.total_j, "model", profile=estimate.profile, dynamic=estimate.dynamic_j, chip_s=estimate.chip_s
+            ),
             frame_energy=estimate.total_j,
             energy_source="model",
             layers=layer_stats(result.counters, np.arange(n), "simulator"),

@@ -97,7 +97,7 @@ def _record(kind: int, body: bytes) -> bytes:
 
 
 def up(is_up: bool, text: str) -> bytes:
-    return _record(UP, bytes([is_up]) + text.encode()[:MAX_TEXT_BYTES - 1])
+    return _record(UP, bytes([is_up]) + text.encode()[: MAX_TEXT_BYTES - 1])
 
 
 def received(n: int) -> bytes:
@@ -211,7 +211,8 @@ def _parse_frames(body: bytes) -> Frames:
         raise WireError(f"frames record with time {received_at}, shape {height}x{width}x{channels}, count {count}")
     ids_end = FRAMES_HEAD.size + count * FRAME_ID.size
     if len(body) != ids_end + count * height * width * channels:
-        raise WireError(f"frames record of {len(body)} bytes does not hold {count} frames of "
-                        f"{height}x{width}x{channels}")
+        raise WireError(
+            f"frames record of {len(body)} bytes does not hold {count} frames of {height}x{width}x{channels}"
+        )
     ids = list(FRAME_ID.iter_unpack(body[FRAMES_HEAD.size : ids_end]))
     return Frames(received_at, (height, width, channels), ids, body[ids_end:])

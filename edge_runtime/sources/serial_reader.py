@@ -117,12 +117,14 @@ def discarding_waiting(url: str) -> Iterator[int]:
 class Reader:
     """Opens ``url`` (reopening with backoff when it fails) and reports what it reads to ``parent``."""
 
-    def __init__(self, parent: Parent, url: str, baudrate: int, read_timeout: float, backoff: Backoff,
-                 max_payload: int) -> None:
+    def __init__(
+        self, parent: Parent, url: str, baudrate: int, read_timeout: float, backoff: Backoff, max_payload: int
+    ) -> None:
         self._parent = parent
         self._url = url
-        self._port = serial.serial_for_url(url, baudrate=baudrate, timeout=read_timeout, exclusive=True,
-                                           do_not_open=True)
+        self._port = serial.serial_for_url(
+            url, baudrate=baudrate, timeout=read_timeout, exclusive=True, do_not_open=True
+        )
         self._backoff = backoff
         self._decoder = FrameDecoder(max_payload)
 
@@ -226,8 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parent = Parent(connection)
     try:
         settings = parent.receive_settings()
-        reader = Reader(parent, settings["url"], settings["baudrate"], settings["read_timeout"],
-                        Backoff(*settings["backoff"]), settings["max_payload"])
+        reader = Reader(
+            parent,
+            settings["url"],
+            settings["baudrate"],
+            settings["read_timeout"],
+            Backoff(*settings["backoff"]),
+            settings["max_payload"],
+        )
         reader.run()
     except ParentGone:
         return 0

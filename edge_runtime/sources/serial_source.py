@@ -111,8 +111,13 @@ class SerialSource:
             raise ConfigError(f"bad serial port {url!r}: {error}") from None
         self._url = url
         self._max_payload = max_payload
-        self._settings = {"url": url, "baudrate": baudrate, "read_timeout": read_timeout,
-                          "backoff": astuple(backoff), "max_payload": max_payload}
+        self._settings = {
+            "url": url,
+            "baudrate": baudrate,
+            "read_timeout": read_timeout,
+            "backoff": astuple(backoff),
+            "max_payload": max_payload,
+        }
         self._events = events or NullEvents()
         self._closed = threading.Event()
         self._lock = threading.Lock()  # close() (any thread) and batches() both send to the reader
@@ -153,7 +158,9 @@ class SerialSource:
             try:
                 process = subprocess.Popen(
                     [sys.executable, "-c", READER_BOOT, str(PACKAGE_ROOT), str(theirs.fileno())],
-                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    pass_fds=[theirs.fileno()],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
                 )
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -205,8 +212,9 @@ class SerialSource:
             try:
                 batch = records.feed(memoryview(scratch)[:received])
             except wire.WireError as error:
-                raise SourceError(f"the serial reader process for {self._url} sent a malformed record "
-                                  f"({error}); stopping it") from None
+                raise SourceError(
+                    f"the serial reader process for {self._url} sent a malformed record ({error}); stopping it"
+                ) from None
             for record in batch:
                 if isinstance(record, wire.Frames):
                     yield self._frames(record)
@@ -216,8 +224,11 @@ class SerialSource:
                     log.debug("dropped packet from %s: %s (%s)", self._url, record.kind, record.detail)
                     self._events.bad_packet(record.kind)
                 elif isinstance(record, wire.Flushed):
-                    log.warning("%d bytes were waiting in %s when it opened (sent before we listened); "
-                                "discarded", record.n, self._url)
+                    log.warning(
+                        "%d bytes were waiting in %s when it opened (sent before we listened); discarded",
+                        record.n,
+                        self._url,
+                    )
                     self._events.bytes_flushed(record.n)
                 elif isinstance(record, wire.Up):
                     self._set_up(record.up, record.text)

@@ -104,5 +104,6 @@ def _bad(spec: str, why: str) -> ConfigError:
 
 
 _PARSERS: dict[str, Callable[[str, str, dict[str, str]], SourceSpec]] = {
-    "serial": _parse_serial, "replay": _parse_replay,
+    "serial": _parse_serial,
+    "replay": _parse_replay,
 }
