@@ -61,7 +61,7 @@ from edge_runtime.bundle import load_bundle  # noqa: E402
 from edge_runtime.config import InferenceSection  # noqa: E402
 from edge_runtime.daemon import DROP_REASONS, Daemon  # noqa: E402
 from edge_runtime.emulator import PtyPort  # noqa: E402
-from edge_runtime.pipeline import limit_blas_threads  # noqa: E402
+from edge_runtime.process_tuning import limit_blas_threads  # noqa: E402
 from edge_runtime.protocol import DELIMITER, encode_frame  # noqa: E402
 from edge_runtime.simulator import Simulator  # noqa: E402
 from exporter.mnist_fetch import load_mnist  # noqa: E402

@@ -53,7 +53,7 @@ GROUPS = {
     "counters": Group(("edge_runtime/counters.py",), ("tests/test_simulator.py", "tests/test_energy.py")),
     "protocol": Group(("edge_runtime/protocol.py",), ("tests/test_protocol.py",)),
     "pipeline": Group(
-        ("edge_runtime/pipeline.py",),
+        ("edge_runtime/pipeline.py", "edge_runtime/health.py", "edge_runtime/mailbox.py"),
         ("tests/test_daemon_parts.py", "tests/test_pipeline_accounting.py", "tests/test_reload_paths.py"),
     ),
     "bundle": Group(

@@ -1,6 +1,6 @@
 """The ``serve`` daemon's life cycle: start, run until told otherwise, reload, drain and stop.
 
-The main thread does only this: it waits on the pipeline's :class:`~.pipeline.Mailbox`, which
+The main thread does only this: it waits on a :class:`~.mailbox.Mailbox`, which
 receives signal numbers (through ``signal.set_wakeup_fd``) and wake-ups from the worker threads,
 and acts on them one at a time. Signal handlers therefore never run daemon code, so a SIGHUP that
 arrives mid-reload cannot re-enter it.
@@ -30,18 +30,12 @@ from .bundle import Bundle, check_golden, verify
 from .config import ServeConfig, load_config, parse_listen
 from .energy import DeviceProfile
 from .errors import ConfigError, EdgeError
-from .metrics import Metrics, make_app
-from .pipeline import (
-    PIPELINE_DROP_REASONS,
-    Health,
-    HttpServer,
-    Mailbox,
-    Pipeline,
-    SourceListener,
-    limit_blas_threads,
-    prompt_thread_switches,
-    stale_after,
-)
+from .health import Health, SourceListener, stale_after
+from .http_server import HttpServer, make_app
+from .mailbox import Mailbox
+from .metrics import Metrics
+from .pipeline import PIPELINE_DROP_REASONS, Pipeline
+from .process_tuning import limit_blas_threads, prompt_thread_switches
 from .sdnotify import Notifier
 from .sinks import JsonLinesSink, Sink, StdoutSink, prediction_records
 from .sources import SOURCE_DROP_REASONS, ReplaySpec, open_source, parse_source_spec

@@ -1,4 +1,4 @@
-"""The only module that knows about threads: source -> bounded queue -> inference -> metrics and sinks.
+"""The frame path's threads: source -> bounded queue -> inference -> metrics and sinks.
 
 Threads and what they own:
 
@@ -11,33 +11,27 @@ Threads and what they own:
   to the metrics and sinks. It alone touches the backend (an Akida device is not documented as
   thread-safe), so fallback and reload swaps happen here, between batches. It also sends the
   systemd watchdog ping, so a hung accelerator stops the pings and systemd restarts us.
-* **http**: wsgiref serving /metrics, /healthz and /readyz (one short-lived thread per request).
 
-Other threads talk to the daemon's main thread through a :class:`Mailbox` (a pipe, so a signal
-handler and a worker thread can both post to it without locks).
+The HTTP server (http_server.py) runs a thread of its own. Other threads talk to the daemon's main
+thread through a :class:`~.mailbox.Mailbox` (a pipe, so a signal handler and a worker thread can
+both post to it without locks).
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import os
-import select
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from socketserver import ThreadingMixIn
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from dataclasses import dataclass
 
 import numpy as np
 
 from .backends.base import Backend, BatchResult
 from .errors import BackendError, ConfigError
+from .health import Health
+from .mailbox import Mailbox
 from .metrics import Metrics
 from .sdnotify import Notifier
 from .sinks import Record, Sink
@@ -50,75 +44,6 @@ log = logging.getLogger(__name__)
 PIPELINE_DROP_REASONS = ("queue_full", "bad_shape", "inference_error")
 # How often an idle inference loop wakes up (to ping the watchdog and apply swaps) without a watchdog.
 IDLE_WAKE_S = 0.5
-
-
-# The daemon's GIL switch interval (CPython's default is 5 ms); see prompt_thread_switches().
-SWITCH_INTERVAL_S = 0.0005
-
-
-def prompt_thread_switches() -> None:
-    """Let a thread waiting for the GIL in after 0.5 ms instead of 5 ms, for the whole process.
-
-    Why: the inference thread holds the GIL through the simulator's Python code between NumPy
-    calls, while the source thread needs it only briefly to queue the frames that just arrived.
-    At 5 ms the source thread can wait out most of a batch before it queues anything, and the
-    inference thread then finds the queue empty and waits in turn. Measured over a pty on this
-    project's 2-core host (9 interleaved runs each of 3,000 frames, shipped bundle): median 9,500
-    frames/s at 0.5 ms against 8,900 at 5 ms; the host's run-to-run spread (7,100-11,400) is larger
-    than that gain, so it is a small one, and the extra switches cost no measurable CPU per frame.
-    """
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-
-
-def limit_blas_threads(threads: int) -> None:
-    """Cap the BLAS library's worker threads (OpenBLAS, MKL, BLIS) for the whole process.
-
-    NumPy's OpenBLAS starts a busy-waiting worker per core. The simulator multiplies small matrices
-    (one micro-batch), so extra workers only fight the reader thread and each other: on a loaded
-    2-core host, measured simulator throughput at batch 16 fell from 15,000 frames/s with one BLAS
-    thread to 460 with the default two. threadpoolctl changes the limit at run time, after NumPy
-    has loaded its BLAS, which an environment variable can no longer do.
-    """
-    from threadpoolctl import threadpool_limits  # lazy: only the daemon needs it
-
-    threadpool_limits(limits=threads, user_api="blas")
-
-
-class Mailbox:
-    """Wakes the daemon's main thread; posts are single bytes written to a pipe.
-
-    Writing one byte to a pipe is atomic and async-signal-safe, so the same mailbox takes Python's
-    ``signal.set_wakeup_fd`` (signal numbers, all < 128) and codes from worker threads (>= 128).
-    """
-
-    SOURCE_CHANGED = 0xF0
-    FATAL = 0xF1
-
-    def __init__(self) -> None:
-        self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-
-    @property
-    def write_fd(self) -> int:
-        return self._write
-
-    def post(self, code: int) -> None:
-        # BlockingIOError: 64 KiB of unread wake-ups, so the main thread is already due to wake.
-        with contextlib.suppress(BlockingIOError):
-            os.write(self._write, bytes([code]))
-
-    def wait(self, timeout: float | None = None) -> bytes:
-        """Block until something was posted (or ``timeout``); return every code pending."""
-        ready, _, _ = select.select([self._read], [], [], timeout)
-        if not ready:
-            return b""
-        try:
-            return os.read(self._read, 4096)
-        except BlockingIOError:
-            return b""
-
-    def close(self) -> None:
-        os.close(self._read)
-        os.close(self._write)
 
 
 class FrameQueue:
@@ -196,83 +121,6 @@ class FrameQueue:
     def drained(self) -> bool:
         """Closed and empty: the inference thread may stop."""
         return self._closed and not self._items
-
-
-# A source with an expected frame rate is stale after this many expected periods without a frame,
-# and never sooner than STALE_MIN_S (so a fast sensor's short hiccup is not an outage).
-STALE_PERIODS = 10
-STALE_MIN_S = 5.0
-
-
-def stale_after(expected_rate: float | None) -> float:
-    """Seconds without a good frame after which a source at ``expected_rate`` Hz is stale (inf: never)."""
-    return max(STALE_MIN_S, STALE_PERIODS / expected_rate) if expected_rate else float("inf")
-
-
-@dataclass
-class Health:
-    """What /readyz reports; written by the pipeline and daemon, read by HTTP threads.
-
-    ``expected_rate`` (frames/s; None: unknown) makes a silent sensor visible: an open port with
-    no frames for :func:`stale_after` seconds is not ready, and its silence is exported.
-    """
-
-    model_loaded: bool = False
-    source_open: bool = False
-    source_seen: bool = False  # the source has been open at least once (readiness for systemd)
-    source_finished: bool = False
-    expected_rate: float | None = None
-    # time.monotonic() of the last good frame, or of the source opening if that came later
-    last_frame_at: float = field(default_factory=time.monotonic)
-
-    def silence_s(self) -> float:
-        return max(0.0, time.monotonic() - self.last_frame_at)
-
-    def readiness(self) -> tuple[bool, str]:
-        if not self.model_loaded:
-            return False, "model not loaded"
-        if self.source_finished:
-            return False, "source finished (replay ended)"
-        if not self.source_open:
-            return False, "source not open"
-        silence, limit = self.silence_s(), stale_after(self.expected_rate)
-        if silence > limit:
-            return False, (
-                f"source stale: no frame for {silence:.0f} s (expected {self.expected_rate:g} frames/s, "
-                f"stale after {limit:g} s)"
-            )
-        return True, "ready"
-
-
-class SourceListener:
-    """The sources' fault reports (SourceEvents), turned into metrics, health and a wake-up."""
-
-    def __init__(self, metrics: Metrics, health: Health, mailbox: Mailbox) -> None:
-        self._metrics, self._health, self._mailbox = metrics, health, mailbox
-        self.dropped_counts: collections.Counter[str] = collections.Counter()
-        self.bad_packet_counts: collections.Counter[str] = collections.Counter()
-
-    def dropped(self, reason: str, n: int = 1) -> None:
-        self.dropped_counts[reason] += n
-        self._metrics.dropped(reason, n)
-
-    def sensor_up(self, up: bool) -> None:
-        self._metrics.sensor_up.set(1 if up else 0)
-        if up:
-            self._health.last_frame_at = time.monotonic()
-        self._health.source_open = up
-        self._health.source_seen |= up
-        self._mailbox.post(Mailbox.SOURCE_CHANGED)
-
-    def bytes_received(self, n: int) -> None:
-        self._metrics.sensor_bytes.inc(n)
-
-    def bad_packet(self, kind: str) -> None:
-        self.bad_packet_counts[kind] += 1
-        self._metrics.bad_packet(kind)
-
-    def bytes_flushed(self, n: int) -> None:
-        self._metrics.sensor_flushed_bytes.inc(n)
 
 
 @dataclass(frozen=True)
@@ -550,46 +398,3 @@ class Pipeline:
             records = self._make_records(frames, result, name, end, end - start)
             for sink in self._sinks:
                 sink.write(records)
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    """One thread per request, so a slow scraper cannot hold up a health check."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """Scrapes every few seconds would flood the journal; requests are not state changes."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class HttpServer:
-    """Serves a WSGI app (metrics.make_app) on ``host:port`` from a background thread."""
-
-    def __init__(self, app: Callable[..., Any], host: str, port: int) -> None:
-        try:
-            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-            server_class = type("_Server", (_Server,), {"address_family": family})
-            self._server = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
-        except OSError as error:
-            raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-        self._thread = threading.Thread(target=self._server.serve_forever, name="edge-http", daemon=True)
-
-    @property
-    def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop the serving loop (if it was started), wait for it, release the port."""
-        if self._thread.is_alive():
-            self._server.shutdown()
-            self._thread.join()
-        self._server.server_close()

@@ -17,7 +17,8 @@ from daemon_support import FakeDevice, wait_for
 from edge_runtime.backends.akida_board import AkidaBoardBackend, PowerWindow, Reading, find_device
 from edge_runtime.backends.base import BatchResult, LayerStats
 from edge_runtime.errors import BackendError
-from edge_runtime.pipeline import FrameQueue, Mailbox
+from edge_runtime.mailbox import Mailbox
+from edge_runtime.pipeline import FrameQueue
 from edge_runtime.sinks import JsonLinesSink, StdoutSink, prediction_records, rotate
 from edge_runtime.sources import Frame
 
@@ -157,8 +158,9 @@ def test_the_pipeline_accounts_for_every_frame_of_multi_frame_batches_into_a_sma
     from prometheus_client import CollectorRegistry
 
     from edge_runtime.daemon import DROP_REASONS
+    from edge_runtime.health import Health
     from edge_runtime.metrics import Metrics
-    from edge_runtime.pipeline import Health, Pipeline
+    from edge_runtime.pipeline import Pipeline
     from edge_runtime.sdnotify import Notifier
 
     registry = CollectorRegistry()

@@ -16,17 +16,16 @@ from edge_runtime.bundle import load_bundle
 from edge_runtime.daemon import DROP_REASONS
 from edge_runtime.energy import DeviceProfile
 from edge_runtime.errors import ConfigError
+from edge_runtime.health import Health
+from edge_runtime.histogram import BatchHistogram, bucket_label
+from edge_runtime.http_server import HttpServer, make_app
 from edge_runtime.metrics import (
     ENERGY_BUCKETS,
     EVENT_BUCKETS,
     LATENCY_BUCKETS,
     SPARSITY_BUCKETS,
-    BatchHistogram,
     Metrics,
-    bucket_label,
-    make_app,
 )
-from edge_runtime.pipeline import Health, HttpServer
 from edge_runtime.simulator import Simulator
 
 

@@ -25,8 +25,10 @@ from edge_runtime.backends.base import Backend, BatchResult
 from edge_runtime.daemon import DROP_REASONS
 from edge_runtime.emulator import PtyPort
 from edge_runtime.errors import BackendError, ConfigError
+from edge_runtime.health import Health, SourceListener
+from edge_runtime.mailbox import Mailbox
 from edge_runtime.metrics import Metrics
-from edge_runtime.pipeline import Health, Mailbox, Pipeline, SourceListener, Totals
+from edge_runtime.pipeline import Pipeline, Totals
 from edge_runtime.protocol import DELIMITER, encode_frame
 from edge_runtime.sdnotify import Notifier
 from edge_runtime.sinks import Record, prediction_records

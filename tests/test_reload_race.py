@@ -19,8 +19,10 @@ from prometheus_client import CollectorRegistry
 from edge_runtime.backends.base import BatchResult
 from edge_runtime.daemon import DROP_REASONS
 from edge_runtime.errors import BackendError
+from edge_runtime.health import Health
+from edge_runtime.mailbox import Mailbox
 from edge_runtime.metrics import Metrics
-from edge_runtime.pipeline import Health, Mailbox, Pipeline
+from edge_runtime.pipeline import Pipeline
 from edge_runtime.sdnotify import Notifier
 from edge_runtime.sinks import prediction_records
 from edge_runtime.sources import Frame

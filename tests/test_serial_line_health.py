@@ -11,7 +11,7 @@ from daemon_support import BundleUnderTest, PtyWriter, build_bundle, http_get, p
 from test_daemon import ready, running
 
 from edge_runtime.emulator import PtyPort
-from edge_runtime.pipeline import STALE_MIN_S
+from edge_runtime.health import STALE_MIN_S
 from edge_runtime.protocol import DELIMITER, FrameDecoder
 
 FRAMES = 300
