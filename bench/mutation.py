@@ -49,7 +49,10 @@ class Group:
 
 # Where a silent bug costs most, with the tests that are meant to catch it (issue 17).
 GROUPS = {
-    "simulator": Group(("edge_runtime/simulator.py",), ("tests/test_simulator.py",)),
+    "simulator": Group(
+        ("edge_runtime/simulator.py", "edge_runtime/sim_stages.py", "edge_runtime/akida_rules.py"),
+        ("tests/test_simulator.py",),
+    ),
     "counters": Group(("edge_runtime/counters.py",), ("tests/test_simulator.py", "tests/test_energy.py")),
     "protocol": Group(("edge_runtime/protocol.py",), ("tests/test_protocol.py",)),
     "pipeline": Group(

@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 
 from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer, MaxPool, load_model
+from edge_runtime.akida_rules import window_geometry
 from edge_runtime.bundle import (
     FBZ,
     FORMAT,
@@ -63,7 +64,7 @@ from edge_runtime.energy import DEVICES, DeviceProfile, ModelMapping
 from edge_runtime.errors import BundleError, DataError, ModelError
 from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
 from edge_runtime.onnx_session import OnnxSession
-from edge_runtime.simulator import Simulator, window_geometry
+from edge_runtime.simulator import Simulator
 
 from . import mnist_fetch
 from .akida_build import DeviceMapping, map_on_akd1000, to_akida

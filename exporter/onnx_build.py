@@ -8,7 +8,7 @@ Why this graph is exact, and not merely close (docs/bundle.md has the argument w
   the input range, whatever order the runtime sums in, and refuses the model otherwise.
 * The firing rule needs no division. akida's engine fires level ``k`` (1 <= k <= 2**act_bits - 1)
   exactly when ``(pot - threshold) * 2**act_bits > (k - 1) * t16``, with ``t16 = floor(16 * act_step)``
-  (docs/akida-semantics.md; :func:`edge_runtime.simulator.fire` is the reference). For integer
+  (docs/akida-semantics.md; :func:`edge_runtime.akida_rules.fire` is the reference). For integer
   potentials that is ``pot >= level_k`` with integer ``level_k`` computed here in exact integer
   arithmetic, so the activation is a count of true comparisons: exact on any IEEE float32 hardware,
   with no reliance on how a runtime divides.
@@ -38,8 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edge_runtime import __version__
 from edge_runtime.akida_model import AkidaModel, ConvLayer, Dense, InputConv, Layer
-from edge_runtime.errors import ModelError
-from edge_runtime.simulator import (
+from edge_runtime.akida_rules import (
     POTENTIAL_MAX,
     POTENTIAL_MIN,
     engine_t16,
@@ -48,6 +47,7 @@ from edge_runtime.simulator import (
     summed_positions,
     window_geometry,
 )
+from edge_runtime.errors import ModelError
 
 OPSET = 17  # supported by onnxruntime >= 1.12; newer opsets add nothing this graph needs
 IR_VERSION = 8  # the IR version of opset 17, so older runtimes on edge hosts can load the file

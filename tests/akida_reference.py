@@ -2,7 +2,7 @@
 
 Independent of ``edge_runtime``'s dataclasses and of the simulator's im2col, fused kernels and
 buffers: plain loops over output positions, each layer kind written out as docs/akida-semantics.md
-states it. Only the firing rule is shared (:func:`edge_runtime.simulator.fire`, pinned against the
+states it. Only the firing rule is shared (:func:`edge_runtime.akida_rules.fire`, pinned against the
 engine on potential sweeps by tests/test_simulator.py). Use it on small models: it is slow.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import akida
 import numpy as np
 
-from edge_runtime.simulator import fire
+from edge_runtime.akida_rules import fire
 
 POTENTIAL_MIN, POTENTIAL_MAX = -(2**19), 2**19 - 1  # written again here on purpose: the probed rule
 

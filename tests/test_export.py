@@ -24,10 +24,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_runtime.akida_model import AkidaModel, Dense, from_akida, load_model
+from edge_runtime.akida_rules import fire
 from edge_runtime.bundle import FBZ, GOLDEN, MANIFEST, ONNX, load_bundle
 from edge_runtime.errors import BundleError, DataError, ModelError
 from edge_runtime.onnx_session import OnnxSession
-from edge_runtime.simulator import Simulator, fire
+from edge_runtime.simulator import Simulator
 from exporter import cli
 from exporter.akida_build import map_on_akd1000, to_akida
 from exporter.bundle_build import export_model, export_run, load_run, three_way, verify_bundle

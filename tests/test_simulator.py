@@ -25,12 +25,13 @@ from akida_random import (
 )
 from akida_reference import POTENTIAL_MAX, reference_forward
 
-from edge_runtime import cli, simulator
+from edge_runtime import akida_rules, cli, sim_stages, simulator
 from edge_runtime.akida_model import Conv, Dense, InputConv, InputData, SepConv, from_akida, load_model
+from edge_runtime.akida_rules import fire, window_geometry
 from edge_runtime.counters import PER_FRAME, STATIC
 from edge_runtime.energy import DeviceProfile
 from edge_runtime.errors import DataError, ModelError
-from edge_runtime.simulator import Simulator, fire, window_geometry
+from edge_runtime.simulator import Simulator
 
 RANDOM_MODELS = 300
 
@@ -720,7 +721,7 @@ def test_simulate_refuses_missing_and_corrupt_files_in_one_line(tmp_path, saved_
         assert code == 2 and message in error and error.count("\n") == 1, error
 
 
-@pytest.mark.parametrize("float32_exact", [simulator.FLOAT32_EXACT, 2**8])
+@pytest.mark.parametrize("float32_exact", [akida_rules.FLOAT32_EXACT, 2**8])
 def test_batch1_gather_and_float64_paths_match_engine_and_default_counters(monkeypatch, float32_exact):
     """The random models are too small for the batch-1 row gather and rarely need float64 sums; force both
     paths (gather always, float32 considered exact only below 2**8) and compare outputs with akida's engine
@@ -731,9 +732,10 @@ def test_batch1_gather_and_float64_paths_match_engine_and_default_counters(monke
         frames = model_frames(rng, model, 2)
         reference = Simulator(from_akida(model)).run(frames)
         with monkeypatch.context() as patch:
-            patch.setattr(simulator, "_GATHER_MIN_WEIGHTS", 0)
-            patch.setattr(simulator, "_GATHER_MAX_DENSITY", 1.0)
-            patch.setattr(simulator, "FLOAT32_EXACT", float32_exact)
+            patch.setattr(sim_stages, "_GATHER_MIN_WEIGHTS", 0)
+            patch.setattr(sim_stages, "_GATHER_MAX_DENSITY", 1.0)
+            for module in (akida_rules, sim_stages, simulator):  # each reads its own imported copy
+                patch.setattr(module, "FLOAT32_EXACT", float32_exact)
             forced = Simulator(from_akida(model))
             one_by_one = [forced.run(frames[i : i + 1]) for i in range(len(frames))]
         np.testing.assert_array_equal(np.concatenate([r.outputs for r in one_by_one]), model.forward(frames))
@@ -827,8 +829,8 @@ def test_twenty_bit_potentials_are_reproduced(monkeypatch):
         np.testing.assert_array_equal(_simulate(model, frames), expected, err_msg=kind)
         np.testing.assert_array_equal(reference_forward(model, frames), expected, err_msg=kind)
         with monkeypatch.context() as patch:  # the batch-1 path that multiplies only the event rows
-            patch.setattr(simulator, "_GATHER_MIN_WEIGHTS", 0)
-            patch.setattr(simulator, "_GATHER_MAX_DENSITY", 1.0)
+            patch.setattr(sim_stages, "_GATHER_MIN_WEIGHTS", 0)
+            patch.setattr(sim_stages, "_GATHER_MAX_DENSITY", 1.0)
             forced = Simulator(from_akida(model))
             one_by_one = np.concatenate([forced.run(frames[i : i + 1]).outputs for i in range(len(frames))])
         np.testing.assert_array_equal(one_by_one, expected, err_msg=kind)
