@@ -49,13 +49,11 @@ from edge_runtime.energy import (  # noqa: E402
     ENERGY_COEFFICIENTS,
     HOST_COEFFICIENTS,
     UNITS,
-    Activity,
     Coefficients,
     DeviceProfile,
-    ModelMapping,
-    host_features,
 )
 from edge_runtime.energy_fit import Row, clock_features, energy_features  # noqa: E402
+from edge_runtime.energy_inputs import Activity, ModelMapping, host_features  # noqa: E402
 from edge_runtime.mapping import placement, weight_count  # noqa: E402
 
 DATA = ROOT / "bench" / "data" / "akida1-silicon.json"

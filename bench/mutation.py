@@ -63,7 +63,7 @@ GROUPS = {
         ("edge_runtime/bundle.py",),
         ("tests/test_bundle.py", "tests/test_bundle_payload_listing.py", "tests/test_serve_golden_check.py"),
     ),
-    "energy": Group(("edge_runtime/energy.py",), ("tests/test_energy.py",)),
+    "energy": Group(("edge_runtime/energy.py", "edge_runtime/energy_inputs.py"), ("tests/test_energy.py",)),
     "daemon": Group(
         ("edge_runtime/daemon.py",),
         ("tests/test_reload_paths.py", "tests/test_serve_golden_check.py", "tests/test_daemon.py"),

@@ -33,7 +33,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import numpy as np
 
 from .akida_model import AkidaModel, Dense, InputData, Layer, load_model
-from .energy import ModelMapping
+from .energy_inputs import ModelMapping
 from .errors import BundleError, DataError, EdgeError
 from .simulator import Simulator
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from . import counters, files
-from .energy import DEFAULT_DEVICE, DEVICES, UNITS, Activity, DeviceProfile
+from .energy import DEFAULT_DEVICE, DEVICES, UNITS, DeviceProfile
 from .energy_fit import Calibration, Sample, calibrate
+from .energy_inputs import Activity
 from .errors import ConfigError, DataError
 from .mapping import DEFAULT_MAP_MODE, MAP_MODES, map_model
 

@@ -25,12 +25,9 @@ from .energy import (
     HOST_COEFFICIENTS,
     PJ,
     UNITS,
-    Activity,
     DeviceProfile,
-    ModelMapping,
-    host_features,
-    layer_features,
 )
+from .energy_inputs import Activity, ModelMapping, host_features, layer_features
 from .errors import ConfigError, DataError
 
 # Above this condition number (columns scaled to unit norm) the data cannot tell coefficients apart:

@@ -3,7 +3,7 @@
 Why: a layer's time on the chip depends on how many neural processors (NPs) it is spread over and of
 which kind, and only akida's mapper knows that. Mapping happens where akida is at hand (export, or
 ``simulate`` of a bare ``.fbz``); the result is recorded in the bundle manifest as
-:class:`edge_runtime.energy.ModelMapping`, so serving needs no mapper. ``akida`` is imported lazily.
+:class:`edge_runtime.energy_inputs.ModelMapping`, so serving needs no mapper. ``akida`` is imported lazily.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .energy import DEVICES, ModelMapping, Placement
+from .energy import DEVICES
+from .energy_inputs import ModelMapping, Placement
 from .errors import ModelError
 
 MAP_MODES = ("AllNps", "Minimal", "HwPr")

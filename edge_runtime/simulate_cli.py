@@ -20,7 +20,8 @@ from . import files
 from .akida_model import load_model
 from .bundle import read_manifest
 from .counters import Counters
-from .energy import DEFAULT_DEVICE, DEVICES, DeviceProfile, ModelMapping
+from .energy import DEFAULT_DEVICE, DEVICES, DeviceProfile
+from .energy_inputs import ModelMapping
 from .errors import ConfigError, DataError
 from .mapping import DEFAULT_MAP_MODE, MAP_MODES, map_model
 from .simulator import Simulator

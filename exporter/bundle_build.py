@@ -60,7 +60,8 @@ from edge_runtime.bundle import (
     write_manifest,
 )
 from edge_runtime.counters import Counters
-from edge_runtime.energy import DEVICES, DeviceProfile, ModelMapping
+from edge_runtime.energy import DEVICES, DeviceProfile
+from edge_runtime.energy_inputs import ModelMapping
 from edge_runtime.errors import BundleError, DataError, ModelError
 from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
 from edge_runtime.onnx_session import OnnxSession

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime import energy
+from edge_runtime import energy, energy_inputs
 from edge_runtime.counters import LayerCounters
-from edge_runtime.energy import Coefficients, DeviceProfile, ModelMapping, Placement
+from edge_runtime.energy import Coefficients, DeviceProfile
+from edge_runtime.energy_inputs import ModelMapping, Placement
 from edge_runtime.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,12 +204,12 @@ def test_a_long_call_costs_the_fill_once_then_the_slowest_layer() -> None:
 
 
 def test_kernels_between_the_measured_ones_interpolate_in_area() -> None:
-    assert energy.kernel_weights(9) == {"cnp_clk_per_event_filter_k3": 1.0}
-    assert energy.kernel_weights(4) == pytest.approx(
+    assert energy_inputs.kernel_weights(9) == {"cnp_clk_per_event_filter_k3": 1.0}
+    assert energy_inputs.kernel_weights(4) == pytest.approx(
         {"cnp_clk_per_event_filter_k1": 5 / 8, "cnp_clk_per_event_filter_k3": 3 / 8}
     )
     with pytest.raises(DataError, match="kernels of 1x1 to 7x7"):
-        energy.kernel_weights(64)
+        energy_inputs.kernel_weights(64)
 
 
 def test_counters_are_checked_against_the_mapping() -> None:
