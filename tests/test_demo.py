@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from bundle_fixtures import make_bundle
 
-from edge_runtime.demo import BUNDLE_NAME, PredictionLog, activation_sparsity
+from edge_runtime.demo import BUNDLE_NAME
+from edge_runtime.demo_report import PredictionLog, activation_sparsity
 from edge_runtime.mnist import Mnist
 
 REPO = Path(__file__).resolve().parent.parent
