@@ -1,4 +1,4 @@
-"""Turn a trained run into a verified bundle, and re-verify bundles.
+"""Turn a trained run (run_reader.py) or a user's model into a verified bundle (the agreement check: verify.py).
 
 The export refuses to write anything an edge host could not trust (docs/bundle.md):
 
@@ -15,24 +15,20 @@ the old bundle or the complete new one.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import akida
 import numpy as np
 import onnx
 
-from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer, MaxPool, load_model
-from edge_runtime.akida_rules import window_geometry
+from edge_runtime.akida_model import AkidaModel, load_model
 from edge_runtime.bundle import (
     FBZ,
     FORMAT,
@@ -40,7 +36,6 @@ from edge_runtime.bundle import (
     GOLDEN,
     MANIFEST,
     ONNX,
-    Bundle,
     EnergyMetrics,
     Golden,
     InputSpec,
@@ -51,7 +46,6 @@ from edge_runtime.bundle import (
     Target,
     Training,
     Verification,
-    check_golden,
     file_entry,
     installed_version,
     layer_specs,
@@ -62,22 +56,19 @@ from edge_runtime.bundle import (
 from edge_runtime.counters import Counters
 from edge_runtime.energy import DEVICES, DeviceProfile
 from edge_runtime.energy_inputs import ModelMapping
-from edge_runtime.errors import BundleError, DataError, ModelError
+from edge_runtime.errors import BundleError, DataError
 from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
-from edge_runtime.onnx_session import OnnxSession
-from edge_runtime.simulator import Simulator
 
 from . import mnist_fetch
 from .akida_build import DeviceMapping, map_on_akd1000, to_akida
 from .onnx_build import OPSET, check_exact, to_onnx
+from .run_reader import load_run
+from .verify import BACKENDS, check_recorded_scores, outputs_digest, three_way
 
 log = logging.getLogger(__name__)
 
-RUN_FORMAT = "akida-v1-integer-params/1"  # spec.json written by exporter.train
-BACKENDS = ("akida", "simulator", "onnxruntime")
 GOLDEN_FRAMES = 16
 MNIST_TEST = "mnist-test"
-BATCH = 1000  # frames per engine call: bounds memory, not results
 MNIST_PREPROCESSING = (
     "28x28 8-bit greyscale, white digit on black (0 = background), as in MNIST: the image array (rows, "
     "columns) reshaped to (28, 28, 1) with no transpose, scaling or normalisation; the input layer takes "
@@ -96,23 +87,6 @@ class EvalSet:
     preprocessing: str
 
 
-@dataclass(frozen=True, eq=False)
-class TrainedRun:
-    """What the exporter takes from a run directory written by ``edge-export train``."""
-
-    model: AkidaModel
-    training: Training
-    eval_scores: np.ndarray | None  # the run's own outputs on the first N test frames (int32 (N, classes))
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    bundle: Bundle
-    golden_frames: int
-    extra_frames: int  # frames beyond the golden vectors on which the backends agreed
-    backends: tuple[str, ...]
-
-
 def mnist_eval_set(cache_dir: Path | None = None) -> EvalSet:
     """The MNIST test split (10,000 frames), fetched into the cache if needed."""
     data = mnist_fetch.load_mnist(cache_dir)
@@ -123,170 +97,6 @@ def mnist_eval_set(cache_dir: Path | None = None) -> EvalSet:
         tuple(str(d) for d in range(10)),
         MNIST_PREPROCESSING,
     )
-
-
-# --------------------------------------------------------------------------- reading a run
-
-
-def _read_only(array: np.ndarray, dtype: type) -> np.ndarray:
-    out: np.ndarray = np.array(array, dtype=dtype, copy=True)
-    out.setflags(write=False)
-    return out
-
-
-def _conv_geometry(
-    shape: tuple[int, int, int],
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    padding: Any,
-    filters: int,
-    pool: MaxPool | None,
-) -> tuple[int, int, int]:
-    """Output shape of a conv layer (after pooling), with the simulator's window rules."""
-    x, y = (window_geometry(shape[a], kernel[a], stride[a], padding)[0] for a in (0, 1))
-    if pool is not None:
-        x, y = (window_geometry((x, y)[a], pool.size[a], pool.stride[a], padding)[0] for a in (0, 1))
-    return (x, y, filters)
-
-
-def model_from_spec(
-    layers: Sequence[Mapping[str, Any]], input_shape: Sequence[int], arrays: Mapping[str, np.ndarray]
-) -> AkidaModel:
-    """Build the AkidaModel a run describes: layer hyper-parameters from ``spec.json`` and
-    ``<name>.weights|threshold|act_step`` arrays in akida's layouts (FC weights (1, 1, inputs, units)).
-    Layers without activation may omit threshold and act_step (akida's defaults, 0 and 1, are used)."""
-    shape: tuple[int, int, int] = tuple(int(v) for v in input_shape)  # type: ignore[assignment]  # (x, y, c)
-    input_bits = 8
-    built: list[Layer] = []
-    for spec in layers:
-        name = spec["name"]
-        weights = np.asarray(arrays[f"{name}.weights"])
-        units = int(weights.shape[-1])
-        common: dict[str, Any] = {
-            "name": name,
-            "input_shape": shape,
-            "threshold": _read_only(arrays.get(f"{name}.threshold", np.zeros(units)), np.int32),
-            "act_step": _read_only(arrays.get(f"{name}.act_step", np.ones(units)), np.float32),
-            "act_bits": int(spec.get("act_bits", 1)),  # 1: akida's default, for a layer that does not fire
-            "weights_bits": int(spec["weights_bits"]),
-            "input_bits": input_bits,
-            "activation": bool(spec["activation"]),
-        }
-        if spec["kind"] == "FullyConnected":
-            layer: Layer = Dense(
-                weights=_read_only(weights.reshape(-1, units), np.int8), output_shape=(1, 1, units), **common
-            )
-        else:
-            pool_spec = spec.get("pool")
-            if pool_spec and pool_spec.get("type", "max") != "max":
-                raise ModelError(f"layer '{name}': {pool_spec['type']} pooling; Akida 1.0 layers here max-pool")
-            pool = MaxPool(tuple(pool_spec["size"]), tuple(pool_spec["stride"])) if pool_spec else None
-            kernel, stride = tuple(spec["kernel_size"]), tuple(spec.get("kernel_stride", (1, 1)))
-            padding = spec.get("padding", "same")
-            conv = {
-                "weights": _read_only(weights, np.int8),
-                "kernel": kernel,
-                "stride": stride,
-                "padding": padding,
-                "pool": pool,
-                "output_shape": _conv_geometry(shape, kernel, stride, padding, units, pool),
-            }
-            if spec["kind"] == "InputConvolutional":
-                layer = InputConv(padding_value=int(spec.get("padding_value", 0)), **common, **conv)
-            elif spec["kind"] == "Convolutional":
-                layer = Conv(**common, **conv)
-            else:
-                raise ModelError(f"layer '{name}': unknown kind {spec['kind']!r}")
-        built.append(layer)
-        shape, input_bits = layer.output_shape, layer.act_bits
-    return AkidaModel(tuple(built))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: missing; is {path.parent} a run directory written by `edge-export train`?") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{path}: unreadable ({error})") from None
-
-
-def load_run(run_dir: Path) -> TrainedRun:
-    """Read ``spec.json`` + ``params.npz`` (hash-checked), ``config.json`` and the recorded test scores."""
-    spec = _read_json(run_dir / "spec.json")
-    if not isinstance(spec, dict) or spec.get("format") != RUN_FORMAT:
-        raise ModelError(f"{run_dir / 'spec.json'}: not a run spec of format {RUN_FORMAT}")
-    try:
-        params, digest = run_dir / spec["params"]["file"], spec["params"]["sha256"]
-        layers, input_shape = spec["layers"], spec["input"]["shape"]
-    except (KeyError, TypeError):
-        raise ModelError(
-            f"{run_dir / 'spec.json'}: incomplete (needs params.file, params.sha256, layers, input.shape)"
-        ) from None
-    if not params.is_file():
-        raise ModelError(f"{params}: missing; the run directory is incomplete")
-    if hashlib.sha256(params.read_bytes()).hexdigest() != digest:
-        raise ModelError(f"{params}: does not match the SHA-256 in spec.json; the run directory was altered")
-    try:
-        with np.load(params, allow_pickle=False) as npz:
-            model = model_from_spec(layers, input_shape, {k: npz[k] for k in npz.files})
-    except (KeyError, TypeError, ValueError) as error:
-        raise ModelError(f"{run_dir}: spec.json and params.npz do not describe a model ({error!r})") from None
-    scores_file = run_dir / spec.get("eval_scores", {}).get("file", "eval_scores.npy")
-    scores = np.load(scores_file, allow_pickle=False) if scores_file.is_file() else None
-    config = _read_json(run_dir / "config.json")
-    return TrainedRun(model, Training(run_dir.name, spec.get("seed"), config), scores)
-
-
-# --------------------------------------------------------------------------- verification
-
-
-def _first_disagreement(reference: np.ndarray, other: np.ndarray) -> tuple[int, int]:
-    """(number of frames that differ, index of the first); shape differences count every frame."""
-    if reference.shape != other.shape or reference.dtype != other.dtype:
-        return len(reference), 0
-    wrong = np.flatnonzero((reference != other).reshape(len(reference), -1).any(axis=1))
-    return int(wrong.size), int(wrong[0]) if wrong.size else -1
-
-
-def three_way(fbz: Path, onnx_path: Path, model: AkidaModel, frames: np.ndarray) -> tuple[np.ndarray, Counters]:
-    """Run the engine (on the .fbz), the simulator and onnxruntime on ``frames``; all must agree.
-
-    Returns the agreed outputs and the simulator's counters; BundleError names the backend that
-    disagrees with the engine, how often, and the first frame.
-    """
-    engine = akida.Model(str(fbz))
-    runtime = OnnxSession(onnx_path)
-    simulated = Simulator(model).run(frames)
-    reference = np.concatenate([engine.forward(frames[i : i + BATCH]) for i in range(0, len(frames), BATCH)])
-    others = {
-        "the simulator": simulated.outputs,
-        "onnxruntime": np.concatenate([runtime.infer(frames[i : i + BATCH]) for i in range(0, len(frames), BATCH)]),
-    }
-    runtime.close()
-    for backend, outputs in others.items():
-        count, first = _first_disagreement(reference, outputs)
-        if count:
-            raise BundleError(
-                f"{backend} disagrees with the Akida engine on {count} of {len(frames)} frames (first: frame {first})"
-            )
-    return reference, simulated.counters
-
-
-def outputs_digest(outputs: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(outputs, dtype=outputs.dtype.newbyteorder("<")).tobytes()).hexdigest()
-
-
-def _check_recorded_scores(scores: np.ndarray, outputs: np.ndarray) -> None:
-    """The run's recorded test-set outputs (its training forward) must be the engine's, frame for frame."""
-    ours = outputs[: len(scores)].reshape(min(len(scores), len(outputs)), -1)
-    count, first = _first_disagreement(ours, scores[: len(ours)])
-    if count:
-        raise BundleError(
-            f"the run's recorded scores differ from the Akida engine's on {count} of {len(ours)} "
-            f"test frames (first: frame {first}): the trained parameters do not mean on the chip what "
-            "they meant in training"
-        )
 
 
 # --------------------------------------------------------------------------- measuring
@@ -379,7 +189,7 @@ def _build_into(
     outputs, counters = three_way(directory / FBZ, directory / ONNX, shipped, eval_set.frames)
     log.info("akida, simulator and onnxruntime agree on %d frames", len(outputs))
     if recorded_scores is not None:
-        _check_recorded_scores(recorded_scores, outputs)
+        check_recorded_scores(recorded_scores, outputs)
     golden_n = min(GOLDEN_FRAMES, len(outputs))
     labels = eval_set.labels[:golden_n] if eval_set.labels is not None else np.full(golden_n, -1)
     write_golden(directory / GOLDEN, Golden(eval_set.frames[:golden_n], outputs[:golden_n], labels.astype(np.int64)))
@@ -535,23 +345,3 @@ def export_run(
         force=force,
         recorded_scores=scores,
     )
-
-
-def verify_bundle(path: Path, frames: np.ndarray | None = None) -> VerifyReport:
-    """Re-check a bundle: loader checks, golden vectors through all three backends, then agreement on ``frames``."""
-    bundle = load_bundle(path)
-    engine = akida.Model(str(bundle.fbz_path))
-    runtime = OnnxSession(bundle.onnx_path)
-    check_golden(bundle, engine.forward, "the Akida engine")
-    check_golden(bundle, lambda f: Simulator(bundle.model).run(f).outputs, "the simulator")
-    check_golden(bundle, runtime.infer, "onnxruntime")
-    runtime.close()
-    extra = 0
-    if frames is not None:
-        if frames.dtype != np.uint8 or frames.shape[1:] != bundle.model.input_shape:
-            raise DataError(
-                f"frames are {frames.dtype} {frames.shape[1:]}, the bundle takes uint8 {bundle.model.input_shape}"
-            )
-        three_way(bundle.fbz_path, bundle.onnx_path, bundle.model, frames)
-        extra = len(frames)
-    return VerifyReport(bundle, len(bundle.golden.frames), extra, BACKENDS)

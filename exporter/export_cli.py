@@ -178,7 +178,7 @@ def _load_frames(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .bundle_build import verify_bundle  # onnxruntime: the export extra
+    from .verify import verify_bundle  # onnxruntime: the export extra
 
     manifest, _ = read_manifest(args.bundle)
     frames, source = None, ""

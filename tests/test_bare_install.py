@@ -102,7 +102,8 @@ def test_the_bare_install_serves_replayed_frames_on_the_simulator(
         ),
         (
             ["edge-export", "verify", str(BUNDLE)],
-            "edge-export: error: `edge-export verify` needs the export extra (no module 'onnx'): "
+            # verify runs the ONNX graph, so onnxruntime is the first module of the extra it misses
+            "edge-export: error: `edge-export verify` needs the export extra (no module 'onnxruntime'): "
             "pip install 'akida-edge[export]'",
         ),
         (
