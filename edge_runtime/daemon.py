@@ -32,7 +32,7 @@ from .energy import DeviceProfile
 from .errors import ConfigError, EdgeError
 from .health import Health, SourceListener, stale_after
 from .http_server import HttpServer, make_app
-from .mailbox import Mailbox
+from .mailbox import STOP_SIGNALS, Mailbox
 from .metrics import Metrics
 from .pipeline import PIPELINE_DROP_REASONS, Pipeline
 from .process_tuning import limit_blas_threads, prompt_thread_switches
@@ -44,7 +44,6 @@ from .timeouts import RELOAD_ALLOWANCE_S, SWAP_TIMEOUT_S
 log = logging.getLogger(__name__)
 
 DROP_REASONS = tuple(dict.fromkeys((*SOURCE_DROP_REASONS, *PIPELINE_DROP_REASONS)))
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def backend_settings(config: ServeConfig) -> BackendSettings:
@@ -406,18 +405,3 @@ class Daemon:
             self._http.close()
         self.mailbox.close()
         return status
-
-
-def install_signal_handlers(mailbox: Mailbox) -> None:
-    """Route SIGHUP, SIGTERM and SIGINT to the mailbox (main thread only, as Python requires).
-
-    The handlers do nothing themselves: ``set_wakeup_fd`` writes each signal's number to the
-    mailbox, and the main loop acts on it.
-    """
-    for signum in (signal.SIGHUP, *STOP_SIGNALS):
-        signal.signal(signum, _ignore)
-    signal.set_wakeup_fd(mailbox.write_fd, warn_on_full_buffer=False)
-
-
-def _ignore(signum: int, frame: Any) -> None:
-    """Replaces the default actions (SIGINT's KeyboardInterrupt, SIGHUP's exit)."""

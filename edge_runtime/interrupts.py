@@ -4,7 +4,7 @@ Why the handlers are installed explicitly: Python installs its SIGINT handler (t
 KeyboardInterrupt) only if SIGINT was not ignored when the interpreter started. A background job
 of a non-interactive shell (``cmd &``) and some CI runners start us with SIGINT ignored, and then
 Ctrl-C, or a harness's SIGINT, did nothing at all. (``serve`` routes its signals through the
-daemon's mailbox instead, see daemon.install_signal_handlers.)
+daemon's mailbox instead, see mailbox.install_signal_handlers.)
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
-"""How signal handlers and worker threads wake the daemon's main thread: one byte per message, through a pipe."""
+"""How signals and worker threads wake the daemon's main thread: one byte per message, through a pipe."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import select
+import signal
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Mailbox:
@@ -42,3 +46,18 @@ class Mailbox:
     def close(self) -> None:
         os.close(self._read)
         os.close(self._write)
+
+
+def install_signal_handlers(mailbox: Mailbox) -> None:
+    """Route SIGHUP, SIGTERM and SIGINT to the mailbox (main thread only, as Python requires).
+
+    The handlers do nothing themselves: ``set_wakeup_fd`` writes each signal's number to the
+    mailbox, and the main loop acts on it.
+    """
+    for signum in (signal.SIGHUP, *STOP_SIGNALS):
+        signal.signal(signum, _ignore)
+    signal.set_wakeup_fd(mailbox.write_fd, warn_on_full_buffer=False)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """Replaces the default actions (SIGINT's KeyboardInterrupt, SIGHUP's exit)."""

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import BACKENDS, DEFAULT_LISTEN
-from .daemon import Daemon, install_signal_handlers
+from .daemon import Daemon
+from .mailbox import install_signal_handlers
 
 DESCRIPTION = """\
 Sensor frames in, inference on the Akida board (or our simulator, or onnxruntime), per-inference
