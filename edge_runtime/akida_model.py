@@ -42,7 +42,7 @@ MAX_INPUT_DATA_BITS = 4  # the engine refuses wider (8-bit, signed) InputData in
 
 
 def _frozen(array: np.ndarray, dtype: type) -> np.ndarray:
-    out = np.array(array, dtype=dtype, copy=True)
+    out: np.ndarray = np.array(array, dtype=dtype, copy=True)
     out.setflags(write=False)
     return out
 

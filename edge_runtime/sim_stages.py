@@ -35,7 +35,34 @@ _GATHER_MAX_DENSITY = 0.3  # ... unless more of its inputs than this are events 
 
 
 class Views:
-    """Attribute bag: one stage's views of its work arrays for one batch size."""
+    """Attribute bag: one stage's views of its work arrays for one batch size.
+
+    Which are set depends on the stage kind (see each ``_make_views``) and, for ``counts``,
+    ``gathered_counts`` and ``dot``, on the simulator's plan for the batch size.
+    """
+
+    dtype: type
+    pair: np.ndarray  # (n, 2, P + 1): per frame, the inputs then the indicator
+    inputs: np.ndarray
+    values: np.ndarray
+    indicator: np.ndarray
+    interior: np.ndarray
+    rows: np.ndarray
+    flat: np.ndarray
+    counts: np.ndarray
+    gathered_counts: np.ndarray
+    dot: Callable[..., np.ndarray]
+    potentials: np.ndarray
+    # a Conv's
+    fields: np.ndarray
+    fields_rows: np.ndarray
+    products: np.ndarray
+    members: np.ndarray
+    pooled: np.ndarray
+    window: np.ndarray
+    fields_window: np.ndarray
+    # a FullyConnected's at batch 1, when it gathers its events
+    events_values: np.ndarray
 
 
 class Inputs:
@@ -74,13 +101,13 @@ class Inputs:
         self.shape, self.before, self.pad_value, self.dtype = shape, before, pad_value, dtype
         self.padded = (bx + x + ax, by + y + ay, c)
         self.size = int(np.prod(self.padded))
-        counting = np.zeros((self.size + 1, len(columns)), dtype=dtype)
+        counting: np.ndarray = np.zeros((self.size + 1, len(columns)), dtype=dtype)
         interior = counting[: self.size].reshape(*self.padded, len(columns))[bx : bx + x, by : by + y]
         for index, column in enumerate(columns):
             interior[..., index] = column.reshape(shape)
         # Fortran order: BLAS reads each column contiguously (2x faster than C order at batch 1)
         self.counting = np.asfortranarray(counting)
-        self.ones = np.ones(self.padded, dtype=dtype)
+        self.ones: np.ndarray = np.ones(self.padded, dtype=dtype)
         self._capacity = 0
         self._views: dict[int, Views] = {}
 
@@ -95,7 +122,7 @@ class Inputs:
 
     def _allocate(self, n: int) -> dict[str, np.ndarray]:
         """Work arrays for n frames, each with the frame as its first axis."""
-        pair = np.zeros((n, 2, self.size + 1), dtype=self.dtype)
+        pair: np.ndarray = np.zeros((n, 2, self.size + 1), dtype=self.dtype)
         pair[:, 0, : self.size] = self.pad_value
         pair[:, 0, self.size] = 1  # the bias input
         return {"pair": pair}
@@ -287,6 +314,7 @@ class ConvStage(Stage):
         (kx, ky), (sx, sy), c = self.kernel, self.stride, self.padded[2]
         (wx, qx), (wy, qy) = self.members_x.shape, self.members_y.shape
         px, py = regular_pool(self.members_x), regular_pool(self.members_y)
+        assert px is not None and py is not None  # strided only when both pool regularly
         frame, along_x, along_y, channel = values.strides
         # the view stays inside the padded map (window_geometry's padding is what the windows need)
         assert (wx - 1 + (qx - 1) * px) * sx + kx <= self.padded[0]
@@ -324,6 +352,7 @@ class ConvStage(Stage):
         elif self.members > 1:
             np.maximum.reduce(views.members, axis=1, out=views.pooled)
         if self.firing is not None:
+            assert out is not None  # a layer that fires has the next layer's (or the outputs') input to fire into
             self.firing(views.potentials, out)
         return views.potentials
 
@@ -374,7 +403,7 @@ class DenseStage(Stage):
         self._gather_limit = int(self.inputs * _GATHER_MAX_DENSITY)
         if self.gathers:  # C order: each event's row is contiguous
             counted = np.column_stack([self.matrix[:-1], fanout, np.ones_like(fanout)])
-            self.events_matrix = np.ascontiguousarray(counted, dtype=self.dtype)
+            self.events_matrix: np.ndarray = np.ascontiguousarray(counted, dtype=self.dtype)
         else:  # the counting columns after the units (0 in the bias row, like the counting table)
             self.matrix = np.concatenate([self.matrix, self.counting], axis=1)
         self.matrix = np.asfortranarray(self.matrix)  # BLAS reads it as rows of the transpose: 10 % faster at batch 1
@@ -391,10 +420,10 @@ class DenseStage(Stage):
             views.events_values = views.inputs[0, : self.inputs]
             if not hasattr(self, "_gathered"):  # kept across reallocations: batch 1 always gathers
                 self._nonzero = np.empty(self.inputs, dtype=bool)
-                self._gathered = np.zeros((self.inputs + 1, self.events_matrix.shape[1]), dtype=self.dtype)
+                self._gathered: np.ndarray = np.zeros((self.inputs + 1, self.events_matrix.shape[1]), dtype=self.dtype)
                 self._gathered[0, :-2] = self.matrix[-1]  # the bias row stays first
                 # row 0: 1 (bias), then the event values; row 1: 0, then ones
-                self._events = np.ones((2, self.inputs + 1), dtype=self.dtype)
+                self._events: np.ndarray = np.ones((2, self.inputs + 1), dtype=self.dtype)
                 self._events[1, 0] = 0
                 self._gathered_rows, self._event_values = self._gathered[1:], self._events[0, 1:]
         return views
@@ -416,6 +445,7 @@ class DenseStage(Stage):
         if self.saturates:
             np.clip(potentials, POTENTIAL_MIN, POTENTIAL_MAX, out=potentials)
         if self.firing is not None:
+            assert out is not None  # as in ConvStage._run
             self.firing(potentials, out)
         return potentials
 

@@ -130,9 +130,11 @@ class Simulator:
             raise DataError(f"frames must have shape (N>0, {', '.join(map(str, expected))}), got {frames.shape}")
         top = self._input_max
         if top < 255 and int(frames.max()) > top:  # as the engine, which refuses such frames
+            input_data = self.model.input_data
+            assert input_data is not None  # only an InputData takes fewer than 8 bits
             raise DataError(
                 f"frames hold values up to {int(frames.max())}; this model's "
-                f"{self.model.input_data.input_bits}-bit InputData takes 0..{top}"
+                f"{input_data.input_bits}-bit InputData takes 0..{top}"
             )
 
     def _regions(self, n: int) -> tuple[list[dict[bool, int]], int, int, int]:
@@ -174,7 +176,7 @@ class Simulator:
             # np.dot: 0.5 us less per call than np.matmul, but only writes an out= of its own dtype
             own.dot = np.dot if own.dtype == counts.dtype else np.matmul
             steps.append((stage.runner(n), own, out))
-        if final is not None:
+        if final is not None and self._outputs is not None:  # both or neither: the last layer fires
             final.counts = counts[final_at:constants_at].reshape(self._outputs.layout(n)[0])
             final.dot = np.dot if final.dtype == counts.dtype else np.matmul
         shape = (n, *self._output_shape)
@@ -187,8 +189,9 @@ class Simulator:
         np.copyto(first, frames)
         for run, views, out in steps:
             potentials = run(views, out)
-        if final is not None:
-            self._outputs._count(final)
+        outputs = self._outputs
+        if final is not None and outputs is not None:  # both or neither (see _plan)
+            outputs._count(final)
             result = final.interior.astype(np.uint8)
         else:  # the last layer emits its potentials: return them as int32, count their non-zeros
             result = potentials.astype(np.int32).reshape(shape)
@@ -204,7 +207,9 @@ class Simulator:
     def _count_index(self, n: int) -> np.ndarray:
         """Where each counter is in the counts buffer of :meth:`_plan`: (layers, PER_FRAME, n)."""
         regions, final_at, constants_at, _ = self._regions(n)
-        sums, events, synaptic = [], [], []
+        sums: list[np.ndarray] = []
+        events: list[np.ndarray] = []
+        synaptic: list[np.ndarray] = []
         for stage, region in zip(self._stages, regions, strict=True):
             gathered = n == 1 and stage in self._gatherers and stage.gathered
             _, *where = stage.layout(n, gathered)
