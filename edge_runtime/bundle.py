@@ -23,15 +23,15 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
-import types
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 import numpy as np
 
+from . import schema
 from .akida_model import AkidaModel, Dense, InputData, Layer, load_model
 from .energy_inputs import ModelMapping
 from .errors import BundleError, DataError, EdgeError
@@ -339,56 +339,6 @@ def write_manifest(directory: Path, manifest: Manifest) -> str:
     return document[DIGEST_KEY]
 
 
-class _SchemaError(Exception):
-    """A manifest field of the wrong shape; turned into one BundleError naming the file."""
-
-
-def _parse(kind: Any, value: Any, where: str) -> Any:
-    """Build ``kind`` (a dataclass or typing form used by the schema) from JSON, strictly."""
-    origin, args = get_origin(kind), get_args(kind)
-    if kind is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = (arg for arg in args if arg is not type(None))
-        return _parse(inner, value, where)
-    if dataclasses.is_dataclass(kind):
-        return _parse_dataclass(kind, value, where)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise _SchemaError(f"{where} must be a list, got {type(value).__name__}")
-        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
-        if len(items) != len(value):
-            raise _SchemaError(f"{where} must have {len(items)} items, got {len(value)}")
-        return tuple(_parse(item, v, f"{where}[{i}]") for i, (item, v) in enumerate(zip(items, value, strict=True)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _SchemaError(f"{where} must be an object, got {type(value).__name__}")
-        return {key: _parse(args[1], v, f"{where}.{key}") for key, v in value.items()}
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind in (int, str, bool) and isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-        return value
-    raise _SchemaError(f"{where} must be {getattr(kind, '__name__', kind)}, got {json.dumps(value)[:40]}")
-
-
-def _parse_dataclass(kind: Any, value: Any, where: str) -> Any:
-    if not isinstance(value, dict):
-        raise _SchemaError(f"{where} must be an object, got {type(value).__name__}")
-    hints = get_type_hints(kind)
-    names = [f.name for f in fields(kind)]
-    unknown = sorted(set(value) - set(names))
-    missing = [f.name for f in fields(kind) if f.name not in value and f.default is dataclasses.MISSING]
-    if unknown or missing:
-        parts = ([f"unknown {', '.join(unknown)}"] if unknown else []) + (
-            [f"missing {', '.join(missing)}"] if missing else []
-        )
-        raise _SchemaError(f"{where or 'manifest'}: {'; '.join(parts)}")
-    prefix = f"{where}." if where else ""
-    return kind(**{name: _parse(hints[name], value[name], f"{prefix}{name}") for name in names if name in value})
-
-
 def parse_manifest(document: Any, origin: str) -> tuple[Manifest, str]:
     """Check format, version and digest, then build the Manifest; return it with its digest."""
     if not isinstance(document, dict) or document.get("format") != FORMAT:
@@ -411,11 +361,14 @@ def parse_manifest(document: Any, origin: str) -> tuple[Manifest, str]:
             f"{origin}: altered after export (its content does not match its {DIGEST_KEY}): "
             "re-copy the bundle or re-export it"
         )
+    body = {key: value for key, value in document.items() if key != DIGEST_KEY}
+    errors: list[str] = []
     try:
-        body = {key: value for key, value in document.items() if key != DIGEST_KEY}
-        manifest = _parse_dataclass(Manifest, body, "")
-    except (_SchemaError, DataError) as error:  # DataError: a mapping that fails its own checks
-        raise BundleError(f"{origin}: {error}: re-export the bundle") from None
+        manifest = schema.parse(Manifest, body, schema.JSON, errors)
+    except DataError as error:  # a mapping that fails its own checks
+        errors.append(str(error))
+    if errors:
+        raise BundleError(f"{origin}: {'; '.join(errors)}: re-export the bundle")
     # Only the known payload files are ever opened: a name such as ../../etc/shadow or an absolute
     # path would make the loader read (and hash) files outside the bundle.
     foreign = sorted(set(manifest.files) - set(PAYLOAD_FILES))

@@ -1,9 +1,10 @@
-"""What both TOML configs share: reading the file and building a frozen-dataclass section from a table.
+"""What both TOML configs share: reading the file and validating it against frozen-dataclass sections.
 
 ``edge-runtime serve`` (:mod:`edge_runtime.config`) and ``edge-export train``
 (:mod:`exporter.config`) each describe their sections as frozen dataclasses; this module turns a
-file into a document and a table into one section, so both report problems the same way: one
-ConfigError line naming the file, with every bad key in it (unknown keys list the allowed ones).
+file into a document and the document into those sections with the validator the bundle manifest
+uses too (:mod:`edge_runtime.schema`), so both report problems the same way: one ConfigError line
+naming the file, with every bad key in it (unknown keys list the allowed ones).
 It lives in the runtime because the exporter may import the runtime, never the reverse.
 """
 
@@ -11,11 +12,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 from .errors import ConfigError
+from .schema import TOML, parse
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,45 +45,6 @@ def parse_toml_value(text: str) -> Any:
         return text
 
 
-def build_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
-    """``cls`` (a frozen dataclass of str/int/float/bool fields) from the table ``[name]``.
-
-    Appends one message per bad key to ``errors`` instead of stopping at the first, and returns the
-    section with the good keys applied (defaults elsewhere). An int is accepted for a float; a bool
-    is never accepted as a number.
-    """
-    if not isinstance(raw, Mapping):
-        errors.append(f"[{name}] must be a table")
-        return cls()
-    hints = get_type_hints(cls)
-    allowed = [f.name for f in fields(cls)]
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in allowed:
-            errors.append(f"unknown key {name}.{key} (allowed: {', '.join(allowed)})")
-            continue
-        expected = hints[key]
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-            errors.append(f"{name}.{key} must be {expected.__name__}, got {type(value).__name__}")
-            continue
-        values[key] = value
-    return cls(**values)
-
-
-def build_sections(cls: type, raw: Mapping[str, Any], errors: list[str]) -> Any:
-    """``cls`` (a dataclass whose fields are sections) from a whole document; unknown sections are errors."""
-    hints = get_type_hints(cls)
-    built: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in hints:
-            errors.append(f"unknown section [{key}] (allowed: {', '.join(hints)})")
-            continue
-        built[key] = build_section(key, hints[key], value, errors)
-    return cls(**built)
-
-
 def validate(cls: type, raw: Mapping[str, Any], origin: str, check: Callable[[Any], list[str]]) -> Any:
     """Build ``cls`` from a parsed document, then run ``check`` on it (cross-field and range rules).
 
@@ -90,7 +52,7 @@ def validate(cls: type, raw: Mapping[str, Any], origin: str, check: Callable[[An
     only once every key was valid: its rules assume well-typed values.
     """
     errors: list[str] = []
-    config = build_sections(cls, raw, errors)
+    config = parse(cls, raw, TOML, errors)
     errors.extend(check(config) if not errors else [])
     if errors:
         raise ConfigError(f"{origin}: " + "; ".join(errors))

@@ -174,8 +174,8 @@ def test_manifest_that_lies_about_the_model_is_refused(copy, change, fragment):
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        (lambda d: d["metrics"].pop("accuracy"), "metrics: missing accuracy"),
-        (lambda d: d["target"].update(colour="blue"), "target: unknown colour"),
+        (lambda d: d["metrics"].pop("accuracy"), "missing key metrics.accuracy"),
+        (lambda d: d["target"].update(colour="blue"), "unknown key target.colour (allowed: device, ip_version,"),
         (lambda d: d["input"].update(shape=[28, 28]), "input.shape must have 3 items"),
         (lambda d: d["metrics"].update(frames="many"), 'metrics.frames must be int, got "many"'),
         (lambda d: d["layers"][0].update(activation=1), "layers[0].activation must be bool"),
