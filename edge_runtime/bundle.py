@@ -258,7 +258,7 @@ def layer_kind(layer: Layer) -> str:
 def layer_spec(layer: Layer, nps: dict[str, int], input_data: InputData | None = None) -> LayerSpec:
     """What the manifest says about one layer, derived from the model itself (``input_data``: the
     model's InputData, given with its first layer)."""
-    conv = not isinstance(layer, Dense)
+    conv = None if isinstance(layer, Dense) else layer
     pool = getattr(layer, "pool", None)
     stored = layer.stored_weights
     return LayerSpec(
@@ -266,9 +266,9 @@ def layer_spec(layer: Layer, nps: dict[str, int], input_data: InputData | None =
         kind=layer_kind(layer),
         input_shape=layer.input_shape,
         output_shape=layer.output_shape,
-        kernel=layer.kernel if conv else None,
-        stride=layer.stride if conv else None,
-        padding=layer.padding if conv else None,
+        kernel=conv.kernel if conv is not None else None,
+        stride=conv.stride if conv is not None else None,
+        padding=conv.padding if conv is not None else None,
         pool=PoolSpec(pool.size, pool.stride) if pool is not None else None,
         input_bits=layer.input_bits,
         weights_bits=layer.weights_bits,
@@ -277,7 +277,7 @@ def layer_spec(layer: Layer, nps: dict[str, int], input_data: InputData | None =
         weights=sum(int(w.size) for w in stored),
         nonzero_weights=sum(int(np.count_nonzero(w)) for w in stored),
         nps=dict(nps),
-        global_avg_pool=conv and layer.global_avg_pool,
+        global_avg_pool=conv is not None and conv.global_avg_pool,
         input_data_bits=input_data.input_bits if input_data is not None else None,
     )
 
