@@ -60,7 +60,7 @@ GROUPS = {
         ("tests/test_daemon_parts.py", "tests/test_pipeline_accounting.py", "tests/test_reload_paths.py"),
     ),
     "bundle": Group(
-        ("edge_runtime/bundle.py",),
+        ("edge_runtime/bundle.py", "edge_runtime/manifest.py", "edge_runtime/schema.py"),
         ("tests/test_bundle.py", "tests/test_bundle_payload_listing.py", "tests/test_serve_golden_check.py"),
     ),
     "energy": Group(("edge_runtime/energy.py", "edge_runtime/energy_inputs.py"), ("tests/test_energy.py",)),

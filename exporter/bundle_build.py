@@ -29,7 +29,12 @@ import numpy as np
 import onnx
 
 from edge_runtime.akida_model import AkidaModel, load_model
-from edge_runtime.bundle import (
+from edge_runtime.bundle import Golden, file_entry, installed_version, load_bundle, write_golden
+from edge_runtime.counters import Counters
+from edge_runtime.energy import DEVICES, DeviceProfile
+from edge_runtime.energy_inputs import ModelMapping
+from edge_runtime.errors import BundleError, DataError
+from edge_runtime.manifest import (
     FBZ,
     FORMAT,
     FORMAT_VERSION,
@@ -37,7 +42,6 @@ from edge_runtime.bundle import (
     MANIFEST,
     ONNX,
     EnergyMetrics,
-    Golden,
     InputSpec,
     LayerMetrics,
     Manifest,
@@ -46,17 +50,9 @@ from edge_runtime.bundle import (
     Target,
     Training,
     Verification,
-    file_entry,
-    installed_version,
     layer_specs,
-    load_bundle,
-    write_golden,
     write_manifest,
 )
-from edge_runtime.counters import Counters
-from edge_runtime.energy import DEVICES, DeviceProfile
-from edge_runtime.energy_inputs import ModelMapping
-from edge_runtime.errors import BundleError, DataError
 from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
 
 from . import mnist_fetch

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime import files, mnist
-from edge_runtime.bundle import Manifest, file_problems, read_manifest
+from edge_runtime.bundle import file_problems, read_manifest
 from edge_runtime.energy import DEVICES, DeviceProfile
 from edge_runtime.errors import BundleError, ConfigError, DataError
+from edge_runtime.manifest import Manifest
 from edge_runtime.mapping import DEFAULT_MAP_MODE, MAP_MODES
 
 log = logging.getLogger(__name__)

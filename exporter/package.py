@@ -17,10 +17,10 @@ import numpy as np
 
 from edge_runtime import files
 from edge_runtime.akida_model import AkidaModel, load_model
-from edge_runtime.bundle import Manifest, Training
 from edge_runtime.energy import DeviceProfile
 from edge_runtime.errors import DataError
 from edge_runtime.frame_fit import mismatch
+from edge_runtime.manifest import Manifest, Training
 from edge_runtime.mapping import DEFAULT_MAP_MODE
 
 from .bundle_build import EvalSet, export_model

@@ -13,8 +13,8 @@ import numpy as np
 
 from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer, MaxPool
 from edge_runtime.akida_rules import window_geometry
-from edge_runtime.bundle import Training
 from edge_runtime.errors import ModelError
+from edge_runtime.manifest import Training
 
 RUN_FORMAT = "akida-v1-integer-params/1"  # spec.json written by exporter.train
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.akida_model import AkidaModel
-from edge_runtime.bundle import Manifest
+from edge_runtime.manifest import Manifest
 from edge_runtime.simulator import Simulator
 from exporter.bundle_build import EvalSet, export_model
 from exporter.run_reader import model_from_spec

@@ -18,24 +18,10 @@ import numpy as np
 import pytest
 from bundle_fixtures import make_bundle
 
-from edge_runtime import bundle as bundle_mod
-from edge_runtime.bundle import (
-    FBZ,
-    GOLDEN,
-    MANIFEST,
-    ONNX,
-    check_golden,
-    file_entry,
-    load_bundle,
-    manifest_document,
-    parse_manifest,
-    read_golden,
-    seal,
-    sha256_file,
-    verify,
-    write_golden,
-)
+from edge_runtime import manifest as manifest_mod
+from edge_runtime.bundle import check_golden, file_entry, load_bundle, read_golden, sha256_file, verify, write_golden
 from edge_runtime.errors import BackendError, BundleError
+from edge_runtime.manifest import FBZ, GOLDEN, MANIFEST, ONNX, manifest_document, parse_manifest, seal
 from edge_runtime.onnx_session import OnnxSession
 
 FRAMES = 200
@@ -85,7 +71,7 @@ def refused(path: Path, *fragments: str) -> str:
 def test_good_bundle_loads_and_verifies(exported):
     bundle = verify(exported)
     manifest = bundle.manifest
-    assert manifest.format_version == bundle_mod.FORMAT_VERSION
+    assert manifest.format_version == manifest_mod.FORMAT_VERSION
     assert manifest.input.shape == bundle.model.input_shape == (28, 28, 1)
     assert manifest.output.shape == (1, 1, 10) and manifest.output.dtype == "int32"
     assert [layer.name for layer in manifest.layers] == ["conv0", "conv1", "fc2", "fc3"]

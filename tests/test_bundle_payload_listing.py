@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from bundle_fixtures import make_bundle
 
-from edge_runtime.bundle import MANIFEST, PAYLOAD_FILES, load_bundle, seal
+from edge_runtime.bundle import load_bundle
 from edge_runtime.errors import BundleError
+from edge_runtime.manifest import MANIFEST, PAYLOAD_FILES, seal
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,9 @@ from hypothesis import strategies as st
 
 from edge_runtime.akida_model import AkidaModel, Dense, from_akida, load_model
 from edge_runtime.akida_rules import fire
-from edge_runtime.bundle import FBZ, GOLDEN, MANIFEST, ONNX, load_bundle
+from edge_runtime.bundle import load_bundle
 from edge_runtime.errors import BundleError, DataError, ModelError
+from edge_runtime.manifest import FBZ, GOLDEN, MANIFEST, ONNX
 from edge_runtime.onnx_session import OnnxSession
 from edge_runtime.simulator import Simulator
 from exporter import cli

@@ -23,9 +23,10 @@ from test_daemon import EngineModel, running
 
 from edge_runtime import cli
 from edge_runtime.backends import Board
-from edge_runtime.bundle import MANIFEST, ONNX, file_entry, seal, verify
+from edge_runtime.bundle import file_entry, verify
 from edge_runtime.daemon import Daemon
 from edge_runtime.errors import BundleError
+from edge_runtime.manifest import MANIFEST, ONNX, seal
 
 
 @pytest.fixture(scope="module")
