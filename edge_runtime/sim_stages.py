@@ -1,6 +1,6 @@
 """The simulator's layers: each one's input buffer, im2col, product, pooling, firing and counting product.
 
-Why one module of ~450 lines: the three stage kinds share the base's buffers and count layout,
+Why one module of ~480 lines: the three stage kinds share the base's buffers and count layout,
 and are read together. The reasons behind the arithmetic are in simulator.py's docstring.
 """
 
