@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 from edge_runtime import files
-from edge_runtime.bundle import class_names_problem
 from edge_runtime.errors import DataError
 
 from . import mnist_fetch
@@ -108,6 +107,8 @@ def resolve_source(text: str, base: Path) -> str:
 
 def check_class_names(names: Sequence[str], classes: int | None, origin: str) -> tuple[str, ...]:
     """Non-empty, unique, one line each and, if ``classes`` is given, that many."""
+    from edge_runtime.bundle import class_names_problem  # the bundle's own rule; imported late: it loads the simulator
+
     names = tuple(names)
     problem = class_names_problem(names, len(names) if classes is None else classes)
     if problem is not None:

@@ -253,6 +253,7 @@ def format_summary(path: Path, manifest: Manifest, digest: str, problems: dict[s
         f"input    {i.name}: {i.dtype} (N, {_shape(i.shape)}) in [{i.value_range[0]}, {i.value_range[1]}]; "
         f"{i.preprocessing}",
         f"output   {o.name}: {o.dtype} (N, {_shape(o.shape)}) {o.kind}; labels {' '.join(o.labels)}; {o.decision}",
+        *([f"classes  {', '.join(manifest.class_names)}"] if manifest.class_names is not None else []),
         f"built    akida {tc.get('akida')}, onnx {tc.get('onnx')} (opset {tc.get('onnx_opset')}), onnxruntime "
         f"{tc.get('onnxruntime')}, akida-edge {tc.get('akida-edge')}; run {training.run or '-'}, seed {training.seed}",
         "",

@@ -123,6 +123,8 @@ def test_package_builds_a_verified_bundle_of_the_fbz(packaged, user_files, capsy
     assert manifest.metrics.accuracy == pytest.approx(float(np.mean(predicted == labels)))
     assert np.array_equal(bundle.golden.outputs, engine.forward(bundle.golden.frames))
     capsys.readouterr()
+    assert cli.main(["inspect", str(packaged)]) == 0
+    assert "\nclasses  up, down, left, right\n" in capsys.readouterr().out
     assert cli.main(["verify", str(packaged), "--frames", str(user_files["frames"])]) == 0
     out = capsys.readouterr().out
     assert f"{FRAMES} frames of {user_files['frames']} agree on akida, simulator, onnxruntime" in out
