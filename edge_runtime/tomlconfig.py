@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from .errors import ConfigError
 
@@ -45,7 +45,7 @@ def parse_toml_value(text: str) -> Any:
 
 
 def build_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
-    """``cls`` (a frozen dataclass of str/int/float/bool fields) from the table ``[name]``.
+    """``cls`` (a frozen dataclass of str/int/float/bool fields, or tuples of them) from the table ``[name]``.
 
     Appends one message per bad key to ``errors`` instead of stopping at the first, and returns the
     section with the good keys applied (defaults elsewhere). An int is accepted for a float; a bool
@@ -62,6 +62,15 @@ def build_section(name: str, cls: type, raw: Any, errors: list[str]) -> Any:
             errors.append(f"unknown key {name}.{key} (allowed: {', '.join(allowed)})")
             continue
         expected = hints[key]
+        if get_origin(expected) is tuple:  # tuple[str, ...]: a TOML array of that type
+            item = get_args(expected)[0]
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(v, item) and not isinstance(v, bool) for v in value
+            ):
+                errors.append(f"{name}.{key} must be an array of {item.__name__}, got {value!r}"[:200])
+                continue
+            values[key] = tuple(value)
+            continue
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
