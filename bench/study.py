@@ -1,30 +1,31 @@
-"""The MNIST study: baseline vs zero-aware training, measured on the exported models with akida's engine.
+"""The MNIST study: baseline vs zero-aware training over three seeds, measured on the exported models with
+akida's engine.
 
 Usage (from the repository root, in the venv):
 
-    python bench/study.py                      # train both (runs/mnist-baseline, runs/mnist-zeroaware), measure
-    python bench/study.py --skip-train         # only re-measure existing run directories
-    python bench/study.py --bundles models     # re-measure the committed bundles (the seed-0 runs, exported)
+    python bench/study.py --train               # train the runs that are missing (runs/study/ARM-sSEED), measure
+    python bench/study.py                       # only measure the run directories that exist
+    python bench/study.py --arms baseline zeroaware --seeds 0   # a subset
 
-Both models share the network, bit widths, epochs and seed (exporter/configs/{baseline,zeroaware}.toml).
-Everything reported is measured on all 10,000 test images by akida's own software engine running the
-integer parameters from the run directory (not the training graph): accuracy, non-zero activations per
-image per layer (the engine's outputs of each layer, obtained by popping the layers after it), and
-non-zero weights. Energy and latency come from the energy/latency model v2 (edge_runtime/energy.py,
-fitted to Akida silicon measurements) on AKD1000 and AKD1500, each model mapped by akida's own mapper,
-fed with the bit-exact simulator's counters (which the study checks agree with the engine output for
-output); the retired v1 (bench/energy_v1.py) is printed beside it.
-Writes docs/results/mnist.md and docs/results/mnist.json.
+An arm is a training config plus ``--set`` overrides (``ARMS``); baseline and zero-aware arms of one topology share
+the network, bit widths, epochs and seeds. Everything reported is measured on all 10,000 test images by akida's own
+software engine running the integer parameters of each run directory (not the training graph): accuracy, non-zero
+activations per image per layer (the engine's outputs of each layer, obtained by popping the layers after it), and
+non-zero weights. Energy and latency come from the energy/latency model v2 (edge_runtime/energy.py, fitted to Akida
+silicon measurements) on AKD1000 and AKD1500, each model mapped by akida's own mapper, fed with the bit-exact
+simulator's counters (the study checks the engine's outputs equal the simulator's). The table gives 3-seed means and
+their spread (min..max); reductions and targets are computed on the means. Writes docs/results/mnist.md,
+docs/results/mnist.json and docs/results/study-pareto.png (bench/study_report.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,32 +41,48 @@ from exporter.qat import to_akida
 from exporter.train import layers_from_arrays
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import energy_v1
+import study_report
 
 ROOT = Path(__file__).resolve().parents[1]
-
-MODELS = ("baseline", "zeroaware")
-PUBLISHED = {"activations": 70.1, "weights": 14.2, "energy": 12.2}  # IPSJ DA Symposium 2024, % fewer
-TARGETS = {"accuracy_min": 0.990, "accuracy_drop_max": 0.003, "activations": 85.0, "weights": 80.0, "total": 40.0}
-LAYERS = ("conv0", "conv1", "fc2")
+NO_PENALTY = ("penalty.activations=0", "penalty.weights=0")
 
 
-def train(name: str, runs: Path) -> float:
-    """Train one config through the CLI (as a user would); returns wall-clock seconds."""
-    command = [
-        sys.executable,
-        "-m",
-        "exporter.cli",
-        "train",
-        "--config",
-        f"exporter/configs/{name}.toml",
-        "--out",
-        str(runs / f"mnist-{name}"),
-        "--no-progress",
-    ]
-    started = time.monotonic()
-    subprocess.run(command, cwd=ROOT, check=True)
-    return time.monotonic() - started
+@dataclass(frozen=True)
+class Arm:
+    """One study arm: a config and its overrides; ``topology`` groups an arm with its baseline."""
+
+    config: str
+    overrides: tuple[str, ...]
+    topology: str
+    baseline: bool
+    label: str
+
+
+ARMS = {
+    "baseline": Arm("exporter/configs/baseline.toml", (), "mnist", True, "baseline"),
+    "zeroaware": Arm("exporter/configs/zeroaware.toml", (), "mnist", False, "zero-aware (count-only)"),
+    "zeroaware-energy": Arm(
+        "exporter/configs/zeroaware.toml",
+        ("penalty.weighting=energy",),
+        "mnist",
+        False,
+        "zero-aware (cost-weighted, AKD1000)",
+    ),
+    "iscas-baseline": Arm("exporter/configs/iscas.toml", NO_PENALTY, "iscas", True, "ISCAS net, baseline"),
+    "iscas": Arm("exporter/configs/iscas.toml", (), "iscas", False, "ISCAS net, zero-aware"),
+}
+SEEDS = (0, 1, 2)
+
+
+def run_dir(runs: Path, arm: str, seed: int) -> Path:
+    return runs / f"{arm}-s{seed}"
+
+
+def train(arm: Arm, seed: int, out: Path) -> None:
+    """Train one run through the CLI, as a user would (its report.json records the wall-clock)."""
+    sets = [item for value in (*arm.overrides, f"train.seed={seed}") for item in ("--set", value)]
+    command = [sys.executable, "-m", "exporter.cli", "train", "--config", arm.config, "--out", str(out)]
+    subprocess.run([*command, *sets, "--no-progress"], cwd=ROOT, check=True)
 
 
 def engine_layer_outputs(engine: akida.Model, frames: np.ndarray) -> list[np.ndarray]:
@@ -77,36 +94,13 @@ def engine_layer_outputs(engine: akida.Model, frames: np.ndarray) -> list[np.nda
     return outputs[::-1]
 
 
-def load_source(path: Path) -> tuple[Path, dict[str, Any], float | None, np.ndarray | None]:
-    """(.fbz of the model, training config, training seconds, recorded eval scores) of a run directory
-    (its integer parameters, saved to a .fbz with akida's API) or of an exported bundle."""
-    if (path / "model.fbz").is_file():  # a bundle: the run's record lives in its manifest
-        manifest = json.loads((path / "manifest.json").read_text())
-        return path / "model.fbz", manifest["training"]["config"], None, None
-    with np.load(path / "params.npz") as npz:
-        layers = layers_from_arrays(npz)
-    fbz = path / "study-model.fbz"
-    to_akida(layers).save(str(fbz))
-    report = json.loads((path / "report.json").read_text())
-    return (
-        fbz,
-        json.loads((path / "config.json").read_text()),
-        report["train_seconds"],
-        np.load(path / "eval_scores.npy"),
-    )
-
-
-def v1_figures(counters: tuple) -> dict[str, float]:
-    """The retired model v1 on the simulator's counters (its inputs, as it read them)."""
-    first, rest = counters[0], counters[1:]
-    load = energy_v1.Load(
-        first.inputs,
-        float(first.dense_synaptic_ops.mean()),
-        float(sum(c.input_events.mean() for c in rest)),
-        float(sum(c.synaptic_ops.mean() for c in rest)),
-        float(sum(c.output_events.mean() for c in counters)),
-    )
-    return {"chip_nj": energy_v1.chip_j(load) * 1e9, "board_uj": energy_v1.board_j(load) * 1e6}
+def saved_fbz(run: Path) -> Path:
+    """The run's integer parameters saved as a .fbz with akida's API (made once, next to them)."""
+    fbz = run / "study-model.fbz"
+    if not fbz.is_file():
+        with np.load(run / "params.npz") as npz:
+            to_akida(layers_from_arrays(npz)).save(str(fbz))
+    return fbz
 
 
 def v2_figures(fbz: Path, counters: tuple) -> dict[str, dict[str, Any]]:
@@ -119,6 +113,7 @@ def v2_figures(fbz: Path, counters: tuple) -> dict[str, dict[str, Any]]:
         e, single = cost.evaluate_counters(counters), cost.evaluate_counters(counters, 1)
         out[device] = {
             "profile": profile.version,
+            "passes": mapping.passes,
             "total_uj": float(e.total_j.mean() * 1e6),
             "total_one_per_call_uj": float(single.total_j.mean() * 1e6),
             "dynamic_uj": float(e.dynamic_j.mean() * 1e6),
@@ -132,340 +127,86 @@ def v2_figures(fbz: Path, counters: tuple) -> dict[str, dict[str, Any]]:
     return out
 
 
-def measure(source: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    fbz, config, train_seconds, eval_scores = load_source(source)
-    frames = images.reshape(-1, 28, 28, 1)
+def measure(run: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Every figure of one run, on all test images (see the module docstring)."""
+    fbz = saved_fbz(run)
+    model = load_model(fbz)
+    frames = images.reshape(len(images), *model.input_shape)
     outputs = engine_layer_outputs(akida.Model(str(fbz)), frames)
     scores = outputs[-1].reshape(len(images), -1)
-    simulated = Simulator(load_model(fbz)).run(frames)
+    simulated = Simulator(model).run(frames)
     counters = simulated.counters.layers
-    sim_scores = simulated.outputs.reshape(len(images), -1)
+    names = [c.name for c in counters]
     per_layer = {
         name: float((out > 0).reshape(len(images), -1).sum(axis=1).mean())
-        for name, out in zip(LAYERS, outputs[:-1], strict=True)
+        for name, out in zip(names[:-1], outputs[:-1], strict=True)
     }
+    report = json.loads((run / "report.json").read_text())
     return {
-        "source": str(source.relative_to(ROOT)) if source.is_relative_to(ROOT) else str(source),
+        "run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
+        "seed": report["seed"],
         "accuracy": float((scores.argmax(axis=1) == labels).mean()),
         "activations_per_layer": per_layer,
         "activations": sum(per_layer.values()),
-        "weights_per_layer": {c.name: c.nonzero_weights for c in counters},
         "weights": sum(c.nonzero_weights for c in counters),
         "weights_total": sum(c.weights for c in counters),
         "synops": float(sum(c.synaptic_ops.mean() for c in counters)),
-        "v1": v1_figures(counters),
         "v2": v2_figures(fbz, counters),
-        "engine_equals_simulator": bool(np.array_equal(scores, sim_scores)),
-        "engine_equals_training_eval": None if eval_scores is None else bool(np.array_equal(scores, eval_scores)),
-        "train_seconds": train_seconds,
-        "config": config,
+        "engine_equals_simulator": bool(np.array_equal(scores, simulated.outputs.reshape(len(images), -1))),
+        "engine_equals_training_eval": bool(np.array_equal(scores, np.load(run / "eval_scores.npy"))),
+        "train_seconds": report["train_seconds"],
+        "config": json.loads((run / "config.json").read_text()),
     }
 
 
-def penalty_text(config: dict[str, Any]) -> str:
-    """How the zero-aware run penalised, in words, from its recorded config (so the page cannot drift)."""
-    p = config["penalty"]
-    weighting = (
-        "each layer's events weighted by the chip energy of one event there"
-        if p["energy_weighted"]
-        else "every firing neuron counted alike"
-    )
-    return (
-        f"penalties on the counts of non-zero activations (loss weight {p['activations']:g}, {weighting}) and "
-        f"of non-zero weights (loss weight {p['weights']:g}), through a straight-through {p['form']} "
-        f"indicator whose gradient spans +-{p['width']:g} quantisation steps around the firing boundary"
-    )
-
-
-def fewer(base: float, new: float) -> float:
-    return 100.0 * (1 - new / base)
-
-
-def change(base: float, new: float, less: str = "fewer", more: str = "more") -> str:
-    value = fewer(base, new)
-    return f"{value:.1f}% {less}" if value >= 0 else f"{-value:.1f}% {more}"
-
-
-def forms_section(sweep: Path, out: Path) -> list[str]:
-    """The surrogate-form comparison (an ``edge-export sweep`` over penalty.form), if it was run."""
-    table = sweep / "pareto.md"
-    if not table.is_file():
-        return []
-    shutil.copyfile(sweep / "pareto.png", out / "forms-pareto.png")
-    command = (sweep / "command.txt").read_text().strip() if (sweep / "command.txt").is_file() else ""
-    return [
-        "## Surrogate forms compared (short budget)",
-        "",
-        "Each point trains on 15,000 images for 1 float + 4 QAT epochs (a cheap screen, not the study's budget) "
-        "and is measured on all 10,000 test images; `l1` (sum of activation values) is the control. Energy in "
-        "nJ of modelled chip energy per image. ![accuracy vs energy](forms-pareto.png)",
-        "",
-        *([f"`{command}`", ""] if command else []),
-        table.read_text().strip(),
-        "",
-    ]
-
-
-def markdown(results: dict[str, dict[str, Any]], wall: dict[str, float], forms: list[str], source: str) -> str:
-    b, z = results["baseline"], results["zeroaware"]
-    b2, z2 = b["v2"], z["v2"]
-    reductions = {
-        "activations": fewer(b["activations"], z["activations"]),
-        "weights": fewer(b["weights"], z["weights"]),
-        "total": fewer(b2["akd1000"]["total_uj"], z2["akd1000"]["total_uj"]),
-    }
-    drop = b["accuracy"] - z["accuracy"]
-    timings = (
-        ", ".join(f"{k} {v / 60:.1f} min" for k, v in wall.items())
-        or "not re-run here; the table's wall-clock comes from each run's report.json, where known"
-    )
-    checks = [
-        (f"accuracy >= {100 * TARGETS['accuracy_min']:.1f}%", z["accuracy"] >= TARGETS["accuracy_min"]),
-        (
-            f"accuracy at most {100 * TARGETS['accuracy_drop_max']:.1f} points below baseline",
-            drop <= TARGETS["accuracy_drop_max"] + 1e-12,
-        ),
-        (
-            f">= {TARGETS['activations']:.0f}% fewer non-zero activations",
-            reductions["activations"] >= TARGETS["activations"],
-        ),
-        (f">= {TARGETS['weights']:.0f}% fewer non-zero weights", reductions["weights"] >= TARGETS["weights"]),
-        (
-            f">= {TARGETS['total']:.0f}% less total energy per image on AKD1000 (model v2, model.statistics' "
-            "convention; the paper: 12.2%)",
-            reductions["total"] >= TARGETS["total"],
-        ),
-    ]
-
-    def seconds(r: dict[str, Any]) -> str:
-        return "-" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.1f} min"
-
-    def v2_rows(device: str, clock: str) -> list[tuple[str, ...]]:
-        bd, zd = b2[device], z2[device]
-        return [
-            (
-                f"**Total energy / image, {device.upper()}** (floor x frame time + dynamic; long batch)",
-                f"{bd['total_uj']:.1f} µJ",
-                f"{zd['total_uj']:.1f} µJ",
-                f"**{change(bd['total_uj'], zd['total_uj'], 'less')}**",
-                f"{PUBLISHED['energy']}% less" if device == "akd1000" else "",
-            ),
-            (
-                f"Total energy / image, {device.upper()}, one frame per call",
-                f"{bd['total_one_per_call_uj']:.1f} µJ",
-                f"{zd['total_one_per_call_uj']:.1f} µJ",
-                change(bd["total_one_per_call_uj"], zd["total_one_per_call_uj"], "less"),
-                "",
-            ),
-            (
-                f"Dynamic energy / image, {device.upper()} (floor subtracted)",
-                f"{bd['dynamic_uj']:.2f} µJ",
-                f"{zd['dynamic_uj']:.2f} µJ",
-                change(bd["dynamic_uj"], zd["dynamic_uj"], "less"),
-                "",
-            ),
-            (
-                f"On-chip latency, {device.upper()} ({clock}, one frame)",
-                f"{bd['chip_us']:.0f} µs",
-                f"{zd['chip_us']:.0f} µs",
-                change(bd["chip_us"], zd["chip_us"], "less"),
-                "",
-            ),
-            (
-                f"Frame time, {device.upper()} (host-inclusive, long batch)",
-                f"{bd['frame_us']:.0f} µs",
-                f"{zd['frame_us']:.0f} µs",
-                change(bd["frame_us"], zd["frame_us"], "less"),
-                "",
-            ),
-        ]
-
-    rows = [
-        (
-            "Test accuracy (10,000 images)",
-            f"{100 * b['accuracy']:.2f}%",
-            f"{100 * z['accuracy']:.2f}%",
-            f"{-100 * drop:+.2f} points",
-            "not published",
-        ),
-        *[
-            (
-                f"Non-zero activations / image, {name} output",
-                f"{b['activations_per_layer'][name]:.1f}",
-                f"{z['activations_per_layer'][name]:.1f}",
-                change(b["activations_per_layer"][name], z["activations_per_layer"][name]),
-                "",
-            )
-            for name in LAYERS
-        ],
-        (
-            "**Non-zero activations / image, total**",
-            f"{b['activations']:.1f}",
-            f"{z['activations']:.1f}",
-            f"**{reductions['activations']:.1f}% fewer**",
-            f"{PUBLISHED['activations']}% fewer",
-        ),
-        (
-            "**Non-zero weights**",
-            f"{b['weights']:,} / {b['weights_total']:,}",
-            f"{z['weights']:,} / {z['weights_total']:,}",
-            f"**{reductions['weights']:.1f}% fewer**",
-            f"{PUBLISHED['weights']}% fewer",
-        ),
-        (
-            "Effective synaptic ops / image",
-            f"{b['synops']:,.0f}",
-            f"{z['synops']:,.0f}",
-            f"{fewer(b['synops'], z['synops']):.1f}% fewer",
-            "",
-        ),
-        *v2_rows("akd1000", "300 MHz"),
-        *v2_rows("akd1500", "400 MHz"),
-        (
-            "v1 (retired): chip energy / image",
-            f"{b['v1']['chip_nj']:.1f} nJ",
-            f"{z['v1']['chip_nj']:.1f} nJ",
-            change(b["v1"]["chip_nj"], z["v1"]["chip_nj"], "less"),
-            "",
-        ),
-        (
-            "v1 (retired): board energy / image",
-            f"{b['v1']['board_uj']:.1f} µJ",
-            f"{z['v1']['board_uj']:.1f} µJ",
-            change(b["v1"]["board_uj"], z["v1"]["board_uj"], "less"),
-            f"{PUBLISHED['energy']}% less",
-        ),
-        ("Training wall-clock (1 torch thread, 2-core shared machine)", seconds(b), seconds(z), "", ""),
-    ]
-    layer_rows = [
-        (
-            name,
-            f"{b2['akd1000']['layer_us'][name]:.1f}",
-            f"{z2['akd1000']['layer_us'][name]:.1f}",
-            f"{b2['akd1500']['layer_us'][name]:.1f}",
-            f"{z2['akd1500']['layer_us'][name]:.1f}",
+def committed_bundles_match(models: Path, runs: Path) -> dict[str, bool | None]:
+    """Whether each committed bundle (models/mnist-ARM) holds the seed-0 run's integer model (same .fbz bytes
+    when both are saved by akida), or None when the run is missing."""
+    out: dict[str, bool | None] = {}
+    for arm in ("baseline", "zeroaware"):
+        run, bundle = run_dir(runs, arm, 0), models / f"mnist-{arm}" / "model.fbz"
+        out[arm] = (
+            None
+            if not (run / "params.npz").is_file() or not bundle.is_file()
+            else saved_fbz(run).read_bytes() == bundle.read_bytes()
         )
-        for name in b2["akd1000"]["layer_us"]
-    ]
-    slow_b = max(b2["akd1000"]["layer_us"], key=b2["akd1000"]["layer_us"].get)
-    slow_z = max(z2["akd1000"]["layer_us"], key=z2["akd1000"]["layer_us"].get)
-    c1000 = DeviceProfile.packaged("akd1000").coefficients
-    fnp2 = {d: DeviceProfile.packaged(d).coefficients.fnp2_clk_per_event_unit for d in DEVICES}
-    host_ms = 1e3 * (c1000.host_s_per_frame + 784 * c1000.host_s_per_input_byte)
-    seeds = ", ".join(f"{name} seed {results[name]['config']['train']['seed']}" for name in MODELS)
-    equal = {
-        name: results[name]["engine_equals_simulator"] and results[name]["engine_equals_training_eval"] is not False
-        for name in MODELS
-    }
-    lines = [
-        "# MNIST: zero-aware training vs baseline on Akida 1.0 (AKD1000 and AKD1500)",
-        "",
-        f"Generated by `python bench/study.py {source}`. Same network (InputConvolutional 3x3 32 + max pool 2 -> "
-        "Convolutional 3x3/2 64 -> FullyConnected 128 -> FullyConnected 10; 8-bit input layer, 4-bit weights and "
-        f"activations elsewhere), same epochs and seed ({seeds}); the zero-aware model adds "
-        f"{penalty_text(z['config'])} (`exporter/configs/zeroaware.toml`).",
-        "",
-        "Measured on all 10,000 MNIST test images with **akida's own software engine** (akida 2.19.3) running the "
-        "exported integer parameters. Non-zero activations are the events the layers emit (inputs of the next "
-        "layer; the input layer's own input is dense pixels). Energy and latency: **modelled** by the energy/latency "
-        "model v2 (packaged profiles `akd1000-v2`, `akd1500-v2`, fitted to BrainChip's silicon measurements: "
-        "[energy-model.md](../energy-model.md), [energy-fit.md](energy-fit.md)), on each model's mapping by akida's "
-        f"own mapper ({DEFAULT_MAP_MODE}), fed with the bit-exact simulator's per-image counters; the engine's "
-        f"outputs equal the simulator's on every test image (baseline: {equal['baseline']}, zero-aware: "
-        f"{equal['zeroaware']}). The retired v1 is shown for comparison only.",
-        "",
-        "| | baseline | zero-aware | change | published (2 conv + 2 FC) |",
-        "|---|---|---|---|---|",
-        *[f"| {' | '.join(row)} |" for row in rows],
-        "",
-        "## Targets (zero-aware vs baseline; the training-v2 issue's)",
-        "",
-        *[f"- [{'x' if ok else ' '}] {label}" for label, ok in checks],
-        "",
-        "## Where the time and energy go (model v2)",
-        "",
-        "| layer | AKD1000 baseline µs | AKD1000 zero-aware µs | AKD1500 baseline µs | AKD1500 zero-aware µs |",
-        "|---|---|---|---|---|",
-        *[f"| {' | '.join(row)} |" for row in layer_rows],
-        "",
-        f"In a long batch the chip overlaps frames across its layers, so the frame time is the host's part "
-        f"({host_ms:.2f} ms per 28x28 frame on the AKD1000 board) plus the slowest layer: "
-        f"{slow_b + ' for both models' if slow_b == slow_z else f'{slow_b} for the baseline, {slow_z} zero-aware'}. "
-        f"fc2 runs on an FNP2 (its 401,408 weights live in external memory) at {fnp2['akd1000']:.1f} clocks per "
-        f"(input event x unit) on the AKD1000 ({fnp2['akd1500']:.1f} on the AKD1500): conv1's output events are "
-        "what it pays for, and zero-aware training cuts them by three quarters. The total energy follows the frame "
-        "time because the floor power "
-        "(0.91 W on the AKD1000 board, 0.11 W on the AKD1500 core rail) is drawn for all of it; the dynamic part is "
-        "small and dominated by the dense input layer (the HRC reads every pixel whatever its value), which "
-        "sparsity cannot shrink. v1 charged the same 5.6 clocks to every event in every layer and a fixed host "
-        "time, so it saw almost no board-level change; silicon says otherwise (energy-fit.md).",
-        "",
-        "**Frames per call matter on the AKD1000.** Its profile carries 15 ms of host time per `forward` call, fitted "
-        "to the one single-frame `akida run` published (DS-CNN, 62.50 fps: the CLI's own figure, from "
-        "millisecond timestamps, so possibly a timer artefact). A host that sends one frame per call would pay it on "
-        "every frame, and the saving shrinks to the row above; a long batch spreads it away (the headline). On the "
-        "AKD1500 the devhub measured 28 µs per call, and the saving holds either way. Batch frames on an AKD1000, "
-        "and calibrate on the board (`edge-runtime calibrate`) before trusting the per-call figure.",
-        "",
-        "What is measured and what is modelled here: accuracy, activations, weights and synaptic ops are measured "
-        "(engine and simulator); energy and latency are modelled from silicon measurements of other models. The "
-        "AKD1000's host time rests on three public runs and its FNP2 cost on two FullyConnected layers of the "
-        "devhub's multi-pass models; `edge-runtime calibrate` refits both on a real board.",
-        "",
-        "Where the accuracy and event targets stand: every full-budget run on one plot, from "
-        "[mnist-tuning.md](mnist-tuning.md) (which also says how far one seed can be trusted).",
-        "",
-        "![accuracy against events and chip energy, every full-budget run](tuning-pareto.png)",
-        "",
-        "## Commands",
-        "",
-        "```",
-        "edge-export train --config exporter/configs/baseline.toml --out runs/mnist-baseline",
-        "edge-export train --config exporter/configs/zeroaware.toml --out runs/mnist-zeroaware",
-        "python bench/study.py --skip-train       # re-measure the run directories",
-        "python bench/study.py --bundles models   # re-measure the committed bundles (what generated this file)",
-        "```",
-        "",
-        f"Wall-clock of this study's training: {timings}.",
-        "",
-        *forms,
-    ]
-    return "\n".join(lines)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--skip-train", action="store_true", help="measure existing run directories only")
-    parser.add_argument(
-        "--bundles",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="measure DIR/mnist-baseline and DIR/mnist-zeroaware bundles instead (no training)",
-    )
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs", help="where the run directories live")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="where to write mnist.md/.json")
-    parser.add_argument(
-        "--forms",
-        type=Path,
-        default=ROOT / "runs" / "sweep-forms",
-        help="an `edge-export sweep` over penalty.form to include, if present",
-    )
+    parser.add_argument("--train", action="store_true", help="train the runs that are missing first")
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=list(ARMS), help="arms to include")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="seeds per arm (default 0 1 2)")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "study", help="where the run directories live")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="where to write the results")
     args = parser.parse_args(argv)
-    wall = {} if args.skip_train or args.bundles else {name: train(name, args.runs) for name in MODELS}
+    if args.train:
+        for name in args.arms:
+            for seed in args.seeds:
+                if not (run_dir(args.runs, name, seed) / "report.json").is_file():
+                    print(f"study: training {name} seed {seed}", file=sys.stderr, flush=True)
+                    train(ARMS[name], seed, run_dir(args.runs, name, seed))
     data = mnist_fetch.load_mnist()
-    where = args.bundles if args.bundles is not None else args.runs
-    results = {
-        name: measure(where / f"mnist-{name}", data.test_images, data.test_labels.astype(np.int64)) for name in MODELS
-    }
+    labels = data.test_labels.astype(np.int64)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name in args.arms:
+        found = [
+            run_dir(args.runs, name, s) for s in args.seeds if (run_dir(args.runs, name, s) / "report.json").is_file()
+        ]
+        if found:
+            started = time.monotonic()
+            results[name] = [measure(run, data.test_images, labels) for run in found]
+            print(f"study: measured {name} ({len(found)} seeds, {time.monotonic() - started:.0f} s)", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {
-        "energy_models": {"v2": [DeviceProfile.packaged(d).version for d in DEVICES], "v1": "akd1000-estimate-v1"},
+        "energy_models": [DeviceProfile.packaged(d).version for d in DEVICES],
+        "committed_bundles_are_seed_0": committed_bundles_match(ROOT / "models", args.runs),
         "results": results,
     }
     (args.out / "mnist.json").write_text(json.dumps(summary, indent=2) + "\n")
-    source = f"--bundles {args.bundles}" if args.bundles else ("--skip-train" if args.skip_train else "")
-    (args.out / "mnist.md").write_text(markdown(results, wall, forms_section(args.forms, args.out), source))
+    study_report.plot(results, ARMS, args.out / "study-pareto.png")
+    (args.out / "mnist.md").write_text(study_report.markdown(summary, ARMS))
     print((args.out / "mnist.md").read_text())
     return 0
 

@@ -32,7 +32,18 @@ import numpy as np
 
 from .akida_model import AkidaModel, load_model
 from .errors import BundleError, EdgeError
-from .manifest import FBZ, GOLDEN, MANIFEST, ONNX, PAYLOAD_FILES, FileEntry, Manifest, layer_specs, parse_manifest
+from .manifest import (
+    FBZ,
+    GOLDEN,
+    MANIFEST,
+    ONNX,
+    PAYLOAD_FILES,
+    FileEntry,
+    Manifest,
+    class_names_problem,  # also imported from here by exporter/datasets.py
+    layer_specs,
+    parse_manifest,
+)
 from .simulator import Simulator
 
 _GOLDEN_ARRAYS = ("frames", "outputs", "labels")
@@ -200,6 +211,10 @@ def check_against_model(path: Path, manifest: Manifest, model: AkidaModel, golde
         )
     if len(manifest.output.labels) != model.output_shape[-1]:
         problems.append(f"{len(manifest.output.labels)} labels for {model.output_shape[-1]} outputs")
+    if manifest.class_names is not None:
+        problem = class_names_problem(manifest.class_names, int(np.prod(model.output_shape)))
+        if problem is not None:
+            problems.append(problem)
     if len(manifest.layers) != len(model.layers):
         problems.append(f"{len(manifest.layers)} layers in the manifest, {len(model.layers)} in {FBZ}")
     nps = {claimed.name: claimed.nps for claimed in manifest.layers}

@@ -179,6 +179,7 @@ class Daemon:
             sinks=open_sinks(config, self.metrics),
             make_records=prediction_records,
             input_shape=bundle.model.input_shape,
+            class_names=bundle.manifest.class_names,
             queue_size=config.source.queue_size,
             max_batch=config.inference.max_batch,
             # A replay without a rate loses nothing by waiting; a sensor does not wait for us.
@@ -248,7 +249,7 @@ class Daemon:
             name=manifest.name,
             sha256=bundle.sha256,
             input_shape=bundle.model.input_shape,
-            classes=[str(i) for i in range(len(manifest.output.labels))],
+            classes=manifest.classes,
             expected_energy=None if energy is None else energy.total_j,
             expected_sparsity={m.name: 1.0 - m.activation_density for m in manifest.metrics.layers},
             energy_sources=[(backend, s) for s in energy_sources] + [("simulator", s) for s in fallback_energy],
@@ -343,6 +344,7 @@ class Daemon:
                     bundle.model.input_shape,
                     sinks,
                     SWAP_TIMEOUT_S,
+                    bundle.manifest.class_names,
                 )
         except (EdgeError, OSError, ValueError) as error:
             # EdgeError is every mistake we name; OSError and ValueError (e.g. UnicodeDecodeError)

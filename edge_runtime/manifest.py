@@ -171,6 +171,16 @@ class Manifest:
     toolchain: dict[str, str]  # package -> version used to build and verify the bundle
     metrics: Metrics
     verification: Verification
+    # Optional (written only when given, so bundles without names keep their bytes and older ones
+    # parse): one name per class, the classes being the decision's argmax over the flattened output.
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """What to call each class: its name, or its index as text when the bundle names none."""
+        if self.class_names is not None:
+            return self.class_names
+        return tuple(str(k) for k in range(int(np.prod(self.output.shape))))
 
 
 # --------------------------------------------------------------------------- from a model
@@ -242,7 +252,22 @@ def manifest_document(manifest: Manifest) -> dict[str, Any]:
         {key: value for key, value in layer.items() if key not in defaults or value != defaults[key]}
         for layer in document["layers"]
     ]
+    if manifest.class_names is None:
+        del document["class_names"]
     return seal(document)
+
+
+def class_names_problem(names: tuple[str, ...], classes: int) -> str | None:
+    """Why ``names`` cannot name ``classes`` classes (count, empty, repeated, multi-line), or None."""
+    if len(names) != classes:
+        return f"{len(names)} class names for {classes} classes"
+    bad = next((name for name in names if not name.strip() or "\n" in name), None)
+    if bad is not None:
+        return f"class name {bad!r} is empty or spans lines"
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is not None:
+        return f"class name {repeated!r} appears twice"
+    return None
 
 
 def _readable(value: Any, depth: int = 0) -> str:

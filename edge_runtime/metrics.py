@@ -345,18 +345,26 @@ class Metrics:
         return child
 
     def observe_batch(
-        self, backend: str, duration: float, ages: np.ndarray, latencies: np.ndarray, classes: np.ndarray
+        self,
+        backend: str,
+        duration: float,
+        ages: np.ndarray,
+        latencies: np.ndarray,
+        classes: np.ndarray,
+        class_names: Sequence[str] | None = None,
     ) -> None:
-        """One backend call: per frame, ``ages`` at its start, ``latencies`` at its end, predicted ``classes``."""
+        """One backend call: per frame, ``ages`` at its start, ``latencies`` at its end, predicted ``classes``
+        (indices; the ``class`` label is the model's name for each, or the index when it names none)."""
         n = len(classes)
         self.batch_size.observe(n)
         self._child(self.inferences, backend).inc(n)
         self.inference_latency.observe(np.full(n, duration), backend)
         self.frame_age.observe(ages)
         self.frame_latency.observe(latencies)
-        for label, count in enumerate(np.bincount(classes).tolist()):
+        for index, count in enumerate(np.bincount(classes).tolist()):
             if count:
-                self._child(self.predictions, str(label)).inc(count)
+                label = class_names[index] if class_names is not None else str(index)
+                self._child(self.predictions, label).inc(count)
 
     def observe_energy(self, backend: str, report: EnergyReport) -> None:
         values = report.per_inference

@@ -132,8 +132,9 @@ class Totals:
     dropped: dict[str, int]
 
 
-# (frames, result, backend name, monotonic end time, backend call duration) -> one record per frame
-RecordBuilder = Callable[[Sequence[Frame], BatchResult, str, float, float], list[Record]]
+# (frames, result, backend name, monotonic end time, backend call duration, class names or None)
+# -> one record per frame
+RecordBuilder = Callable[[Sequence[Frame], BatchResult, str, float, float, Sequence[str] | None], list[Record]]
 BackendFactory = Callable[[], Backend]
 
 
@@ -151,8 +152,10 @@ class _Swap:
         fallback: BackendFactory,
         input_shape: tuple[int, ...],
         sinks: Sequence[Sink] | None,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         self.factory, self.fallback, self.input_shape, self.sinks = factory, fallback, tuple(input_shape), sinks
+        self.class_names = class_names
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.cancelled = False
@@ -164,8 +167,9 @@ class Pipeline:
 
     ``fallback`` builds the simulator backend used when another backend fails mid-run.
     ``input_shape`` is what the model takes; frames of another shape are dropped as ``bad_shape``
-    before they can spoil a batch. ``backpressure`` makes the reader wait for room instead of
-    dropping the oldest frame.
+    before they can spoil a batch. ``class_names`` (the bundle's, or None) name predictions in the
+    metrics and records; both change with the model on a swap. ``backpressure`` makes the reader
+    wait for room instead of dropping the oldest frame.
     """
 
     def __init__(
@@ -184,6 +188,7 @@ class Pipeline:
         queue_size: int,
         max_batch: int,
         backpressure: bool,
+        class_names: Sequence[str] | None = None,
     ) -> None:
         self._source = source
         self._backend = backend
@@ -195,6 +200,7 @@ class Pipeline:
         self._sinks = list(sinks)
         self._make_records = make_records
         self._input_shape = tuple(input_shape)
+        self._class_names = class_names
         self._max_batch = max_batch
         self._queue = FrameQueue(queue_size, block=backpressure)
         self._swap: _Swap | None = None
@@ -241,6 +247,7 @@ class Pipeline:
         input_shape: tuple[int, ...],
         sinks: Sequence[Sink] | None,
         timeout: float,
+        class_names: Sequence[str] | None = None,
     ) -> str:
         """Have the inference thread build a new backend (and take new sinks) between batches.
 
@@ -250,7 +257,7 @@ class Pipeline:
         installed, so a caller that reports "rejected" is always right. ``sinks`` stay the
         caller's to close unless the swap was applied. Returns the new backend's name.
         """
-        request = _Swap(factory, fallback, input_shape, sinks)
+        request = _Swap(factory, fallback, input_shape, sinks, class_names)
         with self._swap_lock:
             self._swap = request
         request.done.wait(timeout)
@@ -328,6 +335,7 @@ class Pipeline:
                     retired, self._backend = self._backend, backend
                     self._fallback = request.fallback
                     self._input_shape = request.input_shape
+                    self._class_names = request.class_names
                     if request.sinks is not None:
                         retired_sinks, self._sinks = self._sinks, list(request.sinks)
             if not request.applied:  # the caller gave up and reported "rejected": what was built is not kept
@@ -388,13 +396,13 @@ class Pipeline:
         name = self._backend.name
         received = np.fromiter((f.received_at for f in frames), np.float64, len(frames))
         classes = np.argmax(result.scores, axis=1)
-        self._metrics.observe_batch(name, end - start, start - received, end - received, classes)
+        self._metrics.observe_batch(name, end - start, start - received, end - received, classes, self._class_names)
         if result.energy is not None:
             self._metrics.observe_energy(name, result.energy)
         if result.layers is not None:
             self._metrics.observe_layers(result.layers)
         self._inferred += len(frames)
         if self._sinks:
-            records = self._make_records(frames, result, name, end, end - start)
+            records = self._make_records(frames, result, name, end, end - start, self._class_names)
             for sink in self._sinks:
                 sink.write(records)

@@ -4,8 +4,9 @@
 ``errors``, each naming its key path (``inference.max_batch``, ``layers[0].activation``), instead of
 stopping at the first: a user fixes a file in one pass. The rules are the same for both formats:
 unknown keys are refused with the allowed ones listed, a field without a default is required, an int
-is accepted for a float, a bool is never a number, ``X | None`` takes null (JSON), lists become
-tuples. Only how a message names a table and shows a wrong value depends on the format (:class:`Dialect`).
+is accepted for a float, a bool is never a number, ``X | None`` takes null (JSON), lists (TOML
+arrays) become tuples. Only how a message names tables and lists and shows a wrong value depends on
+the format (:class:`Dialect`).
 
 Why our own ~120 lines and not a library: pydantic would put a compiled core of several MB on every
 edge host for two small schemas; dacite stops at the first problem, and cattrs reports problems as
@@ -27,6 +28,7 @@ class Dialect:
     """How messages name things in one file format."""
 
     table: str  # what an object is called: "table" (TOML) or "object" (JSON)
+    array: str  # and a list: "an array" (TOML) or "a list" (JSON)
     show: Callable[[Any], str]  # a wrong scalar as its message shows it
     sections: bool  # the document's own keys are [sections] (both TOML configs)
 
@@ -35,8 +37,8 @@ class Dialect:
         return f"[{where}]" if self.sections else where
 
 
-TOML = Dialect("table", lambda value: type(value).__name__, sections=True)
-JSON = Dialect("object", lambda value: json.dumps(value)[:40], sections=False)
+TOML = Dialect("table", "an array", lambda value: type(value).__name__, sections=True)
+JSON = Dialect("object", "a list", lambda value: json.dumps(value)[:40], sections=False)
 
 
 class _Invalid:
@@ -60,10 +62,12 @@ def parse(kind: Any, value: Any, dialect: Dialect, errors: list[str], where: str
     if dataclasses.is_dataclass(kind):
         return _parse_dataclass(kind, value, dialect, errors, where)
     if origin is tuple:
-        if not isinstance(value, list):
-            errors.append(f"{where} must be a list, got {type(value).__name__}")
+        variadic = len(args) == 2 and args[1] is Ellipsis
+        if not isinstance(value, list | tuple):  # a tuple: a config rebuilt from its own dataclasses
+            of = f" of {_name(args[0], dialect)}" if variadic else ""
+            errors.append(f"{where} must be {dialect.array}{of}, got {type(value).__name__}")
             return INVALID
-        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        items = args[:1] * len(value) if variadic else args
         if len(items) != len(value):
             errors.append(f"{where} must have {len(items)} items, got {len(value)}")
             return INVALID
@@ -84,6 +88,13 @@ def parse(kind: Any, value: Any, dialect: Dialect, errors: list[str], where: str
         return value
     errors.append(f"{where} must be {getattr(kind, '__name__', kind)}, got {dialect.show(value)}")
     return INVALID
+
+
+def _name(kind: Any, dialect: Dialect) -> str:
+    """What a message calls the items of a list: ``str``, ``objects``, ..."""
+    if dataclasses.is_dataclass(kind) or get_origin(kind) is dict:
+        return f"{dialect.table}s"
+    return str(getattr(kind, "__name__", kind))
 
 
 def _parse_dataclass(kind: Any, value: Any, dialect: Dialect, errors: list[str], where: str) -> Any:

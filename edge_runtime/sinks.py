@@ -41,9 +41,17 @@ class Sink(Protocol):
 
 
 def prediction_records(
-    frames: Sequence[Frame], result: BatchResult, backend: str, finished: float, duration: float
+    frames: Sequence[Frame],
+    result: BatchResult,
+    backend: str,
+    finished: float,
+    duration: float,
+    class_names: Sequence[str] | None = None,
 ) -> list[Record]:
     """One record per frame of a batch: what was predicted, how fast, at what cost.
+
+    ``class`` is the predicted class's index; ``class_name`` follows it when the model names its
+    classes (the bundle's ``class_names``), so records of models without names are as they were.
 
     ``finished`` is the monotonic time the batch's result was ready, ``duration`` the backend call.
     Per-layer events appear only for frames whose counters were computed (all on the simulator, a
@@ -63,6 +71,7 @@ def prediction_records(
             "seq": frame.seq,
             "time": round(frame.received_at + to_wall, 6),  # unix time the frame was received
             "class": cls,
+            **({} if class_names is None else {"class_name": class_names[cls]}),
             "score": result.scores[index, cls].item(),
             "latency_s": round(finished - frame.received_at, 6),
             "inference_s": round(duration, 6),

@@ -21,7 +21,7 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import akida
@@ -50,6 +50,7 @@ from edge_runtime.manifest import (
     Target,
     Training,
     Verification,
+    class_names_problem,
     layer_specs,
     write_manifest,
 )
@@ -57,6 +58,7 @@ from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
 
 from . import mnist_fetch
 from .akida_build import DeviceMapping, map_on_akd1000, to_akida
+from .datasets import MNIST_PREPROCESSING, parse_source, read_run_data
 from .onnx_build import OPSET, check_exact, to_onnx
 from .run_reader import load_run
 from .verify import BACKENDS, check_recorded_scores, outputs_digest, three_way
@@ -65,11 +67,6 @@ log = logging.getLogger(__name__)
 
 GOLDEN_FRAMES = 16
 MNIST_TEST = "mnist-test"
-MNIST_PREPROCESSING = (
-    "28x28 8-bit greyscale, white digit on black (0 = background), as in MNIST: the image array (rows, "
-    "columns) reshaped to (28, 28, 1) with no transpose, scaling or normalisation; the input layer takes "
-    "raw pixel values"
-)
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,7 +76,7 @@ class EvalSet:
     name: str
     frames: np.ndarray  # uint8 (N, X, Y, C)
     labels: np.ndarray | None  # (N,) class indices, or None
-    class_names: tuple[str, ...]
+    class_names: tuple[str, ...] | None  # one per class; None: none given (the bundle names classes 0..N-1)
     preprocessing: str
 
 
@@ -90,9 +87,20 @@ def mnist_eval_set(cache_dir: Path | None = None) -> EvalSet:
         MNIST_TEST,
         data.test_images[..., None],
         data.test_labels.astype(np.int64),
-        tuple(str(d) for d in range(10)),
+        None,
         MNIST_PREPROCESSING,
     )
+
+
+def run_eval_set(run_dir: Path, cache_dir: Path | None = None) -> EvalSet:
+    """The frames a run is exported on, with its class names: the test split it recorded
+    (``test_set.npz``), or for MNIST (and runs from before ``dataset.json``) the MNIST test set."""
+    data = read_run_data(run_dir)
+    if data is None or data.test_frames is None:
+        return replace(mnist_eval_set(cache_dir), class_names=None if data is None else data.class_names)
+    kind, path = parse_source(data.source)
+    name = f"{kind}:{Path(path).name} test split" if path else f"{kind} test split"
+    return EvalSet(name, data.test_frames, data.test_labels, data.class_names, data.preprocessing)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -190,6 +198,10 @@ def _build_into(
     labels = eval_set.labels[:golden_n] if eval_set.labels is not None else np.full(golden_n, -1)
     write_golden(directory / GOLDEN, Golden(eval_set.frames[:golden_n], outputs[:golden_n], labels.astype(np.int64)))
     potentials = not model.layers[-1].activation
+    channels = shipped.output_shape[-1]
+    names = eval_set.class_names
+    # One label per output channel, as ever; they are the class names when each channel is a class.
+    labels_per_channel = names if names is not None and len(names) == channels else tuple(map(str, range(channels)))
     manifest = Manifest(
         format=FORMAT,
         format_version=FORMAT_VERSION,
@@ -202,7 +214,7 @@ def _build_into(
             shipped.output_shape,
             shipped.output_dtype.name,
             "potentials" if potentials else "activations",
-            eval_set.class_names,
+            labels_per_channel,
             "argmax over the flattened output; ties go to the lowest index",
         ),
         layers=layer_specs(shipped, lambda layer: mapping.per_layer.get(layer, {})),
@@ -212,6 +224,7 @@ def _build_into(
         toolchain=toolchain(),
         metrics=measure(shipped, outputs, counters, eval_set, modelled_energy(profiles, mappings, counters)),
         verification=Verification(BACKENDS, outputs_digest(outputs), max(b.max_abs_value for b in bounds), True),
+        class_names=names,
     )
     write_manifest(directory, manifest)
     return manifest
@@ -291,6 +304,10 @@ def export_model(
             f"evaluation frames are {eval_set.frames.dtype} {eval_set.frames.shape[1:]}, the model takes "
             f"uint8 {model.input_shape}"
         )
+    classes = int(np.prod(model.output_shape))
+    problem = None if eval_set.class_names is None else class_names_problem(eval_set.class_names, classes)
+    if problem is not None:
+        raise DataError(f"{eval_set.name}: {problem} (the model has {classes} outputs): give one name per class")
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
@@ -319,17 +336,21 @@ def export_model(
 def export_run(
     run_dir: Path,
     out: Path,
-    eval_set: EvalSet,
+    eval_set: EvalSet | None = None,
     *,
+    cache_dir: Path | None = None,
     name: str | None = None,
     profiles: Mapping[str, DeviceProfile] | None = None,
     map_mode: str = DEFAULT_MAP_MODE,
     force: bool = False,
 ) -> Manifest:
-    """``edge-export export``: a run directory to a verified bundle."""
+    """``edge-export export``: a run directory to a verified bundle, on ``eval_set`` or (default) the
+    run's own test split and class names (:func:`run_eval_set`; ``cache_dir``: the MNIST cache)."""
     run = load_run(Path(run_dir))
-    # The run records its scores on the MNIST test split only (its first N frames, in order).
-    scores = run.eval_scores if eval_set.name == MNIST_TEST else None
+    # The run records its scores on its test split (its first N frames, in order): MNIST's or its own.
+    own = eval_set is None
+    eval_set = run_eval_set(Path(run_dir), cache_dir) if eval_set is None else eval_set
+    scores = run.eval_scores if own or eval_set.name == MNIST_TEST else None
     return export_model(
         run.model,
         out,

@@ -16,7 +16,15 @@ Train zero-aware Akida 1.0 models and package them as verified bundles (.fbz + O
 REGISTRARS: list[cliutil.Registrar] = [data_cli.register, train_cli.register, sweep.register, export_cli.register]
 
 # Modules a command imports only when it runs, and the extra that installs each.
-EXTRAS = {"torch": "train", "tqdm": "train", "matplotlib": "train", "onnx": "export", "onnxruntime": "export"}
+EXTRAS = {
+    "torch": "train",
+    "tqdm": "train",
+    "matplotlib": "train",
+    "sklearn": "train",  # data.source = "digits"
+    "PIL": "train",  # data.source = "images:DIR"
+    "onnx": "export",
+    "onnxruntime": "export",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, DataError
 from edge_runtime.tomlconfig import read_toml, validate
+
+from .datasets import parse_source, resolve_source
 
 PENALTY_FORMS = ("sigmoid", "linear", "hoyer", "l1")
 
@@ -30,8 +32,10 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which MNIST images to use; the limits exist so tests can train on small slices."""
+    """Which data set to train on (exporter/datasets.py); the limits exist so tests can train on small slices."""
 
+    source: str = "mnist"  # mnist | digits | npz:FILE.npz | idx:DIR | images:DIR (paths relative to the config file)
+    class_names: tuple[str, ...] = ()  # one per class; () = the source's own (npz, folder names), else 0..N-1
     cache_dir: str = ""  # "" = the default cache ($EDGE_CACHE_DIR or ~/.cache/akida-edge)
     train_limit: int = 0  # 0 = all 60,000 training images
     test_limit: int = 0  # 0 = all 10,000 test images
@@ -131,7 +135,15 @@ def _check_ranges(config: Config) -> list[str]:
             "distill.weight must be >= 0 and distill.temperature > 0",
         ),
     ]
-    return [message for ok, message in checks if not ok]
+    return [message for ok, message in checks if not ok] + _source_problems(config.data.source)
+
+
+def _source_problems(source: str) -> list[str]:
+    try:
+        parse_source(source)
+    except DataError as error:
+        return [str(error)]
+    return []
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -158,8 +170,13 @@ def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> Config
 
 
 def load_config(path: Path) -> Config:
-    """Read and validate a TOML config file."""
-    return config_from_dict(read_toml(path), str(path))
+    """Read and validate a TOML config file; a relative path in ``data.source`` is relative to the file
+    (as in the daemon's config), so a config and its data can move together."""
+    raw = read_toml(path)
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("source"), str):
+        raw["data"] = {**data, "source": resolve_source(data["source"], path.absolute().parent)}
+    return config_from_dict(raw, str(path))
 
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:

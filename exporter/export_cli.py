@@ -26,8 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="turn a trained run into a verified bundle (.fbz + ONNX + manifest)",
         description="Build model.fbz with akida's API and an exact model.onnx from RUN_DIR's integer parameters, "
         "check that the model maps fully on AKD1000 and that the Akida engine, the simulator and onnxruntime "
-        "agree on all 10,000 MNIST test frames, measure accuracy, sparsity and modelled energy, then write the "
-        "bundle atomically. Nothing is written if any check fails.",
+        "agree on every frame of the run's test split (all 10,000 MNIST test frames for an MNIST run), measure "
+        "accuracy, sparsity and modelled energy, then write the bundle atomically, with the run's class names. "
+        "Nothing is written if any check fails.",
     )
     export.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory from 'edge-export train'")
     export.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
@@ -124,14 +125,14 @@ def _wrote(out: Path, manifest: Manifest) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .bundle_build import export_run, mnist_eval_set  # onnx and onnxruntime: the export extra
+    from .bundle_build import export_run  # onnx and onnxruntime: the export extra
 
     return _wrote(
         args.out,
         export_run(
             args.run_dir,
             args.out,
-            mnist_eval_set(args.cache_dir),
+            cache_dir=args.cache_dir,
             name=args.name,
             profiles=device_profiles(args.device_profile),
             map_mode=args.map_mode,
@@ -253,6 +254,7 @@ def format_summary(path: Path, manifest: Manifest, digest: str, problems: dict[s
         f"input    {i.name}: {i.dtype} (N, {_shape(i.shape)}) in [{i.value_range[0]}, {i.value_range[1]}]; "
         f"{i.preprocessing}",
         f"output   {o.name}: {o.dtype} (N, {_shape(o.shape)}) {o.kind}; labels {' '.join(o.labels)}; {o.decision}",
+        *([f"classes  {', '.join(manifest.class_names)}"] if manifest.class_names is not None else []),
         f"built    akida {tc.get('akida')}, onnx {tc.get('onnx')} (opset {tc.get('onnx_opset')}), onnxruntime "
         f"{tc.get('onnxruntime')}, akida-edge {tc.get('akida-edge')}; run {training.run or '-'}, seed {training.seed}",
         "",

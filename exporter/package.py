@@ -20,7 +20,7 @@ from edge_runtime.akida_model import AkidaModel, load_model
 from edge_runtime.energy import DeviceProfile
 from edge_runtime.errors import DataError
 from edge_runtime.frame_fit import mismatch
-from edge_runtime.manifest import Manifest, Training
+from edge_runtime.manifest import Manifest, Training, class_names_problem
 from edge_runtime.mapping import DEFAULT_MAP_MODE
 
 from .bundle_build import EvalSet, export_model
@@ -46,8 +46,9 @@ def _names(path: Path, classes: int) -> tuple[str, ...]:
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"{path}: unreadable class names ({error})") from None
     names = tuple(line.strip() for line in lines if line.strip())
-    if len(names) != classes:
-        raise DataError(f"{path}: {len(names)} class names, the model has {classes} outputs: write one name a line")
+    problem = class_names_problem(names, classes)
+    if problem is not None:
+        raise DataError(f"{path}: {problem} (the model has {classes} outputs): write one name a line, each once")
     return names
 
 
@@ -61,7 +62,7 @@ def user_eval_set(
         raise DataError(f"{frames_path}: {problem}")
     classes = int(np.prod(model.output_shape))
     labels = _labels(labels_path, len(frames), classes) if labels_path is not None else None
-    names = _names(names_path, classes) if names_path is not None else tuple(str(k) for k in range(classes))
+    names = _names(names_path, classes) if names_path is not None else None
     return EvalSet(frames_path.name, frames, labels, names, PREPROCESSING)
 
 

@@ -18,7 +18,7 @@ import pickle
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from edge_runtime.counters import LayerCounters
 from edge_runtime.errors import ConfigError
 from edge_runtime.simulator import Simulator
 
-from . import mnist_fetch, penalties
+from . import datasets, penalties
 from .config import Config, ModelConfig, config_to_dict, config_warnings
 from .qat import (
     ACT_BITS,
@@ -54,26 +54,64 @@ EVAL_BATCH = 1000
 
 @dataclass(frozen=True)
 class Data:
-    """Images as uint8 tensors (N, 1, 28, 28); labels int64 (N,)."""
+    """Frames as uint8 tensors (N, C, H, W); labels int64 (N,); what the data set says about itself."""
 
     train_x: Tensor
     train_y: Tensor
     test_x: Tensor
     test_y: Tensor
+    classes: int = 10
+    class_names: tuple[str, ...] | None = None  # None: none given (shown as 0..classes-1)
+    source: str = "mnist"
+    preprocessing: str = datasets.MNIST_PREPROCESSING
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One frame in akida's layout (X, Y, C) = (H, W, C): what the network's input must take."""
+        _, c, h, w = self.train_x.shape
+        return (h, w, c)
+
+    def run_data(self) -> datasets.RunData:
+        """What the run directory records about the data (MNIST's test frames are in its cache)."""
+        frames = None if self.source == "mnist" else self.test_x.numpy().transpose(0, 2, 3, 1)
+        labels = None if frames is None else self.test_y.numpy()
+        return datasets.RunData(
+            self.source, self.input_shape, self.classes, self.class_names, self.preprocessing, frames, labels
+        )
 
 
 def load_data(config: Config) -> Data:
-    """MNIST from the shared cache, cut to the configured limits (tests train on small slices)."""
-    cache = Path(config.data.cache_dir) if config.data.cache_dir else None
-    split = mnist_fetch.load_mnist(cache)
-    return data_from_arrays(
-        split.train_images,
-        split.train_labels,
-        split.test_images,
-        split.test_labels,
-        config.data.train_limit,
-        config.data.test_limit,
+    """``[data] source`` (exporter/datasets.py, checked), cut to the configured limits (tests train on small slices)."""
+    d = config.data
+    dataset = datasets.load_dataset(d.source, Path(d.cache_dir) if d.cache_dir else None, d.class_names)
+    data = data_from_arrays(
+        dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, d.train_limit, d.test_limit
     )
+    log.info(
+        "data %s: %d training and %d test frames of %s, %d classes",
+        dataset.source,
+        len(data.train_y),
+        len(data.test_y),
+        "x".join(map(str, dataset.input_shape)),
+        dataset.classes,
+    )
+    return replace(
+        data,
+        classes=dataset.classes,
+        class_names=dataset.class_names,
+        source=dataset.source,
+        preprocessing=dataset.preprocessing,
+    )
+
+
+def check_network_input(data: Data, input_shape: tuple[int, int, int] = (IMAGE_SIZE, IMAGE_SIZE, 1)) -> None:
+    """The network must take the data's frames and have one output per class: refused in one line otherwise."""
+    if data.input_shape != input_shape or data.classes != 10:
+        raise ConfigError(
+            f"data.source {data.source}: {'x'.join(map(str, data.input_shape))} frames in {data.classes} classes, "
+            f"but the network takes {'x'.join(map(str, input_shape))} frames and has 10 outputs; "
+            "choose a model whose input and outputs match the data"
+        )
 
 
 def data_from_arrays(
@@ -84,8 +122,12 @@ def data_from_arrays(
     train_limit: int = 0,
     test_limit: int = 0,
 ) -> Data:
+    """Frames (N, H, W) or (N, H, W, C) to the trainer's (N, C, H, W) tensors, cut to the limits."""
+
     def images(a: np.ndarray, limit: int) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a[: limit or None])).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        a = a[: limit or None]
+        a = a[..., np.newaxis] if a.ndim == 3 else a
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
 
     def labels(a: np.ndarray, limit: int) -> Tensor:
         return torch.from_numpy(a[: limit or None].astype(np.int64))
@@ -523,6 +565,7 @@ def train(
     started = time.monotonic()
     generator = seed_everything(config.train.seed, config.train.threads)
     data = data or load_data(config)
+    check_network_input(data)
     model = ZeroAwareNet(config.model)
     energy_model = load_energy_model()
     teacher = load_teacher(Path(config.distill.teacher)) if config.distill.teacher else None
@@ -595,4 +638,5 @@ def train(
     report["history"] = history
     if out is not None:
         write_run(out, model, config, layers, report, train_scores)
+        datasets.write_run_data(out, data.run_data())
     return model, report

@@ -145,8 +145,10 @@ def write_run_dir(path: Path, rng: np.random.Generator, frames: np.ndarray, seed
     return path
 
 
-def eval_set(frames: np.ndarray, labels: np.ndarray | None, name: str = "test-frames") -> EvalSet:
-    return EvalSet(name, frames, labels, tuple(str(d) for d in range(CLASSES)), "test frames, used as they are")
+def eval_set(
+    frames: np.ndarray, labels: np.ndarray | None, name: str = "test-frames", class_names: tuple[str, ...] | None = None
+) -> EvalSet:
+    return EvalSet(name, frames, labels, class_names, "test frames, used as they are")
 
 
 def make_bundle(
@@ -155,7 +157,8 @@ def make_bundle(
     frames: np.ndarray,
     labels: np.ndarray | None = None,
     widths: tuple[int, int, int] = (8, 16, 32),
+    class_names: tuple[str, ...] | None = None,
 ) -> tuple[Manifest, AkidaModel]:
     """Export a random default-architecture model (calibrated on ``frames``) as a verified bundle at ``out``."""
     model = random_default_model(rng, frames, widths)
-    return export_model(model, out, eval_set(frames, labels)), model
+    return export_model(model, out, eval_set(frames, labels, class_names=class_names)), model

@@ -81,6 +81,20 @@ def test_good_bundle_loads_and_verifies(exported):
     assert len(bundle.sha256) == 64
 
 
+def test_class_names_are_optional_and_checked(copy):
+    """A bundle without class names (every bundle before them) names its classes by index and writes
+    no key; one with them loads them, and the key is written only then."""
+    plain = load_bundle(copy).manifest
+    assert plain.class_names is None and plain.classes == tuple(map(str, range(10)))
+    assert "class_names" not in json.loads((copy / MANIFEST).read_text())
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    edit_manifest(copy, lambda d: d.update(class_names=names))
+    named = load_bundle(copy).manifest
+    assert named.class_names == named.classes == tuple(names)
+    assert manifest_document(named)["class_names"] == named.class_names
+    assert "class_names" not in manifest_document(plain)
+
+
 def test_manifest_round_trips_through_json(exported):
     bundle = load_bundle(exported)
     document = json.loads(json.dumps(manifest_document(bundle.manifest)))
@@ -150,6 +164,9 @@ def test_incompatible_akida_version_is_refused(copy):
         (lambda d: d["layers"][2].update(weights_bits=2), "layer 'fc2': weights_bits"),
         (lambda d: d["layers"].pop(), "3 layers in the manifest, 4 in model.fbz"),
         (lambda d: d.update(golden_frames=3), "golden frames are uint8"),
+        (lambda d: d.update(class_names=["a", "b"]), "2 class names for 10 classes"),
+        (lambda d: d.update(class_names=[*"abcdefghi", "a"]), "class name 'a' appears twice"),
+        (lambda d: d.update(class_names=[*"abcdefghi", " "]), "class name ' ' is empty or spans lines"),
     ],
 )
 def test_manifest_that_lies_about_the_model_is_refused(copy, change, fragment):
@@ -165,6 +182,8 @@ def test_manifest_that_lies_about_the_model_is_refused(copy, change, fragment):
         (lambda d: d["input"].update(shape=[28, 28]), "input.shape must have 3 items"),
         (lambda d: d["metrics"].update(frames="many"), 'metrics.frames must be int, got "many"'),
         (lambda d: d["layers"][0].update(activation=1), "layers[0].activation must be bool"),
+        (lambda d: d.update(class_names="abc"), "class_names must be a list"),
+        (lambda d: d.update(class_names=[1] * 10), "class_names[0] must be str"),
     ],
 )
 def test_malformed_manifest_is_refused(copy, change, fragment):

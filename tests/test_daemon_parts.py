@@ -233,7 +233,15 @@ def test_records_say_what_was_predicted_how_fast_and_at_what_cost() -> None:
     assert second["class"] == 0 and second["energy_j"] == 4e-4 and second["energy_source"] == "power_meter"
     assert second["events"] == {"conv0": 12} and "label" not in second
     assert second["time"] - first["time"] == pytest.approx(0.5, abs=1e-5)
+    assert "class_name" not in first  # a model without class names: records as they always were
     json.dumps(records)  # plain JSON types only
+
+
+def test_records_name_the_class_when_the_model_names_its_classes() -> None:
+    frames = [frame(5, received_at=9.0), frame(6, received_at=9.5)]
+    first, second = prediction_records(frames, batch_result(), "akida", 10.0, 0.25, ("up", "down", "left"))
+    assert (first["class"], first["class_name"], second["class"], second["class_name"]) == (1, "down", 0, "up")
+    assert list(first)[:4] == ["seq", "time", "class", "class_name"]
 
 
 def test_rotation_keeps_the_newest_files(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from edge_runtime.simulator import Simulator
 from exporter import cli
 from exporter.akida_build import map_on_akd1000, to_akida
 from exporter.bundle_build import export_model, export_run
+from exporter.datasets import RunData, write_run_data
 from exporter.onnx_build import FLOAT32_EXACT, IR_VERSION, OPSET, check_exact, fire_levels, to_onnx
 from exporter.run_reader import load_run
 from exporter.verify import three_way, verify_bundle
@@ -464,6 +465,45 @@ def test_cli_export(tmp_path, frames, capsys, monkeypatch):
     assert f"wrote {tmp_path / 'b'}" in out and "modelled on AKD1000 (akd1000-v2, AllNps mapping): total" in out
     assert cli.main(["export", str(run), "--out", str(tmp_path / "b")]) == 2
     assert "already exists; pass --force" in capsys.readouterr().err
+
+
+NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def test_cli_export_takes_the_runs_own_test_split_and_class_names(tmp_path, frames, labels, capsys):
+    """A run trained on the user's data records its test frames and class names; export uses both,
+    checks the run's recorded scores on them, and the manifest carries the names."""
+    run = write_run_dir(tmp_path / "run", np.random.default_rng(4), frames)
+    test_frames, test_labels = frames[:120], labels[:120].astype(np.int64)
+    record = RunData("npz:/data/mine.npz", (28, 28, 1), 10, NAMES, "as stored in mine.npz", test_frames, test_labels)
+    write_run_data(run, record)
+    outputs = Simulator(load_run(run).model).run(test_frames).outputs.reshape(120, -1)
+    np.save(run / "eval_scores.npy", outputs[:50])
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
+    manifest = load_bundle(tmp_path / "b").manifest
+    assert manifest.class_names == NAMES and manifest.output.labels == NAMES
+    assert manifest.metrics.eval_set == "npz:mine.npz test split" and manifest.metrics.frames == 120
+    assert manifest.input.preprocessing == "as stored in mine.npz"
+    np.save(run / "eval_scores.npy", outputs[:50] + 1)  # scores the engine does not reproduce
+    capsys.readouterr()
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "c")]) == 2
+    assert "recorded scores differ from the Akida engine's on 50 of 50" in capsys.readouterr().err
+
+
+def test_cli_export_of_an_mnist_run_with_class_names(tmp_path, frames, monkeypatch):
+    import exporter.bundle_build as bundle_build
+
+    run = write_run_dir(tmp_path / "run", np.random.default_rng(4), frames)
+    write_run_data(run, RunData("mnist", (28, 28, 1), 10, NAMES, "mnist", None, None))
+    monkeypatch.setattr(bundle_build, "mnist_eval_set", lambda cache_dir: eval_set(frames[:100], None))
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "b")]) == 0
+    assert load_bundle(tmp_path / "b").manifest.class_names == NAMES
+
+
+def test_export_refuses_class_names_that_do_not_fit_the_model(tmp_path, model, frames):
+    with pytest.raises(DataError, match=r"test-frames: 3 class names for 10 classes \(the model has 10 outputs\)"):
+        export_model(model, tmp_path / "b", eval_set(frames[:40], None, class_names=("a", "b", "c")))
+    assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.parametrize(("kind", "message"), [("empty", "empty or truncated file"), ("archive", "an .npz archive")])

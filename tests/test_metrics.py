@@ -136,6 +136,15 @@ def test_a_batch_updates_counts_latency_age_and_classes(registry: CollectorRegis
     assert get("edge_inference_batch_size_sum") == 2
 
 
+def test_predictions_are_labelled_with_the_models_class_names(registry: CollectorRegistry, metrics: Metrics) -> None:
+    names = ["cat", "dog", "eel"]
+    metrics.set_model("m", "s", (4, 4, 1), names, None, {}, [], [])
+    metrics.observe_batch("simulator", 0.001, np.zeros(3), np.zeros(3), np.array([2, 0, 2]), names)
+    get = registry.get_sample_value
+    assert [get("edge_predictions_total", {"class": c}) for c in names] == [1, 0, 2]
+    assert get("edge_predictions_total", {"class": "2"}) is None
+
+
 def test_energy_and_layers_carry_their_source(registry: CollectorRegistry, metrics: Metrics) -> None:
     metrics.observe_energy("akida", EnergyReport(np.full(4, 5e-4), "power_meter", board_watts=0.95))
     stats = LayerStats(

@@ -123,14 +123,17 @@ def test_package_builds_a_verified_bundle_of_the_fbz(packaged, user_files, capsy
     assert manifest.metrics.accuracy == pytest.approx(float(np.mean(predicted == labels)))
     assert np.array_equal(bundle.golden.outputs, engine.forward(bundle.golden.frames))
     capsys.readouterr()
+    assert cli.main(["inspect", str(packaged)]) == 0
+    assert "\nclasses  up, down, left, right\n" in capsys.readouterr().out
     assert cli.main(["verify", str(packaged), "--frames", str(user_files["frames"])]) == 0
     out = capsys.readouterr().out
     assert f"{FRAMES} frames of {user_files['frames']} agree on akida, simulator, onnxruntime" in out
 
 
-def _serve(bundle: Path, spec: str, log: Path, frames: int, feed=None) -> list[dict]:
+def _serve(bundle: Path, spec: str, log: Path, frames: int, feed=None, scrape: list[str] | None = None) -> list[dict]:
     """Serve ``bundle`` from ``spec`` until the prediction log holds ``frames`` lines (``feed``, if
-    given, runs in a thread once the daemon is up); the records, sorted by sequence number."""
+    given, runs in a thread once the daemon is up); the records, sorted by sequence number. With
+    ``scrape``, /metrics as it was then is appended to it."""
     daemon = Daemon(
         None,
         {
@@ -151,6 +154,8 @@ def _serve(bundle: Path, spec: str, log: Path, frames: int, feed=None) -> list[d
             wait_for(lambda: http_get(f"{daemon.url}/readyz")[0] == 200, 30, "/readyz to return 200")
             sender.start()
         wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == frames, 90, "every frame in the log")
+        if scrape is not None:
+            scrape.append(http_get(f"{daemon.url}/metrics")[1])
     finally:
         daemon.post(signal.SIGTERM)
         loop.join(60)
@@ -164,10 +169,20 @@ def _engine_classes(user_files) -> list[int]:
 
 
 def test_serve_over_replay_infers_every_frame_of_the_packaged_model(packaged, user_files, tmp_path):
-    records = _serve(packaged, f"replay:{user_files['frames']}", tmp_path / "predictions.jsonl", FRAMES)
+    scraped: list[str] = []
+    records = _serve(packaged, f"replay:{user_files['frames']}", tmp_path / "predictions.jsonl", FRAMES, scrape=scraped)
     assert [r["seq"] for r in records] == list(range(FRAMES))
-    assert [r["class"] for r in records] == _engine_classes(user_files)
+    classes = _engine_classes(user_files)
+    assert [r["class"] for r in records] == classes
     assert set(records[0]["events"]) == {"conv_0", "separable_1", "separable_2", "classifier"}
+    # --names up/down/left/right: in the manifest, the prediction log and the class label of /metrics
+    names = ("up", "down", "left", "right")
+    assert load_bundle(packaged).manifest.class_names == names
+    assert [r["class_name"] for r in records] == [names[c] for c in classes]
+    (text,) = scraped
+    for index, name in enumerate(names):
+        assert f'edge_predictions_total{{class="{name}"}} {float(classes.count(index))}' in text
+    assert 'edge_predictions_total{class="0"}' not in text
 
 
 def test_serve_from_the_sensor_emulator_takes_frames_of_any_shape(packaged, user_files, tmp_path):
@@ -205,7 +220,7 @@ def test_package_refuses_what_does_not_fit_in_one_line(user_files, tmp_path, cap
         capsys, *common, "--frames", str(f["frames"]), "--labels", str(tmp_path / "big.npy")
     )
     (tmp_path / "names.txt").write_text("a\nb\n")
-    assert "2 class names, the model has 4 outputs" in _refused(
+    assert "2 class names for 4 classes (the model has 4 outputs)" in _refused(
         capsys, *common, "--frames", str(f["frames"]), "--names", str(tmp_path / "names.txt")
     )
     v2 = akida.Model()

@@ -296,3 +296,53 @@ def test_the_daemon_counts_frames_of_the_wrong_shape_from_a_sensor(
     assert value(samples, "edge_frames_dropped_total", reason="corrupt") == 0
     assert sorted(r["seq"] for r in records) == sorted(set(range(len(images))) - small)
     check_predictions(records, bundle, images)
+
+
+class GatedSource(FiniteSource):
+    """Yields its first batch, then waits for ``gate`` before the rest."""
+
+    def __init__(self, batches: list[list[Frame]]) -> None:
+        super().__init__(batches)
+        self.gate = threading.Event()
+
+    def batches(self) -> Iterator[list[Frame]]:
+        first, *rest = self._batches
+        yield first
+        assert self.gate.wait(60)
+        yield from rest
+
+
+def test_class_names_follow_the_model_across_a_swap() -> None:
+    """Frames inferred before the swap are named by index (a bundle without names), those after by
+    the new bundle's names: in the records and in the class label of the predictions counter."""
+    names = tuple(f"c{k}" for k in range(10))
+    registry, mailbox, sink = CollectorRegistry(), Mailbox(), ListSink()
+    source = GatedSource([[frame(1), frame(2)], [frame(3), frame(13)]])
+    backend = FailingBackend("simulator")
+    pipeline = Pipeline(
+        source,
+        backend,
+        fallback=no_fallback,
+        metrics=Metrics(registry, DROP_REASONS),
+        health=Health(),
+        mailbox=mailbox,
+        notifier=Notifier({}),
+        sinks=[sink],
+        make_records=prediction_records,
+        input_shape=SHAPE,
+        queue_size=64,
+        max_batch=2,
+        backpressure=True,
+    )
+    pipeline.start()
+    try:
+        wait_for(lambda: len(sink.records) == 2, 30, "the first batch in the sink")
+        assert pipeline.swap(lambda: FailingBackend("onnx"), no_fallback, SHAPE, None, 30, names) == "onnx"
+        source.gate.set()
+        pipeline.stop(timeout=60)
+    finally:
+        mailbox.close()
+    assert [(r["class"], r.get("class_name")) for r in sink.records] == [(1, None), (2, None), (3, "c3"), (3, "c3")]
+    get = registry.get_sample_value
+    assert get("edge_predictions_total", {"class": "1"}) == 1 and get("edge_predictions_total", {"class": "c3"}) == 2
+    assert get("edge_predictions_total", {"class": "3"}) is None

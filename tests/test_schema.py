@@ -86,3 +86,15 @@ def test_a_toml_config_with_an_optional_field_loads() -> None:
     assert validate(Document, {"run": {"seed": 3, "rate": 2}}, "x.toml", lambda c: []) == Document(Section(2.0, 3))
     with pytest.raises(ConfigError, match=r"^x\.toml: run\.seed must be int, got float$"):
         validate(Document, {"run": {"seed": 3.5}}, "x.toml", lambda c: [])
+
+
+@dataclass(frozen=True)
+class Names:
+    class_names: tuple[str, ...] = ()
+
+
+def test_toml_arrays_become_tuples_and_a_tuple_is_taken_back() -> None:
+    assert _parse(Names, {"class_names": ["a", "b"]}, TOML) == (Names(("a", "b")), [])
+    assert _parse(Names, {"class_names": ("a", "b")}, TOML) == (Names(("a", "b")), [])  # a config rebuilt from itself
+    assert _parse(Names, {"class_names": "a,b"}, TOML)[1] == ["class_names must be an array of str, got str"]
+    assert _parse(Names, {"class_names": ["a", 3]}, TOML)[1] == ["class_names[1] must be str, got int"]
