@@ -83,8 +83,9 @@ def load_source(path: Path) -> tuple[Path, dict[str, Any], float | None, np.ndar
     if (path / "model.fbz").is_file():  # a bundle: the run's record lives in its manifest
         manifest = json.loads((path / "manifest.json").read_text())
         return path / "model.fbz", manifest["training"]["config"], None, None
+    specs = json.loads((path / "spec.json").read_text())["layers"]
     with np.load(path / "params.npz") as npz:
-        layers = layers_from_arrays(npz)
+        layers = layers_from_arrays(npz, specs)
     fbz = path / "study-model.fbz"
     to_akida(layers).save(str(fbz))
     report = json.loads((path / "report.json").read_text())

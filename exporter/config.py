@@ -14,18 +14,80 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import ConfigError
-from edge_runtime.tomlconfig import read_toml, validate
+from edge_runtime.tomlconfig import build_section, build_sections, read_toml
+
+from .architecture import Architecture, LayerConfig, layer_table, layers_from_tables, legacy_layers, rule_errors
 
 PENALTY_FORMS = ("sigmoid", "linear", "hoyer", "l1")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Widths of the Akida 1.0 network (InputConv 3x3+pool2 -> Conv 3x3/2 -> FC -> FC 10)."""
+    """The Akida 1.0 network: a list of layers (``[[model.layers]]``, see exporter/architecture.py and
+    docs/training.md), or the old form, the widths of the fixed MNIST network (InputConv 3x3+pool2 ->
+    Conv 3x3/2 -> FC -> FC 10), used when ``layers`` is empty."""
 
-    conv0: int = 32  # filters of the InputConvolutional layer (8-bit weights, on the HRC)
-    conv1: int = 64  # filters of the stride-2 Convolutional layer (4-bit weights)
-    fc: int = 128  # units of the hidden FullyConnected layer (4-bit weights)
+    conv0: int = 32  # old form: filters of the InputConvolutional layer (8-bit weights, on the HRC)
+    conv1: int = 64  # old form: filters of the stride-2 Convolutional layer (4-bit weights)
+    fc: int = 128  # old form: units of the hidden FullyConnected layer (4-bit weights)
+    input_shape: tuple[int, int, int] = (28, 28, 1)  # (X, Y, C) of the uint8 frames
+    input_bits: int = 8  # the InputConvolutional's 8-bit pixels (the only input the trainer takes)
+    layers: tuple[LayerConfig, ...] = ()
+
+    def architecture(self) -> Architecture:
+        layers = self.layers or legacy_layers(self.conv0, self.conv1, self.fc)
+        return Architecture(self.input_shape, layers)
+
+
+_LEGACY_KEYS = ("conv0", "conv1", "fc")
+_MODEL_SCALARS = {"conv0": int, "conv1": int, "fc": int, "input_bits": int}
+
+
+def model_from_dict(raw: Any, errors: list[str]) -> ModelConfig:
+    """The ``[model]`` table: the layer list or the old widths (not both), input shape and bits."""
+    if not isinstance(raw, Mapping):
+        errors.append("[model] must be a table")
+        return ModelConfig()
+    allowed = [*_MODEL_SCALARS, "input_shape", "layers"]
+    unknown = [key for key in raw if key not in allowed]
+    errors.extend(f"unknown key model.{key} (allowed: {', '.join(allowed)})" for key in unknown)
+    if "layers" in raw and any(key in raw for key in _LEGACY_KEYS):
+        errors.append(
+            "model.layers and model.conv0/conv1/fc are two forms of the network; give the layer list or the widths"
+        )
+    scalars = {k: v for k, v in raw.items() if k in _MODEL_SCALARS}
+    values = dataclasses.asdict(build_section("model", _ModelScalars, scalars, errors))
+    if "input_shape" in raw:
+        shape = raw["input_shape"]
+        if (
+            not isinstance(shape, (list, tuple))
+            or len(shape) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
+        ):
+            errors.append(f"model.input_shape must be [X, Y, C] (three integers), got {shape!r}")
+        else:
+            values["input_shape"] = tuple(shape)
+    if "layers" in raw:
+        values["layers"] = layers_from_tables(raw["layers"], errors)
+    return ModelConfig(**values)
+
+
+@dataclass(frozen=True)
+class _ModelScalars:
+    conv0: int = 32
+    conv1: int = 64
+    fc: int = 128
+    input_bits: int = 8
+
+
+def model_to_dict(model: ModelConfig) -> dict[str, Any]:
+    """JSON-safe; the form it was given in (so ``--set model.fc=64`` still works on the old form)."""
+    out: dict[str, Any] = {"input_shape": list(model.input_shape), "input_bits": model.input_bits}
+    if model.layers:
+        out["layers"] = [layer_table(layer) for layer in model.layers]
+    else:
+        out.update(conv0=model.conv0, conv1=model.conv1, fc=model.fc)
+    return out
 
 
 @dataclass(frozen=True)
@@ -112,7 +174,8 @@ class Config:
 def _check_ranges(config: Config) -> list[str]:
     t, p, pr, m = config.train, config.penalty, config.prune, config.model
     checks = [
-        (min(m.conv0, m.conv1, m.fc) >= 1, "model widths must be >= 1"),
+        (m.layers != () or min(m.conv0, m.conv1, m.fc) >= 1, "model widths must be >= 1"),
+        (m.input_bits == 8, "model.input_bits must be 8 (training takes 8-bit pixels into an input_conv layer)"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.float_epochs >= 0 and t.qat_epochs >= 1, "train.float_epochs must be >= 0 and qat_epochs >= 1"),
         (t.threads >= 1, "train.threads must be >= 1"),
@@ -131,7 +194,8 @@ def _check_ranges(config: Config) -> list[str]:
             "distill.weight must be >= 0 and distill.temperature > 0",
         ),
     ]
-    return [message for ok, message in checks if not ok]
+    errors = [message for ok, message in checks if not ok]
+    return errors + rule_errors(m.input_shape, m.architecture().layers)
 
 
 def config_warnings(config: Config) -> list[str]:
@@ -153,8 +217,19 @@ def config_warnings(config: Config) -> list[str]:
 
 
 def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> Config:
-    """Validate a parsed TOML document; raises one ConfigError listing every problem."""
-    return validate(Config, raw, origin, _check_ranges)
+    """Validate a parsed TOML document; raises one ConfigError listing every problem.
+
+    Like ``edge_runtime.tomlconfig.validate``, with the ``[model]`` table read by
+    :func:`model_from_dict` (it holds arrays of tables, which the generic sections do not)."""
+    errors: list[str] = []
+    model = model_from_dict(raw.get("model", {}), errors)
+    config = dataclasses.replace(
+        build_sections(Config, {k: v for k, v in raw.items() if k != "model"}, errors), model=model
+    )
+    errors.extend(_check_ranges(config) if not errors else [])
+    if errors:
+        raise ConfigError(f"{origin}: " + "; ".join(errors))
+    return config
 
 
 def load_config(path: Path) -> Config:
@@ -164,7 +239,9 @@ def load_config(path: Path) -> Config:
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
     """Plain nested dict (JSON-safe) so a run directory records exactly what was trained."""
-    return dataclasses.asdict(config)
+    out = dataclasses.asdict(config)
+    out["model"] = model_to_dict(config.model)
+    return out
 
 
 def with_overrides(config: Config, overrides: Sequence[tuple[str, Any]], origin: str = "--set") -> Config:
