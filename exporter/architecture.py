@@ -31,10 +31,12 @@ AKIDA_KINDS = {
 POOLS = ("none", "max", "global_average")
 PADDINGS = ("same", "valid")
 KERNELS = {"input_conv": (3, 5, 7), "conv": (1, 3, 5, 7), "separable": (3, 5, 7)}
-WEIGHT_BITS = {"input_conv": (8,), "conv": (1, 2, 4), "separable": (1, 2, 4), "dense": (1, 2, 4)}
+# AKD1000 maps 2- or 4-bit separable weights only ("Separable CNP weights bitwidth must be 2 or 4"; the engine runs 1)
+WEIGHT_BITS = {"input_conv": (8,), "conv": (1, 2, 4), "separable": (2, 4), "dense": (1, 2, 4)}
 ACT_BITS = (1, 2, 4)
 INPUT_CHANNELS = (1, 3)  # an InputConvolutional takes greyscale or RGB
-MAX_POOL_SIZES = (1, 2, 3)
+MAX_POOL_SIZES = (1, 2)  # AKD1000 refuses 3 ("Pooling size 3 is not supported on NSoC_v2"; the engine runs it)
+ACT_STEP_MAX = 65535  # AKD1000's CNPs refuse a larger act_step ("act_step should be between 0 and 65535")
 DENSE_MAX_INPUTS = 57334  # Akida 1.0 FullyConnected input size limit
 FLOAT32_EXACT = 2**24  # the QAT forward computes integer potentials in float32: exact below this
 POTENTIAL_LIMIT = 2**19  # the engine's 20-bit potentials (FullyConnected, global average pool sums)
@@ -312,15 +314,33 @@ def _layer_problem(
                 layer.stride in (1, 2) and layer.stride <= layer.kernel,
                 f"stride {layer.stride}: strides are 1 or 2, at most the kernel size",
             ),
+            (
+                layer.type == "input_conv" or layer.stride == 1 or layer.kernel == 3,
+                f"stride 2 with kernel {layer.kernel}: AKD1000 supports stride 2 only for 3x3 kernels after the "
+                "input layer",
+            ),
             (layer.padding in PADDINGS, f"padding {layer.padding!r}: one of {', '.join(PADDINGS)}"),
+            (
+                layer.type == "input_conv" or layer.padding == "same",
+                f"padding {layer.padding!r}: AKD1000 maps only 'same' padding after the input layer",
+            ),
             (layer.pool in POOLS, f"pool {layer.pool!r}: one of {', '.join(POOLS)}"),
             (
                 layer.pool != "max"
                 or (
                     layer.pool_size in MAX_POOL_SIZES and 1 <= (layer.pool_stride or layer.pool_size) <= layer.pool_size
                 ),
-                f"max pool {layer.pool_size} stride {layer.pool_stride or layer.pool_size}: sizes 1-3, "
-                "stride at most the size",
+                f"max pool {layer.pool_size} stride {layer.pool_stride or layer.pool_size}: AKD1000 max pools are "
+                "1 or 2 wide, with a stride at most the size",
+            ),
+            (
+                layer.pool != "max" or layer.type != "input_conv" or layer.pool_stride in (0, layer.pool_size),
+                f"max pool {layer.pool_size} stride {layer.pool_stride}: AKD1000's input layer pools with a "
+                "stride equal to the size",
+            ),
+            (
+                layer.pool != "global_average" or layer.type != "input_conv",
+                "global average pooling: AKD1000's input layer pools only by max",
             ),
             (
                 layer.type != "input_conv" or 0 <= layer.padding_value <= PIXEL_MAX,
@@ -341,7 +361,7 @@ def _size_problem(layer: LayerConfig, geometry: Geometry, last: bool) -> str | N
             return f"{x * y * c} inputs; an Akida 1.0 FullyConnected takes at most {DENSE_MAX_INPUTS}"
     elif min(geometry.conv_shape) < 1 or min(geometry.output_shape[:2]) < 1:
         return f"leaves no output positions on its {x}x{y} input (kernel {layer.kernel}, {layer.padding})"
-    largest = potential_bound(layer, geometry)
+    largest = potential_bound(layer, geometry, summed=False)
     if largest >= FLOAT32_EXACT:
         return (
             f"its potentials can reach {largest}, beyond 2**24 where the QAT forward's float32 sums stop being "
@@ -350,9 +370,11 @@ def _size_problem(layer: LayerConfig, geometry: Geometry, last: bool) -> str | N
     return None
 
 
-def potential_bound(layer: LayerConfig, geometry: Geometry) -> int:
-    """The largest |potential| the layer can compute (after a global average pool's sum), from its
-    input range, weight range and fan-in: what decides float32 exactness and 20-bit saturation."""
+def potential_bound(layer: LayerConfig, geometry: Geometry, summed: bool = True) -> int:
+    """The largest |potential| the layer can compute, from its input range, weight range and fan-in;
+    with ``summed``, after a global average pool's sum of all positions (what decides 20-bit
+    saturation), else at one position (what decides float32 exactness: the pool's running sum is
+    clamped to 20 bits after each addition where it could pass them)."""
     x, y, c = geometry.input_shape
     if layer.type == "dense":
         fan_in = x * y * c
@@ -363,7 +385,7 @@ def potential_bound(layer: LayerConfig, geometry: Geometry) -> int:
     largest = input_max * weight_max * fan_in
     if layer.type == "separable":
         largest *= weight_max * c  # the pointwise sum over channels of the depthwise results
-    if layer.pool == "global_average":
+    if summed and layer.pool == "global_average":
         largest *= geometry.positions
     return largest
 

@@ -54,7 +54,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .architecture import POTENTIAL_LIMIT, Architecture, Geometry, LayerConfig, potential_bound, spec_entry
+from .architecture import (
+    ACT_STEP_MAX,
+    POTENTIAL_LIMIT,
+    Architecture,
+    Geometry,
+    LayerConfig,
+    potential_bound,
+    spec_entry,
+)
 from .config import ModelConfig
 
 ACT_BITS = 4  # the shipped networks' activation bits (a layer's own are in its LayerConfig)
@@ -253,7 +261,11 @@ class ZeroAwareNet(nn.Module):
         for params in self._weights:
             for w in params:
                 nn.init.kaiming_uniform_(w, a=5**0.5)
-        self._saturating = [potential_bound(layer, geo) >= POTENTIAL_LIMIT for layer, geo in self._layers()]
+        # where the engine's 20-bit potentials (a FullyConnected's, a global average pool's sum) can saturate
+        self._saturating = [
+            (layer.type == "dense" or layer.pool == "global_average") and potential_bound(layer, geo) >= POTENTIAL_LIMIT
+            for layer, geo in self._layers()
+        ]
 
     def _layers(self) -> list[tuple[LayerConfig, Geometry]]:
         return list(zip(self.specs, self.geometry, strict=True))
@@ -390,13 +402,16 @@ class ZeroAwareNet(nn.Module):
             if layer.type == "separable":
                 w_pw, scale = quantise_weights(vs[1], qmax, per_channel, qmin)
                 ratio_pw = vs_fixed_steps[1] / _rows(scale, vs[1])
+            if qmin == 0:  # 1-bit weights are 0 or 1: a negative ratio is a zero weight, like a small one
+                ratio = ratio.clamp_min(0)
+                ratio_pw = None if ratio_pw is None else ratio_pw.clamp_min(0)
             if b is None or delta is None:  # the output layer: raw potentials, no activation
                 layers.append(QuantLayer(w_int, scale, ratio, None, None, None, w_pw, ratio_pw))
                 continue
             unit = scale / geo.positions if layer.pool == "global_average" else scale
             delta = delta.abs().clamp_min(1e-8)
             threshold = round_ste((delta / 2 - b) / unit)
-            step = round_ste(delta / unit).clamp_min(1.0)
+            step = round_ste(delta / unit).clamp(1.0, ACT_STEP_MAX * 2 ** (4 - layer.activation_bits))
             penalty_threshold = round_ste((delta.detach() / 2 - b) / unit)
             layers.append(QuantLayer(w_int, scale, ratio, threshold, step, penalty_threshold, w_pw, ratio_pw))
         return layers

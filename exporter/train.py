@@ -117,6 +117,16 @@ def check_on_akd1000(model_config: ModelConfig) -> Any:
         raise ConfigError(f"model: {error}") from None
 
 
+def check_frames(data: Data, model_config: ModelConfig) -> None:
+    """ConfigError (one line) unless the data's frames have the network's input shape."""
+    _, c, x, y = data.train_x.shape
+    if (x, y, c) != tuple(model_config.input_shape):
+        raise ConfigError(
+            f"the data's frames are {x}x{y}x{c} (X x Y x C) but model.input_shape is "
+            f"{'x'.join(map(str, model_config.input_shape))}: choose data of that shape or change the network"
+        )
+
+
 def seed_everything(seed: int, threads: int) -> torch.Generator:
     """Seed torch and fix the thread count (float reductions depend on it); returns the data generator."""
     torch.manual_seed(seed)
@@ -517,6 +527,7 @@ def train(
     started = time.monotonic()
     generator = seed_everything(config.train.seed, config.train.threads)
     data = data or load_data(config)
+    check_frames(data, config.model)
     model = ZeroAwareNet(config.model)
     energy_model = load_energy_model()
     teacher = load_teacher(Path(config.distill.teacher)) if config.distill.teacher else None
