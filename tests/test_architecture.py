@@ -6,6 +6,7 @@ second or two; the shipped configs are only built and mapped, never trained.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -177,10 +178,15 @@ def test_each_form_survives_a_round_trip_and_overrides():
 # --------------------------------------------------------------------------- exact QAT for every layer kind
 
 
-@pytest.mark.parametrize("name", sorted(NETWORKS))
+def network(name: str) -> ModelConfig:
+    """One of NETWORKS, or a shipped config's network (``iscas.toml`` -> "iscas")."""
+    return model_config(NETWORKS[name]) if name in NETWORKS else load_config(CONFIGS / f"{name}.toml").model
+
+
+@pytest.mark.parametrize("name", [*sorted(NETWORKS), "iscas", "dscnn"])
 def test_qat_integer_forward_equals_engine_and_simulator(name: str, mnist_data):
     """Every layer's training-time output is akida's engine's, and the simulator's final outputs too."""
-    config = model_config(NETWORKS[name])
+    config = network(name)
     frames = frames_for(mnist_data, list(config.input_shape), 120)
     model = trained(config, mnist_data)
     with torch.no_grad():
@@ -377,3 +383,35 @@ def test_shipped_configs_pass_the_checks_and_map_fully_on_akd1000(name: str):
         "dscnn": ["InputConvolutional", *["SeparableConvolutional"] * 3, "FullyConnected"],
     }.get(name, ["InputConvolutional", "Convolutional", "FullyConnected", "FullyConnected"])
     assert kinds == expected
+
+
+def test_a_trained_separable_run_exports_to_a_verified_bundle(tmp_path: Path, mnist_data):
+    """The run directory of a separable network with a global average pool goes through the existing
+    export path (spec.json -> model_from_spec -> .fbz + ONNX), and the engine, the simulator and
+    onnxruntime agree with the run's recorded scores on every frame."""
+    from bundle_fixtures import eval_set
+
+    from edge_runtime.akida_model import SepConv
+    from exporter.bundle_build import export_run, load_run
+
+    raw = config_to_dict(Config())
+    raw["model"] = {
+        "input_shape": [28, 28, 1],
+        "layers": [
+            {"type": "input_conv", "filters": 8, "stride": 2},
+            {"type": "separable", "filters": 16, "stride": 2},
+            {"type": "separable", "filters": 16, "pool": "global_average"},
+            {"type": "dense", "units": 10, "activation": False},
+        ],
+    }
+    raw["train"].update(threads=1, float_epochs=1, qat_epochs=1, batch_size=64)
+    m, n = mnist_data, 100
+    data = data_from_arrays(m.train_images, m.train_labels, m.test_images, m.test_labels, train_limit=256, test_limit=n)
+    run = tmp_path / "run"
+    _, report = train(config_from_dict(raw), run, data=data, progress=False)
+    model = load_run(run).model
+    assert [type(layer).__name__ for layer in model.layers] == ["InputConv", "SepConv", "SepConv", "Dense"]
+    assert isinstance(model.layers[2], SepConv) and model.layers[2].global_avg_pool
+    frames = replace(eval_set(m.test_images[:n, ..., None], m.test_labels[:n].astype(np.int64)), name="mnist-test")
+    manifest = export_run(run, tmp_path / "bundle", frames)
+    assert manifest.metrics.accuracy == pytest.approx(report["accuracy"])
