@@ -223,7 +223,8 @@ def layer_table(layer: LayerConfig) -> dict[str, Any]:
 
 
 def rule_errors(input_shape: Sequence[int], layers: Sequence[LayerConfig]) -> list[str]:
-    """Every Akida 1.0 rule the stack breaks, at most one message per layer (the first rule broken)."""
+    """The first Akida 1.0 / AKD1000 rule the stack breaks, as one message naming the layer (the
+    layers after a bad one are not checked: their shapes depend on it); [] if none."""
     if len(input_shape) != 3 or min(input_shape) < 1:
         return [f"model.input_shape must be [X, Y, C] of positive sizes, got {list(input_shape)}"]
     if not layers:
@@ -231,13 +232,13 @@ def rule_errors(input_shape: Sequence[int], layers: Sequence[LayerConfig]) -> li
     errors = []
     shape, bits = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2])), 8
     for index, layer in enumerate(layers):
-        problem = _layer_problem(index, layer, layers, shape, bits)
+        problem = _layer_problem(index, layer, layers, shape)
         where = f"model.layers[{index}] ({layer.type}{f' {layer.name!r}' if layer.name else ''})"
         if problem:
             errors.append(f"{where}: {problem}")
             break  # the next layers' shapes depend on this one
         geometry = layer_geometry(layer, shape, bits)
-        problem = _size_problem(layer, geometry, index == len(layers) - 1)
+        problem = _size_problem(layer, geometry)
         if problem:
             errors.append(f"{where}: {problem}")
             break
@@ -250,7 +251,7 @@ def rule_errors(input_shape: Sequence[int], layers: Sequence[LayerConfig]) -> li
 
 
 def _layer_problem(
-    index: int, layer: LayerConfig, layers: Sequence[LayerConfig], shape: tuple[int, int, int], bits: int
+    index: int, layer: LayerConfig, layers: Sequence[LayerConfig], shape: tuple[int, int, int]
 ) -> str | None:
     last = index == len(layers) - 1
     previous = layers[index - 1] if index else None
@@ -264,10 +265,6 @@ def _layer_problem(
             (layer.type == "input_conv") == (index == 0),
             "the first layer, and only the first, must be an input_conv (Akida 1.0 models start with one "
             "InputConvolutional on the 8-bit pixels)",
-        ),
-        (
-            layer.type == "input_conv" or shape[2] >= 1,
-            "has no input channels",
         ),
         (
             layer.type != "input_conv" or shape[2] in INPUT_CHANNELS,
@@ -353,7 +350,7 @@ def _layer_problem(
     return None
 
 
-def _size_problem(layer: LayerConfig, geometry: Geometry, last: bool) -> str | None:
+def _size_problem(layer: LayerConfig, geometry: Geometry) -> str | None:
     """Shape rules: something left after 'valid', dense input size, exact float32 potentials."""
     x, y, c = geometry.input_shape
     if layer.type == "dense":

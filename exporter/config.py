@@ -69,6 +69,8 @@ def model_from_dict(raw: Any, errors: list[str]) -> ModelConfig:
             values["input_shape"] = tuple(shape)
     if "layers" in raw:
         values["layers"] = layers_from_tables(raw["layers"], errors)
+        if not values["layers"] and not errors:
+            errors.append("model.layers is empty: a network needs an input_conv layer and a dense output layer")
     return ModelConfig(**values)
 
 

@@ -306,6 +306,7 @@ BAD = [
     ),
     ({**layers_with(0), "input_bits": 4}, "model.input_bits must be 8"),
     ({**layers_with(0), "conv0": 8}, "two forms of the network"),
+    ({"layers": []}, "model.layers is empty: a network needs an input_conv layer and a dense output layer"),
     ({"input_shape": [400, 400, 1], "layers": [{"type": "input_conv", "filters": 8}, OUT]}, "takes at most 57334"),
 ]
 
