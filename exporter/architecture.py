@@ -35,6 +35,7 @@ KERNELS = {"input_conv": (3, 5, 7), "conv": (1, 3, 5, 7), "separable": (3, 5, 7)
 WEIGHT_BITS = {"input_conv": (8,), "conv": (1, 2, 4), "separable": (2, 4), "dense": (1, 2, 4)}
 ACT_BITS = (1, 2, 4)
 INPUT_CHANNELS = (1, 3)  # an InputConvolutional takes greyscale or RGB
+INPUT_BITS = (1, 2, 4, 8)  # 8: uint8 pixels into an InputConvolutional; 1/2/4: events straight in (InputData)
 MAX_POOL_SIZES = (1, 2)  # AKD1000 refuses 3 ("Pooling size 3 is not supported on NSoC_v2"; the engine runs it)
 ACT_STEP_MAX = 65535  # AKD1000's CNPs refuse a larger act_step ("act_step should be between 0 and 65535")
 DENSE_MAX_INPUTS = 57334  # Akida 1.0 FullyConnected input size limit
@@ -124,17 +125,19 @@ class Geometry:
 
 @dataclass(frozen=True)
 class Architecture:
-    """The whole network: input, then the layers (an input_conv first, a dense last)."""
+    """The whole network: input, then the layers (a dense last; an input_conv first on 8-bit pixels,
+    else an InputData in front of the first layer, which takes the 1/2/4-bit frames as events)."""
 
     input_shape: tuple[int, int, int]
     layers: tuple[LayerConfig, ...]
+    input_bits: int = 8
 
     def names(self) -> list[str]:
         return [layer_name(layer, i) for i, layer in enumerate(self.layers)]
 
     def geometry(self) -> list[Geometry]:
         """Per layer its shapes; assumes :func:`rule_errors` found nothing."""
-        out, shape, bits = [], self.input_shape, 8
+        out, shape, bits = [], self.input_shape, self.input_bits
         for layer in self.layers:
             geometry = layer_geometry(layer, shape, bits)
             out.append(geometry)
@@ -222,17 +225,19 @@ def layer_table(layer: LayerConfig) -> dict[str, Any]:
     return table
 
 
-def rule_errors(input_shape: Sequence[int], layers: Sequence[LayerConfig]) -> list[str]:
+def rule_errors(input_shape: Sequence[int], layers: Sequence[LayerConfig], input_bits: int = 8) -> list[str]:
     """The first Akida 1.0 / AKD1000 rule the stack breaks, as one message naming the layer (the
     layers after a bad one are not checked: their shapes depend on it); [] if none."""
     if len(input_shape) != 3 or min(input_shape) < 1:
         return [f"model.input_shape must be [X, Y, C] of positive sizes, got {list(input_shape)}"]
     if not layers:
         return ["model.layers is empty: a network needs an input_conv layer and a dense output layer"]
+    if input_bits not in INPUT_BITS:
+        return [f"model.input_bits {input_bits}: 8 (pixels into an input_conv) or 1, 2, 4 (InputData events)"]
     errors = []
-    shape, bits = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2])), 8
+    shape, bits = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2])), input_bits
     for index, layer in enumerate(layers):
-        problem = _layer_problem(index, layer, layers, shape)
+        problem = _layer_problem(index, layer, layers, shape, input_bits)
         where = f"model.layers[{index}] ({layer.type}{f' {layer.name!r}' if layer.name else ''})"
         if problem:
             errors.append(f"{where}: {problem}")
@@ -251,7 +256,7 @@ def rule_errors(input_shape: Sequence[int], layers: Sequence[LayerConfig]) -> li
 
 
 def _layer_problem(
-    index: int, layer: LayerConfig, layers: Sequence[LayerConfig], shape: tuple[int, int, int]
+    index: int, layer: LayerConfig, layers: Sequence[LayerConfig], shape: tuple[int, int, int], input_bits: int
 ) -> str | None:
     last = index == len(layers) - 1
     previous = layers[index - 1] if index else None
@@ -262,9 +267,14 @@ def _layer_problem(
         return checks[0][1]
     checks += [
         (
-            (layer.type == "input_conv") == (index == 0),
+            (layer.type == "input_conv") == (index == 0) or input_bits != 8,
             "the first layer, and only the first, must be an input_conv (Akida 1.0 models start with one "
-            "InputConvolutional on the 8-bit pixels)",
+            "InputConvolutional on the 8-bit pixels; model.input_bits 1, 2 or 4 puts an InputData there instead)",
+        ),
+        (
+            layer.type != "input_conv" or input_bits == 8,
+            f"an input_conv takes 8-bit pixels, not model.input_bits {input_bits} (with 1/2/4-bit inputs the "
+            "frames go straight to a conv, separable or dense first layer as events)",
         ),
         (
             layer.type != "input_conv" or shape[2] in INPUT_CHANNELS,
@@ -387,9 +397,14 @@ def potential_bound(layer: LayerConfig, geometry: Geometry, summed: bool = True)
     return largest
 
 
-def spec_entry(layer: LayerConfig, name: str, geometry: Geometry) -> dict[str, Any]:
-    """The layer as a run's ``spec.json`` lists it (what ``exporter.bundle_build.model_from_spec`` reads)."""
+def spec_entry(layer: LayerConfig, name: str, geometry: Geometry, first: bool = False) -> dict[str, Any]:
+    """The layer as a run's ``spec.json`` lists it (what ``exporter.bundle_build.model_from_spec`` reads).
+
+    The first layer of a network without an input_conv also records the InputData in front of it
+    (``input_shape``, ``input_bits``)."""
     entry: dict[str, Any] = {"name": name, "kind": layer.kind}
+    if first and layer.type != "input_conv":
+        entry.update(input_shape=list(geometry.input_shape), input_bits=geometry.input_bits)
     if layer.type == "dense":
         entry["units"] = layer.units
     else:

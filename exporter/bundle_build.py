@@ -31,7 +31,7 @@ import akida
 import numpy as np
 import onnx
 
-from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer, MaxPool, SepConv, load_model
+from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, InputData, Layer, MaxPool, SepConv, load_model
 from edge_runtime.bundle import (
     FBZ,
     FORMAT,
@@ -151,16 +151,20 @@ def _conv_geometry(
 
 
 def model_from_spec(
-    layers: Sequence[Mapping[str, Any]], input_shape: Sequence[int], arrays: Mapping[str, np.ndarray]
+    layers: Sequence[Mapping[str, Any]],
+    input_shape: Sequence[int],
+    arrays: Mapping[str, np.ndarray],
+    input_bits: int = 8,
 ) -> AkidaModel:
     """Build the AkidaModel a run describes: layer hyper-parameters from ``spec.json`` and
     ``<name>.weights|weights_pw|threshold|act_step`` arrays in akida's layouts (FC weights
     (1, 1, inputs, units); a SeparableConvolutional's depthwise (KX, KY, C, 1) and pointwise
     ``weights_pw`` (1, 1, C, F)). A pool is ``{"type": "max", "size", "stride"}``,
     ``{"type": "global_average"}`` or null. Layers without activation may omit threshold and act_step
-    (akida's defaults, 0 and 1, are used)."""
+    (akida's defaults, 0 and 1, are used). ``input_bits`` below 8 puts an InputData of that many bits
+    in front of the first layer (which is then not an InputConvolutional)."""
     shape: tuple[int, int, int] = tuple(int(v) for v in input_shape)  # type: ignore[assignment]  # (x, y, c)
-    input_bits = 8
+    input_data = InputData("input", shape, input_bits) if input_bits < 8 else None
     built: list[Layer] = []
     for spec in layers:
         name = spec["name"]
@@ -211,7 +215,7 @@ def model_from_spec(
                 raise ModelError(f"layer '{name}': unknown kind {spec['kind']!r}")
         built.append(layer)
         shape, input_bits = layer.output_shape, layer.act_bits
-    return AkidaModel(tuple(built))
+    return AkidaModel(tuple(built), input_data)
 
 
 def _read_json(path: Path) -> Any:
@@ -241,7 +245,8 @@ def load_run(run_dir: Path) -> TrainedRun:
         raise ModelError(f"{params}: does not match the SHA-256 in spec.json; the run directory was altered")
     try:
         with np.load(params, allow_pickle=False) as npz:
-            model = model_from_spec(layers, input_shape, {k: npz[k] for k in npz.files})
+            arrays = {k: npz[k] for k in npz.files}
+            model = model_from_spec(layers, input_shape, arrays, int(spec["input"].get("bits", 8)))
     except (KeyError, TypeError, ValueError) as error:
         raise ModelError(f"{run_dir}: spec.json and params.npz do not describe a model ({error!r})") from None
     scores_file = run_dir / spec.get("eval_scores", {}).get("file", "eval_scores.npy")

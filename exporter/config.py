@@ -31,12 +31,12 @@ class ModelConfig:
     conv1: int = 64  # old form: filters of the stride-2 Convolutional layer (4-bit weights)
     fc: int = 128  # old form: units of the hidden FullyConnected layer (4-bit weights)
     input_shape: tuple[int, int, int] = (28, 28, 1)  # (X, Y, C) of the uint8 frames
-    input_bits: int = 8  # the InputConvolutional's 8-bit pixels (the only input the trainer takes)
+    input_bits: int = 8  # 8: uint8 pixels into an input_conv; 1/2/4: frames of 0..2**bits-1 into an InputData
     layers: tuple[LayerConfig, ...] = ()
 
     def architecture(self) -> Architecture:
         layers = self.layers or legacy_layers(self.conv0, self.conv1, self.fc)
-        return Architecture(self.input_shape, layers)
+        return Architecture(self.input_shape, layers, self.input_bits)
 
 
 _LEGACY_KEYS = ("conv0", "conv1", "fc")
@@ -177,7 +177,6 @@ def _check_ranges(config: Config) -> list[str]:
     t, p, pr, m = config.train, config.penalty, config.prune, config.model
     checks = [
         (m.layers != () or min(m.conv0, m.conv1, m.fc) >= 1, "model widths must be >= 1"),
-        (m.input_bits == 8, "model.input_bits must be 8 (training takes 8-bit pixels into an input_conv layer)"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.float_epochs >= 0 and t.qat_epochs >= 1, "train.float_epochs must be >= 0 and qat_epochs >= 1"),
         (t.threads >= 1, "train.threads must be >= 1"),
@@ -197,7 +196,7 @@ def _check_ranges(config: Config) -> list[str]:
         ),
     ]
     errors = [message for ok, message in checks if not ok]
-    return errors + rule_errors(m.input_shape, m.architecture().layers)
+    return errors + rule_errors(m.input_shape, m.architecture().layers, m.input_bits)
 
 
 def config_warnings(config: Config) -> list[str]:

@@ -234,6 +234,8 @@ class ZeroAwareNet(nn.Module):
         self.specs: tuple[LayerConfig, ...] = arch.layers
         self.geometry: list[Geometry] = arch.geometry()
         self.names = arch.names()
+        # the real value of one input unit's step: pixels 0..255, or InputData events 0..2**bits - 1
+        self.input_max = PIXEL_MAX if arch.input_bits == 8 else float(2**arch.input_bits - 1)
         self._weights: list[list[nn.Parameter]] = []
         for i, (layer, geo) in enumerate(zip(self.specs, self.geometry, strict=True)):
             x, y, c = geo.input_shape
@@ -285,7 +287,7 @@ class ZeroAwareNet(nn.Module):
         return [w for params in self._weights for w in params]
 
     def prunable(self) -> list[tuple[Tensor, Tensor]]:
-        """(weights, mask) of every non-input layer's weight arrays (the input layer is never pruned)."""
+        """(weights, mask) of the weight arrays of every layer but the first (which is never pruned)."""
         pairs: list[tuple[Tensor, Tensor]] = []
         for i, params in enumerate(self._weights[1:], start=1):
             for prefix, w in zip(("mask", "maskp"), params, strict=False):
@@ -338,14 +340,14 @@ class ZeroAwareNet(nn.Module):
         return F.conv2d(x, weights[0], bias, stride=layer.stride, padding=padding)
 
     def _float(self, pixels: Tensor) -> ForwardResult:
-        x = pixels / PIXEL_MAX
+        x = pixels / self.input_max
         acts: list[Tensor] = []
         for i, (weights, (layer, geo)) in enumerate(zip(self.masked(), self._layers(), strict=True)):
             bias = self.bias(i)
             if layer.type == "dense":
                 z = F.linear(self._flatten(x), weights[0], bias)
             else:
-                z = self._conv(x, i, weights, bias, layer.padding_value / PIXEL_MAX)
+                z = self._conv(x, i, weights, bias, layer.padding_value / self.input_max)
                 if layer.max_pool is not None:
                     z = self._max_pool(z, layer, geo)
                 elif layer.pool == "global_average":
@@ -362,10 +364,10 @@ class ZeroAwareNet(nn.Module):
         a separable layer's pointwise weights times its depthwise scale."""
         out: list[list[Tensor]] = []
         for i, (weights, (layer, geo)) in enumerate(zip(self.masked(), self._layers(), strict=True)):
-            if i == 0:
+            if i == 0 and layer.type == "input_conv":
                 out.append([weights[0] / PIXEL_MAX])
                 continue
-            d = self.delta(i - 1)
+            d: Tensor | None = self.delta(i - 1) if i else torch.full((geo.input_shape[2],), 1 / self.input_max)
             assert d is not None  # every layer but the last fires
             d = d.detach() if detach_steps else d
             if layer.type == "dense":
@@ -502,7 +504,7 @@ def export_integer_layers(model: ZeroAwareNet) -> list[IntegerLayer]:
         assert np.array_equal(out, array), "integer parameters must be integer-valued"
         return out
 
-    out = []
+    out: list[IntegerLayer] = []
     for name, q, (layer, geo) in zip(model.names, quantised, model._layers(), strict=True):
         threshold = act_step = None
         if q.threshold is not None and q.step is not None:
@@ -521,7 +523,7 @@ def export_integer_layers(model: ZeroAwareNet) -> list[IntegerLayer]:
             assert q.weights_pw is not None
             weights = ints(q.weights, np.int8).transpose(2, 3, 0, 1)[::-1, ::-1]
             weights_pw = np.ascontiguousarray(ints(q.weights_pw, np.int8).T[None, None])
-        spec = spec_entry(layer, name, geo)
+        spec = spec_entry(layer, name, geo, first=not out)
         out.append(IntegerLayer(layer.kind, np.ascontiguousarray(weights), threshold, act_step, spec, weights_pw))
     return out
 
@@ -543,7 +545,9 @@ def integer_model(layers: list[IntegerLayer]) -> Any:  # -> edge_runtime.akida_m
     """The runtime's model of the integer layers, built the way ``edge-export export`` builds a run's."""
     from .bundle_build import model_from_spec
 
-    return model_from_spec([layer.spec for layer in layers], layers[0].spec["input_shape"], integer_arrays(layers))
+    first = layers[0].spec
+    specs = [layer.spec for layer in layers]
+    return model_from_spec(specs, first["input_shape"], integer_arrays(layers), int(first.get("input_bits", 8)))
 
 
 def to_akida(layers: list[IntegerLayer]) -> Any:  # -> akida.Model (akida is imported only when needed)

@@ -125,6 +125,13 @@ def check_frames(data: Data, model_config: ModelConfig) -> None:
             f"the data's frames are {x}x{y}x{c} (X x Y x C) but model.input_shape is "
             f"{'x'.join(map(str, model_config.input_shape))}: choose data of that shape or change the network"
         )
+    top = 2**model_config.input_bits - 1
+    for name, frames in (("training", data.train_x), ("test", data.test_x)):
+        if model_config.input_bits < 8 and len(frames) and int(frames.max()) > top:
+            raise ConfigError(
+                f"the {name} frames hold values up to {int(frames.max())} but model.input_bits is "
+                f"{model_config.input_bits} (values 0..{top}): quantise the frames or raise input_bits"
+            )
 
 
 def seed_everything(seed: int, threads: int) -> torch.Generator:
@@ -493,7 +500,11 @@ def write_run(
         {
             "format": PARAMS_FORMAT,
             "target": "AKD1000 (Akida 1.0)",
-            "input": {"shape": list(config.model.input_shape), "dtype": "uint8"},
+            "input": {
+                "shape": list(config.model.input_shape),
+                "dtype": "uint8",
+                **({"bits": config.model.input_bits} if config.model.input_bits != 8 else {}),
+            },
             "layers": layer_spec(layers),
             "params": {
                 "file": "params.npz",

@@ -66,6 +66,24 @@ NETWORKS: dict[str, dict[str, Any]] = {
             OUT,
         ],
     },
+    # No input_conv: 4-bit frames go straight to a max-pooled Convolutional as events (an InputData in
+    # front), then a separable layer and a dense with 2-bit activations.
+    "input-data-conv": {
+        "input_shape": [20, 20, 1],
+        "input_bits": 4,
+        "layers": [
+            {"type": "conv", "filters": 8, "kernel": 3, "pool": "max", "pool_size": 2},
+            {"type": "separable", "filters": 8, "kernel": 3, "stride": 2},
+            {"type": "dense", "units": 16, "activation_bits": 2},
+            OUT,
+        ],
+    },
+    # 2-bit frames straight into a SeparableConvolutional.
+    "input-data-separable": {
+        "input_shape": [12, 12, 1],
+        "input_bits": 2,
+        "layers": [{"type": "separable", "filters": 8, "kernel": 5}, {"type": "conv", "filters": 8, "stride": 2}, OUT],
+    },
     # A separable layer with a global average pool whose 20-bit running sum could saturate (the QAT
     # forward then sums position by position, clamping like the engine), then a 7x7 separable.
     "separable-global-pool": {
@@ -80,8 +98,9 @@ NETWORKS: dict[str, dict[str, Any]] = {
 }
 
 
-def frames_for(mnist_data, shape: list[int], n: int, offset: int = 0) -> np.ndarray:
-    """(n, X, Y, C) uint8 frames of the given shape cut from MNIST digits (real, sparse-ish images)."""
+def frames_for(mnist_data, shape: list[int], n: int, offset: int = 0, bits: int = 8) -> np.ndarray:
+    """(n, X, Y, C) uint8 frames of the given shape cut from MNIST digits (real, sparse-ish images),
+    with values of ``bits`` bits (the top bits of the pixels)."""
     x, y, c = shape
     images = mnist_data.train_images[offset : offset + n]
     if x <= 12 and y <= 12:
@@ -89,7 +108,7 @@ def frames_for(mnist_data, shape: list[int], n: int, offset: int = 0) -> np.ndar
     top, left = (images.shape[1] - x) // 2, (images.shape[2] - y) // 2
     crop = images[:, top : top + x, left : left + y]
     channels = [crop, crop[:, ::-1], 255 - crop][:c]
-    return np.ascontiguousarray(np.stack(channels, axis=-1))
+    return np.ascontiguousarray(np.stack(channels, axis=-1) >> (8 - bits))
 
 
 def model_config(model: dict[str, Any]) -> ModelConfig:
@@ -101,9 +120,9 @@ def trained(config: ModelConfig, mnist_data, seed: int = 0) -> ZeroAwareNet:
     information and fires on some neurons and not others, as a real one does."""
     shape = list(config.input_shape)
     data = data_from_arrays(
-        frames_for(mnist_data, shape, 256, offset=1000),
+        frames_for(mnist_data, shape, 256, offset=1000, bits=config.input_bits),
         mnist_data.train_labels[1000:1256],
-        frames_for(mnist_data, shape, 16),
+        frames_for(mnist_data, shape, 16, bits=config.input_bits),
         mnist_data.train_labels[:16],
     )
     raw = config_to_dict(Config())
@@ -187,7 +206,7 @@ def network(name: str) -> ModelConfig:
 def test_qat_integer_forward_equals_engine_and_simulator(name: str, mnist_data):
     """Every layer's training-time output is akida's engine's, and the simulator's final outputs too."""
     config = network(name)
-    frames = frames_for(mnist_data, list(config.input_shape), 120)
+    frames = frames_for(mnist_data, list(config.input_shape), 120, bits=config.input_bits)
     model = trained(config, mnist_data)
     with torch.no_grad():
         result = model(torch.from_numpy(frames).permute(0, 3, 1, 2).float())
@@ -217,7 +236,7 @@ def test_event_cost_fanouts_are_the_counters_fanouts(name: str, mnist_data):
     non-zeros are the synaptic ops the counters count for it."""
     config = model_config(NETWORKS[name])
     model = trained(config, mnist_data)
-    frames = frames_for(mnist_data, list(config.input_shape), 20)
+    frames = frames_for(mnist_data, list(config.input_shape), 20, bits=config.input_bits)
     layers = export_integer_layers(model)
     _, counters = simulate(layers, frames)
     with torch.no_grad():
@@ -304,8 +323,16 @@ BAD = [
         layers_with(1, type="separable", weight_bits=1),
         "model.layers[1] (separable): weight_bits 1: Akida 1.0 SeparableConvolutional weights are 2 or 4 bits",
     ),
-    ({**layers_with(0), "input_bits": 4}, "model.input_bits must be 8"),
     ({**layers_with(0), "conv0": 8}, "two forms of the network"),
+    (
+        {**layers_with(0), "input_bits": 4},
+        "model.layers[0] (input_conv): an input_conv takes 8-bit pixels, not model.input_bits 4",
+    ),
+    (
+        {"input_shape": [8, 8, 1], "input_bits": 4, "layers": [{"type": "conv", "filters": 8}, OUT, OUT]},
+        "model.layers[1] (dense): only the last layer may have activation = false",
+    ),
+    ({**layers_with(0), "input_bits": 3}, "model.input_bits 3: 8 (pixels into an input_conv) or 1, 2, 4"),
     ({"layers": []}, "model.layers is empty: a network needs an input_conv layer and a dense output layer"),
     ({"input_shape": [400, 400, 1], "layers": [{"type": "input_conv", "filters": 8}, OUT]}, "takes at most 57334"),
 ]
@@ -352,6 +379,15 @@ def test_cli_refuses_a_bad_layer_list_in_one_line(tmp_path: Path, capsys):
         f"edge-export: error: {config}: model.layers[0] (input_conv): kernel 4: Akida 1.0 InputConvolutional "
         "kernels are 3, 5, 7\n"
     )
+
+
+def test_frames_beyond_the_input_bits_are_refused_in_one_line(mnist_data):
+    config = config_from_dict({"model": NETWORKS["input-data-separable"]})
+    m = mnist_data
+    frames = frames_for(m, [12, 12, 1], 64)  # 8-bit pixels for a 2-bit input
+    data = data_from_arrays(frames, m.train_labels[:64], frames[:8], m.train_labels[:8])
+    with pytest.raises(ConfigError, match=r"training frames hold values up to 255 but model.input_bits is 2"):
+        train(config, data=data, progress=False)
 
 
 def test_frames_of_another_shape_are_refused_in_one_line(mnist_data):
@@ -416,3 +452,21 @@ def test_a_trained_separable_run_exports_to_a_verified_bundle(tmp_path: Path, mn
     frames = replace(eval_set(m.test_images[:n, ..., None], m.test_labels[:n].astype(np.int64)), name="mnist-test")
     manifest = export_run(run, tmp_path / "bundle", frames)
     assert manifest.metrics.accuracy == pytest.approx(report["accuracy"])
+
+
+def test_an_input_data_run_directory_reads_back_with_its_input_bits(tmp_path: Path, mnist_data):
+    """spec.json records 1/2/4-bit inputs, and the export path rebuilds the InputData in front."""
+    from edge_runtime.simulator import Simulator
+    from exporter.bundle_build import load_run
+
+    config = config_from_dict({"model": NETWORKS["input-data-separable"]})
+    m = mnist_data
+    frames = frames_for(m, [12, 12, 1], 256, bits=2)
+    data = data_from_arrays(frames, m.train_labels[:256], frames[:32], m.train_labels[:32])
+    raw = config_to_dict(config)
+    raw["train"].update(threads=1, float_epochs=1, qat_epochs=1, batch_size=64)
+    train(config_from_dict(raw), tmp_path / "run", data=data, progress=False)
+    model = load_run(tmp_path / "run").model
+    assert model.input_data is not None and model.input_data.input_bits == 2 and model.input_max == 3
+    outputs = Simulator(model).run(frames[:32]).outputs.reshape(32, -1)
+    assert np.array_equal(outputs, np.load(tmp_path / "run" / "eval_scores.npy"))
