@@ -98,8 +98,9 @@ def saved_fbz(run: Path) -> Path:
     """The run's integer parameters saved as a .fbz with akida's API (made once, next to them)."""
     fbz = run / "study-model.fbz"
     if not fbz.is_file():
+        specs = json.loads((run / "spec.json").read_text())["layers"]
         with np.load(run / "params.npz") as npz:
-            to_akida(layers_from_arrays(npz)).save(str(fbz))
+            to_akida(layers_from_arrays(npz, specs)).save(str(fbz))
     return fbz
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import ConfigError, DataError
-from edge_runtime.tomlconfig import read_toml, validate
+from edge_runtime.schema import INVALID, TOML, parse
+from edge_runtime.tomlconfig import read_toml
 
+from .architecture import Architecture, LayerConfig, layer_table, legacy_layers, rule_errors
 from .datasets import parse_source, resolve_source
 
 PENALTY_FORMS = ("sigmoid", "linear", "hoyer", "l1")
@@ -23,11 +25,57 @@ PENALTY_FORMS = ("sigmoid", "linear", "hoyer", "l1")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Widths of the Akida 1.0 network (InputConv 3x3+pool2 -> Conv 3x3/2 -> FC -> FC 10)."""
+    """The Akida 1.0 network: a list of layers (``[[model.layers]]``, see exporter/architecture.py and
+    docs/training.md), or the old form, the widths of the fixed MNIST network (InputConv 3x3+pool2 ->
+    Conv 3x3/2 -> FC -> FC 10), used when ``layers`` is empty."""
 
-    conv0: int = 32  # filters of the InputConvolutional layer (8-bit weights, on the HRC)
-    conv1: int = 64  # filters of the stride-2 Convolutional layer (4-bit weights)
-    fc: int = 128  # units of the hidden FullyConnected layer (4-bit weights)
+    conv0: int = 32  # old form: filters of the InputConvolutional layer (8-bit weights, on the HRC)
+    conv1: int = 64  # old form: filters of the stride-2 Convolutional layer (4-bit weights)
+    fc: int = 128  # old form: units of the hidden FullyConnected layer (4-bit weights)
+    input_shape: tuple[int, int, int] = (28, 28, 1)  # (X, Y, C) of the uint8 frames
+    input_bits: int = 8  # 8: uint8 pixels into an input_conv; 1/2/4: frames of 0..2**bits-1 into an InputData
+    layers: tuple[LayerConfig, ...] = ()
+
+    def architecture(self) -> Architecture:
+        layers = self.layers or legacy_layers(self.conv0, self.conv1, self.fc)
+        return Architecture(self.input_shape, layers, self.input_bits)
+
+
+_LEGACY_KEYS = ("conv0", "conv1", "fc")
+
+
+def model_problems(raw: Any, model: ModelConfig) -> tuple[ModelConfig, list[str]]:
+    """What the schema cannot say about ``[model]``: the layer list and the old widths are two forms
+    (give one), a given layer list is not empty; the layers come back with their defaults written out."""
+    errors = []
+    given = raw if isinstance(raw, Mapping) else {}
+    if "layers" in given and any(key in given for key in _LEGACY_KEYS):
+        errors.append(
+            "model.layers and model.conv0/conv1/fc are two forms of the network; give the layer list or the widths"
+        )
+    if "layers" in given and not model.layers:
+        errors.append("model.layers is empty: a network needs an input_conv layer and a dense output layer")
+    return dataclasses.replace(model, layers=tuple(layer.resolved() for layer in model.layers)), errors
+
+
+def model_from_dict(raw: Any, errors: list[str]) -> ModelConfig:
+    """A ``[model]`` table alone (e.g. a distillation teacher's recorded config); problems go to ``errors``."""
+    model = parse(ModelConfig, raw, TOML, errors, "model")
+    if model is INVALID:
+        return ModelConfig()
+    model, problems = model_problems(raw, model)
+    errors.extend(problems)
+    return model
+
+
+def model_to_dict(model: ModelConfig) -> dict[str, Any]:
+    """JSON-safe; the form it was given in (so ``--set model.fc=64`` still works on the old form)."""
+    out: dict[str, Any] = {"input_shape": list(model.input_shape), "input_bits": model.input_bits}
+    if model.layers:
+        out["layers"] = [layer_table(layer) for layer in model.layers]
+    else:
+        out.update(conv0=model.conv0, conv1=model.conv1, fc=model.fc)
+    return out
 
 
 @dataclass(frozen=True)
@@ -116,7 +164,7 @@ class Config:
 def _check_ranges(config: Config) -> list[str]:
     t, p, pr, m = config.train, config.penalty, config.prune, config.model
     checks = [
-        (min(m.conv0, m.conv1, m.fc) >= 1, "model widths must be >= 1"),
+        (m.layers != () or min(m.conv0, m.conv1, m.fc) >= 1, "model widths must be >= 1"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (t.float_epochs >= 0 and t.qat_epochs >= 1, "train.float_epochs must be >= 0 and qat_epochs >= 1"),
         (t.threads >= 1, "train.threads must be >= 1"),
@@ -135,7 +183,8 @@ def _check_ranges(config: Config) -> list[str]:
             "distill.weight must be >= 0 and distill.temperature > 0",
         ),
     ]
-    return [message for ok, message in checks if not ok] + _source_problems(config.data.source)
+    errors = [message for ok, message in checks if not ok] + _source_problems(config.data.source)
+    return errors + rule_errors(m.input_shape, m.architecture().layers, m.input_bits)
 
 
 def _source_problems(source: str) -> list[str]:
@@ -165,8 +214,18 @@ def config_warnings(config: Config) -> list[str]:
 
 
 def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> Config:
-    """Validate a parsed TOML document; raises one ConfigError listing every problem."""
-    return validate(Config, raw, origin, _check_ranges)
+    """Validate a parsed TOML document with the one schema validator (``edge_runtime.schema``); raises
+    one ConfigError listing every problem."""
+    errors: list[str] = []
+    config = parse(Config, raw, TOML, errors)
+    if config is not INVALID:
+        model, problems = model_problems(raw.get("model", {}), config.model)
+        config = dataclasses.replace(config, model=model)
+        errors.extend(problems)
+    errors.extend(_check_ranges(config) if not errors else [])
+    if errors:
+        raise ConfigError(f"{origin}: " + "; ".join(errors))
+    return config
 
 
 def load_config(path: Path) -> Config:
@@ -181,7 +240,9 @@ def load_config(path: Path) -> Config:
 
 def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
     """Plain nested dict (JSON-safe) so a run directory records exactly what was trained."""
-    return dataclasses.asdict(config)
+    out = dataclasses.asdict(config)
+    out["model"] = model_to_dict(config.model)
+    return out
 
 
 def with_overrides(config: Config, overrides: Sequence[tuple[str, Any]], origin: str = "--set") -> Config:

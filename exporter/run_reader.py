@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, Layer, MaxPool
+from edge_runtime.akida_model import AkidaModel, Conv, Dense, InputConv, InputData, Layer, MaxPool, SepConv
 from edge_runtime.akida_rules import window_geometry
 from edge_runtime.errors import ModelError
 from edge_runtime.manifest import Training
@@ -41,27 +41,38 @@ def _conv_geometry(
     padding: Any,
     filters: int,
     pool: MaxPool | None,
+    global_pool: bool = False,
 ) -> tuple[int, int, int]:
     """Output shape of a conv layer (after pooling), with the simulator's window rules."""
     x, y = (window_geometry(shape[a], kernel[a], stride[a], padding)[0] for a in (0, 1))
+    if global_pool:
+        return (1, 1, filters)
     if pool is not None:
         x, y = (window_geometry((x, y)[a], pool.size[a], pool.stride[a], padding)[0] for a in (0, 1))
     return (x, y, filters)
 
 
 def model_from_spec(
-    layers: Sequence[Mapping[str, Any]], input_shape: Sequence[int], arrays: Mapping[str, np.ndarray]
+    layers: Sequence[Mapping[str, Any]],
+    input_shape: Sequence[int],
+    arrays: Mapping[str, np.ndarray],
+    input_bits: int = 8,
 ) -> AkidaModel:
     """Build the AkidaModel a run describes: layer hyper-parameters from ``spec.json`` and
-    ``<name>.weights|threshold|act_step`` arrays in akida's layouts (FC weights (1, 1, inputs, units)).
-    Layers without activation may omit threshold and act_step (akida's defaults, 0 and 1, are used)."""
+    ``<name>.weights|weights_pw|threshold|act_step`` arrays in akida's layouts (FC weights
+    (1, 1, inputs, units); a SeparableConvolutional's depthwise (KX, KY, C, 1) and pointwise
+    ``weights_pw`` (1, 1, C, F)). A pool is ``{"type": "max", "size", "stride"}``,
+    ``{"type": "global_average"}`` or null. Layers without activation may omit threshold and act_step
+    (akida's defaults, 0 and 1, are used). ``input_bits`` below 8 puts an InputData of that many bits
+    in front of the first layer (which is then not an InputConvolutional)."""
     shape: tuple[int, int, int] = tuple(int(v) for v in input_shape)  # type: ignore[assignment]  # (x, y, c)
-    input_bits = 8
+    input_data = InputData("input", shape, input_bits) if input_bits < 8 else None
     built: list[Layer] = []
     for spec in layers:
         name = spec["name"]
         weights = np.asarray(arrays[f"{name}.weights"])
-        units = int(weights.shape[-1])
+        pointwise = np.asarray(arrays[f"{name}.weights_pw"]) if spec["kind"] == "SeparableConvolutional" else None
+        units = int((weights if pointwise is None else pointwise).shape[-1])
         common: dict[str, Any] = {
             "name": name,
             "input_shape": shape,
@@ -77,10 +88,14 @@ def model_from_spec(
                 weights=_read_only(weights.reshape(-1, units), np.int8), output_shape=(1, 1, units), **common
             )
         else:
-            pool_spec = spec.get("pool")
-            if pool_spec and pool_spec.get("type", "max") != "max":
-                raise ModelError(f"layer '{name}': {pool_spec['type']} pooling; Akida 1.0 layers here max-pool")
-            pool = MaxPool(tuple(pool_spec["size"]), tuple(pool_spec["stride"])) if pool_spec else None
+            pool_spec = spec.get("pool") or {}
+            pool_type = pool_spec.get("type", "max") if pool_spec else None
+            if pool_type not in (None, "max", "global_average"):
+                raise ModelError(
+                    f"layer '{name}': {pool_type} pooling; Akida 1.0 layers max-pool or global-average-pool"
+                )
+            global_pool = pool_type == "global_average"
+            pool = MaxPool(tuple(pool_spec["size"]), tuple(pool_spec["stride"])) if pool_type == "max" else None
             kernel, stride = tuple(spec["kernel_size"]), tuple(spec.get("kernel_stride", (1, 1)))
             padding = spec.get("padding", "same")
             conv = {
@@ -89,17 +104,20 @@ def model_from_spec(
                 "stride": stride,
                 "padding": padding,
                 "pool": pool,
-                "output_shape": _conv_geometry(shape, kernel, stride, padding, units, pool),
+                "global_avg_pool": global_pool,
+                "output_shape": _conv_geometry(shape, kernel, stride, padding, units, pool, global_pool),
             }
             if spec["kind"] == "InputConvolutional":
                 layer = InputConv(padding_value=int(spec.get("padding_value", 0)), **common, **conv)
             elif spec["kind"] == "Convolutional":
                 layer = Conv(**common, **conv)
+            elif spec["kind"] == "SeparableConvolutional" and pointwise is not None:
+                layer = SepConv(weights_pw=_read_only(pointwise, np.int8), **common, **conv)
             else:
                 raise ModelError(f"layer '{name}': unknown kind {spec['kind']!r}")
         built.append(layer)
         shape, input_bits = layer.output_shape, layer.act_bits
-    return AkidaModel(tuple(built))
+    return AkidaModel(tuple(built), input_data)
 
 
 def _read_json(path: Path) -> Any:
@@ -129,7 +147,8 @@ def load_run(run_dir: Path) -> TrainedRun:
         raise ModelError(f"{params}: does not match the SHA-256 in spec.json; the run directory was altered")
     try:
         with np.load(params, allow_pickle=False) as npz:
-            model = model_from_spec(layers, input_shape, {k: npz[k] for k in npz.files})
+            arrays = {k: npz[k] for k in npz.files}
+            model = model_from_spec(layers, input_shape, arrays, int(spec["input"].get("bits", 8)))
     except (KeyError, TypeError, ValueError) as error:
         raise ModelError(f"{run_dir}: spec.json and params.npz do not describe a model ({error!r})") from None
     scores_file = run_dir / spec.get("eval_scores", {}).get("file", "eval_scores.npy")

@@ -30,31 +30,30 @@ from tqdm import tqdm
 
 from edge_runtime.akida_model import from_akida
 from edge_runtime.counters import LayerCounters
-from edge_runtime.errors import ConfigError
+from edge_runtime.errors import ConfigError, ModelError
 from edge_runtime.simulator import Simulator
 
 from . import datasets, penalties
-from .config import Config, ModelConfig, config_to_dict, config_warnings
+from .config import Config, ModelConfig, config_to_dict, config_warnings, model_from_dict
 from .qat import (
-    ACT_BITS,
-    IMAGE_SIZE,
     IntegerLayer,
     ZeroAwareNet,
     calibrate_steps,
     export_integer_layers,
+    integer_arrays,
     to_akida,
 )
 
 log = logging.getLogger(__name__)
 
 PARAMS_FORMAT = "akida-v1-integer-params/1"
-LAYER_NAMES = ("conv0", "conv1", "fc2", "fc3")
 EVAL_BATCH = 1000
 
 
 @dataclass(frozen=True)
 class Data:
-    """Frames as uint8 tensors (N, C, H, W); labels int64 (N,); what the data set says about itself."""
+    """Frames as uint8 tensors (N, C, X, Y) (akida's (X, Y, C) frames, channels first); labels int64 (N,);
+    what the data set says about itself."""
 
     train_x: Tensor
     train_y: Tensor
@@ -104,16 +103,6 @@ def load_data(config: Config) -> Data:
     )
 
 
-def check_network_input(data: Data, input_shape: tuple[int, int, int] = (IMAGE_SIZE, IMAGE_SIZE, 1)) -> None:
-    """The network must take the data's frames and have one output per class: refused in one line otherwise."""
-    if data.input_shape != input_shape or data.classes != 10:
-        raise ConfigError(
-            f"data.source {data.source}: {'x'.join(map(str, data.input_shape))} frames in {data.classes} classes, "
-            f"but the network takes {'x'.join(map(str, input_shape))} frames and has 10 outputs; "
-            "choose a model whose input and outputs match the data"
-        )
-
-
 def data_from_arrays(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -138,6 +127,48 @@ def data_from_arrays(
         images(test_x, test_limit),
         labels(test_y, test_limit),
     )
+
+
+def check_on_akd1000(model_config: ModelConfig) -> Any:
+    """Map the configured network on a virtual AKD1000 (hardware only) before any training: build it,
+    export its freshly initialised integer layers, hand them to akida and its mapper. Returns the
+    mapping (``exporter.akida_build.DeviceMapping``); ConfigError (one line) if akida refuses a layer
+    or the network does not fit the chip.
+
+    Uses its own random generator state (restored after), so a run's results do not depend on it.
+    """
+    from .akida_build import map_on_akd1000
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        layers = export_integer_layers(ZeroAwareNet(model_config))
+    try:
+        return map_on_akd1000(to_akida(layers))
+    except ModelError as error:
+        raise ConfigError(f"model: {error}") from None
+
+
+def check_frames(data: Data, model_config: ModelConfig) -> None:
+    """ConfigError (one line) unless the data's frames have the network's input shape."""
+    _, c, x, y = data.train_x.shape
+    if (x, y, c) != tuple(model_config.input_shape):
+        raise ConfigError(
+            f"the data's frames are {x}x{y}x{c} (X x Y x C) but model.input_shape is "
+            f"{'x'.join(map(str, model_config.input_shape))}: choose data of that shape or change the network"
+        )
+    outputs = model_config.architecture().layers[-1].width
+    if data.classes != outputs:
+        raise ConfigError(
+            f"data.source {data.source}: {data.classes} classes, but the network's last layer has {outputs} "
+            "outputs: set its units to the number of classes"
+        )
+    top = 2**model_config.input_bits - 1
+    for name, frames in (("training", data.train_x), ("test", data.test_x)):
+        if model_config.input_bits < 8 and len(frames) and int(frames.max()) > top:
+            raise ConfigError(
+                f"the {name} frames hold values up to {int(frames.max())} but model.input_bits is "
+                f"{model_config.input_bits} (values 0..{top}): quantise the frames or raise input_bits"
+            )
 
 
 def seed_everything(seed: int, threads: int) -> torch.Generator:
@@ -182,7 +213,7 @@ def apply_pruning(model: ZeroAwareNet, fraction: float) -> None:
     if fraction <= 0:
         return
     with torch.no_grad():
-        for weight, mask in ((model.w1, model.mask1), (model.w2, model.mask2), (model.w3, model.mask3)):
+        for weight, mask in model.prunable():
             magnitude = (weight * mask).abs().flatten()
             k = int(fraction * magnitude.numel())
             if k > 0:
@@ -191,24 +222,27 @@ def apply_pruning(model: ZeroAwareNet, fraction: float) -> None:
 
 
 def event_costs(
-    fanouts: list[Tensor], next_widths: list[int], energy_model: Any | None, through_weights: bool
+    fanouts: list[Tensor],
+    next_widths: list[int],
+    energy_model: Any | None,
+    through_weights: bool,
+    next_is_last: list[bool] | None = None,
 ) -> list[Tensor | float]:
     """Dynamic energy of one output event per activated layer: what the energy model (v2) charges the
     next layer for it, per (event x filter or unit) of that layer plus per synaptic op on the ``fanout``
     non-zero weights it reaches; without a model, 1 + fanout. With ``through_weights`` the fan-outs
     keep their gradient, so the penalty also prunes the weights the events use most (a conv1 weight is
     used ~40x more per image than an fc2 weight). The on-chip time an event costs is not in this
-    weighting (the count-only form is the shipped default)."""
+    weighting (the count-only form is the shipped default). The per-unit cost of the output layer
+    (``next_is_last``; by default the last entry's) is the FNP's, every other layer's the per-filter one."""
+    last = next_is_last if next_is_last is not None else [i == len(fanouts) - 1 for i in range(len(fanouts))]
     if energy_model is None:
         per_filter, per_synop = [0.0] * len(fanouts), 1.0
         per_event = [1.0] * len(fanouts)
     else:
         c = energy_model.coefficients
         per_event = [0.0] * len(fanouts)
-        per_filter = [
-            c.dyn_pj_per_event_filter if i < len(fanouts) - 1 else c.dyn_pj_per_fnp_event_unit
-            for i in range(len(fanouts))
-        ]
+        per_filter = [c.dyn_pj_per_fnp_event_unit if is_last else c.dyn_pj_per_event_filter for is_last in last]
         per_synop = c.dyn_pj_per_synop
     return [
         e + pf * w + per_synop * (f if through_weights else float(f.detach()))
@@ -225,7 +259,10 @@ def load_teacher(run_dir: Path) -> ZeroAwareNet:
     path = run_dir / "model.pt"
     try:
         saved = torch.load(path, weights_only=True)
-        teacher = ZeroAwareNet(ModelConfig(**saved["config"]["model"]))
+        errors: list[str] = []
+        teacher = ZeroAwareNet(model_from_dict(saved["config"]["model"], errors))
+        if errors:
+            raise ConfigError(f"distill.teacher: {path}: its model config is not valid ({'; '.join(errors)})")
         teacher.load_state_dict(saved["model"])
     except FileNotFoundError:
         raise ConfigError(
@@ -274,8 +311,9 @@ def train_one_epoch(
     model.train()
     order = torch.randperm(len(data.train_y), generator=generator)
     batches = [order[i : i + t.batch_size] for i in range(0, len(order), t.batch_size)]
-    neurons = penalties.layer_neurons(model)
-    sizes = [w.numel() for w in (model.w0, model.w1, model.w2, model.w3)]
+    sites = penalties.event_sites(model)
+    neurons = [site.neurons for site in sites]
+    sizes = [w.numel() for w in model.weight_arrays()]
     loss_sum = correct = seen = fired = 0.0
     bar = tqdm(batches, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
     for i, index in enumerate(bar):
@@ -300,11 +338,12 @@ def train_one_epoch(
             strength = ramp(qat_progress, p.start_epoch, p.ramp_epochs)
             if strength > 0 and p.activations > 0:
                 counts = penalties.activation_counts(result.acts, result.pre, p.form, p.width)
-                costs: list[Tensor | float] = [1.0, 1.0, 1.0]
+                costs: list[Tensor | float] = [1.0] * len(sites)
                 if p.energy_weighted:
-                    fanouts = penalties.mean_fanouts(result.weight_ratios, model.widths, p.width)
-                    widths = [model.widths.conv1, model.widths.fc, 10]
-                    costs = event_costs(fanouts, widths, energy_model, p.through_weights)
+                    fanouts = penalties.mean_fanouts(result.layer_ratios, model, p.width)
+                    widths = [site.next_width for site in sites]
+                    last = [site.next_is_last for site in sites]
+                    costs = event_costs(fanouts, widths, energy_model, p.through_weights, last)
                 loss = loss + strength * p.activations * penalties.activation_penalty(counts, costs, neurons)
             if strength > 0 and p.weights > 0:
                 wcounts = penalties.weight_counts(result.weight_ratios, p.form, p.width)
@@ -332,13 +371,14 @@ def torch_eval(model: ZeroAwareNet, images: Tensor) -> Tensor:
 
 
 def simulate(layers: list[IntegerLayer], images: np.ndarray) -> tuple[np.ndarray, tuple[LayerCounters, ...]]:
-    """Run the EXPORTED model in the project's bit-exact simulator; return (N, 10) scores and counters.
+    """Run the EXPORTED model in the project's bit-exact simulator; return (N, classes) scores and
+    counters. ``images``: (N, X, Y) or (N, X, Y, C) uint8 frames.
 
     The model goes through akida's own object (``to_akida``) and the runtime's converter, the same
     path a ``.fbz`` takes, so the report measures what a bundle will run.
     """
     model = from_akida(to_akida(layers))
-    result = Simulator(model).run(images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1))
+    result = Simulator(model).run(images.reshape(-1, *model.input_shape))
     return result.outputs.reshape(len(images), -1), result.counters.layers
 
 
@@ -421,68 +461,32 @@ def load_energy_model() -> Any | None:
 
 def layer_spec(layers: list[IntegerLayer]) -> list[dict[str, Any]]:
     """Hyper-parameters of each layer, enough to rebuild it with akida's Python API."""
-    l0, l1, l2, l3 = layers
-    return [
-        {
-            "name": "conv0",
-            "kind": l0.kind,
-            "input_shape": [IMAGE_SIZE, IMAGE_SIZE, 1],
-            "filters": l0.weights.shape[3],
-            "kernel_size": [3, 3],
-            "kernel_stride": [1, 1],
-            "padding": "same",
-            "padding_value": 0,
-            "pool": {"type": "max", "size": [2, 2], "stride": [2, 2]},
-            "weights_bits": 8,
-            "activation": True,
-            "act_bits": ACT_BITS,
-        },
-        {
-            "name": "conv1",
-            "kind": l1.kind,
-            "filters": l1.weights.shape[3],
-            "kernel_size": [3, 3],
-            "kernel_stride": [2, 2],
-            "padding": "same",
-            "pool": None,
-            "weights_bits": 4,
-            "activation": True,
-            "act_bits": ACT_BITS,
-        },
-        {
-            "name": "fc2",
-            "kind": l2.kind,
-            "units": l2.weights.shape[3],
-            "weights_bits": 4,
-            "activation": True,
-            "act_bits": ACT_BITS,
-        },
-        {"name": "fc3", "kind": l3.kind, "units": l3.weights.shape[3], "weights_bits": 4, "activation": False},
-    ]
+    return [dict(layer.spec) for layer in layers]
 
 
 def params_arrays(layers: list[IntegerLayer]) -> dict[str, np.ndarray]:
-    """``params.npz`` key layout: ``<layer>.weights`` / ``.threshold`` / ``.act_step`` (akida dtypes)."""
-    arrays: dict[str, np.ndarray] = {}
-    for name, layer in zip(LAYER_NAMES, layers, strict=True):
-        arrays[f"{name}.weights"] = layer.weights
-        if layer.threshold is not None and layer.act_step is not None:
-            arrays[f"{name}.threshold"] = layer.threshold
-            arrays[f"{name}.act_step"] = layer.act_step
-    return arrays
+    """``params.npz`` key layout: ``<layer>.weights`` / ``.weights_pw`` / ``.threshold`` / ``.act_step``
+    (akida dtypes)."""
+    return integer_arrays(layers)
 
 
-def layers_from_arrays(arrays: dict[str, np.ndarray] | Any) -> list[IntegerLayer]:
-    """Inverse of :func:`params_arrays` (accepts an open ``np.load`` result)."""
-    kinds = ("InputConvolutional", "Convolutional", "FullyConnected", "FullyConnected")
+def layers_from_arrays(arrays: dict[str, np.ndarray] | Any, specs: list[dict[str, Any]]) -> list[IntegerLayer]:
+    """Inverse of :func:`params_arrays` (accepts an open ``np.load`` result), with the run's
+    ``spec.json`` layer list."""
+
+    def get(key: str) -> np.ndarray | None:
+        return np.asarray(arrays[key]) if key in arrays else None
+
     return [
         IntegerLayer(
-            kind,
-            np.asarray(arrays[f"{name}.weights"]),
-            np.asarray(arrays[f"{name}.threshold"]) if f"{name}.threshold" in arrays else None,
-            np.asarray(arrays[f"{name}.act_step"]) if f"{name}.act_step" in arrays else None,
+            spec["kind"],
+            np.asarray(arrays[f"{spec['name']}.weights"]),
+            get(f"{spec['name']}.threshold"),
+            get(f"{spec['name']}.act_step"),
+            dict(spec),
+            get(f"{spec['name']}.weights_pw"),
         )
-        for name, kind in zip(LAYER_NAMES, kinds, strict=True)
+        for spec in specs
     ]
 
 
@@ -533,7 +537,11 @@ def write_run(
         {
             "format": PARAMS_FORMAT,
             "target": "AKD1000 (Akida 1.0)",
-            "input": {"shape": [IMAGE_SIZE, IMAGE_SIZE, 1], "dtype": "uint8"},
+            "input": {
+                "shape": list(config.model.input_shape),
+                "dtype": "uint8",
+                **({"bits": config.model.input_bits} if config.model.input_bits != 8 else {}),
+            },
             "layers": layer_spec(layers),
             "params": {
                 "file": "params.npz",
@@ -562,10 +570,12 @@ def train(
     """Train, export and measure one model; writes the run directory when ``out`` is given."""
     for warning in config_warnings(config):
         log.warning("%s", warning)
+    mapping = check_on_akd1000(config.model)  # before anything is trained: a net the chip cannot run fails now
+    log.info("the network maps on AKD1000: %s", ", ".join(f"{n} {kind}" for kind, n in mapping.nps.items()))
     started = time.monotonic()
     generator = seed_everything(config.train.seed, config.train.threads)
     data = data or load_data(config)
-    check_network_input(data)
+    check_frames(data, config.model)
     model = ZeroAwareNet(config.model)
     energy_model = load_energy_model()
     teacher = load_teacher(Path(config.distill.teacher)) if config.distill.teacher else None
@@ -625,10 +635,10 @@ def train(
             save_checkpoint(out / "checkpoint.pt", model, optimizer, config, epoch + 1)
     layers = export_integer_layers(model)
     train_scores = torch_eval(model, data.test_x).numpy().astype(np.int32)
-    test_images = data.test_x.numpy().reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    test_images = np.ascontiguousarray(data.test_x.numpy().transpose(0, 2, 3, 1))  # (N, X, Y, C) frames
     exported_scores, counters = simulate(layers, test_images)
     report = summarise(layers, counters, exported_scores, data.test_y.numpy(), energy_model)
-    engine_scores = to_akida(layers).forward(test_images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE, 1))
+    engine_scores = to_akida(layers).forward(test_images)
     report["exact_match_training_forward"] = bool(np.array_equal(train_scores, exported_scores))
     report["exact_match_akida_engine"] = bool(
         np.array_equal(engine_scores.reshape(exported_scores.shape), exported_scores)

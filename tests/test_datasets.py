@@ -340,4 +340,15 @@ def test_train_refuses_data_the_network_cannot_take(tmp_path: Path, capsys):
     config.write_text('[data]\nsource = "digits"\n')
     assert cli.main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "data.source digits: 8x8x1 frames in 10 classes, but the network takes 28x28x1" in err
+    assert "the data's frames are 8x8x1 (X x Y x C) but model.input_shape is 28x28x1" in err
+    assert err.count("\n") == 0 and "Traceback" not in err
+
+
+def test_train_refuses_data_with_more_classes_than_outputs(tmp_path: Path, capsys):
+    square = {"x_train": frames(12, (28, 28)), "x_test": frames(6, (28, 28), seed=4)}
+    write_npz(tmp_path / "d.npz", y_train=np.arange(12), **square)
+    config = tmp_path / "c.toml"
+    config.write_text('[data]\nsource = "npz:d.npz"\n')
+    assert cli.main(["train", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "12 classes, but the network's last layer has 10 outputs" in err

@@ -42,14 +42,14 @@ def test_event_cost_through_weights_prunes_the_weights_events_use(mnist_data):
     model, pixels = toy_model(mnist_data)
     result = model(pixels)
     counts = penalties.activation_counts(result.acts, result.pre, "sigmoid", 0.5)
-    fanouts = penalties.mean_fanouts(result.weight_ratios, TINY, 0.5)
+    fanouts = penalties.mean_fanouts(result.layer_ratios, model, 0.5)
     costs = [1.0 + f for f in fanouts]
     penalties.activation_penalty(counts, costs, penalties.layer_neurons(model)).backward()
     detached = ZeroAwareNet(TINY)
     detached.load_state_dict(model.state_dict())
     result = detached(pixels)
     counts = penalties.activation_counts(result.acts, result.pre, "sigmoid", 0.5)
-    fanouts = penalties.mean_fanouts(result.weight_ratios, TINY, 0.5)
+    fanouts = penalties.mean_fanouts(result.layer_ratios, detached, 0.5)
     costs = [1.0 + float(f.detach()) for f in fanouts]
     penalties.activation_penalty(counts, costs, penalties.layer_neurons(detached)).backward()
     extra = (model.w1.grad - detached.w1.grad).abs().sum()

@@ -194,7 +194,7 @@ def test_cli_writes_a_complete_run_directory(tmp_path: Path, mnist_data):
         "FullyConnected",
     ]
     with np.load(out / "params.npz") as npz:
-        layers = layers_from_arrays(npz)
+        layers = layers_from_arrays(npz, spec["layers"])
         assert set(npz.files) == set(spec["params"]["keys"])
     images = mnist_data.test_images[:128]
     golden = np.load(out / "eval_scores.npy")
@@ -263,8 +263,8 @@ def test_penalty_fanout_is_the_energy_models_fanout(mnist_data):
     _, counters = simulate(export_integer_layers(model), mnist_data.test_images[:20])
     expected = [mean_fanout(counter) for counter in counters[1:]]
     with torch.no_grad():
-        ratios = model(torch.from_numpy(mnist_data.test_images[:2]).float().unsqueeze(1)).weight_ratios
-    assert [float(f) for f in mean_fanouts(ratios, TINY, 0.5)] == pytest.approx(expected, rel=1e-6)
+        ratios = model(torch.from_numpy(mnist_data.test_images[:2]).float().unsqueeze(1)).layer_ratios
+    assert [float(f) for f in mean_fanouts(ratios, model, 0.5)] == pytest.approx(expected, rel=1e-6)
 
 
 def test_sweep_writes_pareto_table_and_plot(tmp_path: Path):
