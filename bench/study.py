@@ -6,6 +6,7 @@ Usage (from the repository root, in the venv):
     python bench/study.py --train               # train the runs that are missing (runs/study/ARM-sSEED), measure
     python bench/study.py                       # only measure the run directories that exist
     python bench/study.py --arms baseline zeroaware --seeds 0   # a subset
+    python bench/study.py --study digits --train   # the second worked example (DS-CNN on sklearn's digits)
 
 An arm is a training config plus ``--set`` overrides (``ARMS``); baseline and zero-aware arms of one topology share
 the network, bit widths, epochs and seeds. Everything reported is measured on all 10,000 test images by akida's own
@@ -15,7 +16,8 @@ non-zero weights. Energy and latency come from the energy/latency model v2 (edge
 silicon measurements) on AKD1000 and AKD1500, each model mapped by akida's own mapper, fed with the bit-exact
 simulator's counters (the study checks the engine's outputs equal the simulator's). The table gives 3-seed means and
 their spread (min..max); reductions and targets are computed on the means. Writes docs/results/mnist.md,
-docs/results/mnist.json and docs/results/study-pareto.png (bench/study_report.py).
+docs/results/mnist.json and docs/results/mnist-pareto.png (bench/study_report.py); ``--study digits`` the
+DS-CNN-style net on scikit-learn's digits (docs/results/digits.*), each run measured on its own recorded test split.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from edge_runtime.energy import DEVICES, DeviceProfile
 from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
 from edge_runtime.simulator import Simulator
 from exporter import mnist_fetch
+from exporter.datasets import read_run_data
 from exporter.qat import to_akida
 from exporter.train import layers_from_arrays
 
@@ -70,6 +73,13 @@ ARMS = {
     ),
     "iscas-baseline": Arm("exporter/configs/iscas.toml", NO_PENALTY, "iscas", True, "ISCAS net, baseline"),
     "iscas": Arm("exporter/configs/iscas.toml", (), "iscas", False, "ISCAS net, zero-aware"),
+    "dscnn-baseline": Arm("exporter/configs/dscnn.toml", NO_PENALTY, "digits", True, "DS-CNN, baseline"),
+    "dscnn": Arm("exporter/configs/dscnn.toml", (), "digits", False, "DS-CNN, zero-aware"),
+}
+# Which arms each study page compares (its name: docs/results/NAME.md, .json, -pareto.png).
+STUDIES = {
+    "mnist": ("baseline", "zeroaware", "zeroaware-energy", "iscas-baseline", "iscas"),
+    "digits": ("dscnn-baseline", "dscnn"),
 }
 SEEDS = (0, 1, 2)
 
@@ -128,8 +138,18 @@ def v2_figures(fbz: Path, counters: tuple) -> dict[str, dict[str, Any]]:
     return out
 
 
-def measure(run: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Every figure of one run, on all test images (see the module docstring)."""
+def test_set(run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The run's own test split as it recorded it (``exporter.datasets``), or MNIST's 10,000 test images."""
+    data = read_run_data(run)
+    if data is not None and data.test_frames is not None and data.test_labels is not None:
+        return data.test_frames, data.test_labels.astype(np.int64)
+    mnist = mnist_fetch.load_mnist()
+    return mnist.test_images, mnist.test_labels.astype(np.int64)
+
+
+def measure(run: Path) -> dict[str, Any]:
+    """Every figure of one run, on all its test images (see the module docstring)."""
+    images, labels = test_set(run)
     fbz = saved_fbz(run)
     model = load_model(fbz)
     frames = images.reshape(len(images), *model.input_shape)
@@ -146,6 +166,7 @@ def measure(run: Path, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]
     return {
         "run": str(run.relative_to(ROOT)) if run.is_relative_to(ROOT) else str(run),
         "seed": report["seed"],
+        "test_frames": len(images),
         "accuracy": float((scores.argmax(axis=1) == labels).mean()),
         "activations_per_layer": per_layer,
         "activations": sum(per_layer.values()),
@@ -177,19 +198,19 @@ def committed_bundles_match(models: Path, runs: Path) -> dict[str, bool | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train", action="store_true", help="train the runs that are missing first")
-    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=list(ARMS), help="arms to include")
+    parser.add_argument("--study", choices=sorted(STUDIES), default="mnist", help="which page (default mnist)")
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="a subset of the study's arms")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="seeds per arm (default 0 1 2)")
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "study", help="where the run directories live")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="where to write the results")
     args = parser.parse_args(argv)
+    args.arms = args.arms or list(STUDIES[args.study])
     if args.train:
         for name in args.arms:
             for seed in args.seeds:
                 if not (run_dir(args.runs, name, seed) / "report.json").is_file():
                     print(f"study: training {name} seed {seed}", file=sys.stderr, flush=True)
                     train(ARMS[name], seed, run_dir(args.runs, name, seed))
-    data = mnist_fetch.load_mnist()
-    labels = data.test_labels.astype(np.int64)
     results: dict[str, list[dict[str, Any]]] = {}
     for name in args.arms:
         found = [
@@ -197,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if found:
             started = time.monotonic()
-            results[name] = [measure(run, data.test_images, labels) for run in found]
+            results[name] = [measure(run) for run in found]
             print(f"study: measured {name} ({len(found)} seeds, {time.monotonic() - started:.0f} s)", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {
@@ -205,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         "committed_bundles_are_seed_0": committed_bundles_match(ROOT / "models", args.runs),
         "results": results,
     }
-    (args.out / "mnist.json").write_text(json.dumps(summary, indent=2) + "\n")
-    study_report.plot(results, ARMS, args.out / "study-pareto.png")
-    (args.out / "mnist.md").write_text(study_report.markdown(summary, ARMS))
-    print((args.out / "mnist.md").read_text())
+    page = args.out / f"{args.study}.md"
+    (args.out / f"{args.study}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    study_report.plot(results, ARMS, args.out / f"{args.study}-pareto.png")
+    page.write_text(study_report.markdown(summary, ARMS, args.study))
+    print(page.read_text())
     return 0
 
 
