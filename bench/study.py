@@ -39,8 +39,8 @@ from edge_runtime.energy import DEVICES, DeviceProfile
 from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
 from edge_runtime.simulator import Simulator
 from exporter import mnist_fetch
-from exporter.datasets import read_run_data
 from exporter.qat import to_akida
+from exporter.run_data import read_run_data
 from exporter.train import layers_from_arrays
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

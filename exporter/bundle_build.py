@@ -58,8 +58,9 @@ from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
 
 from . import mnist_fetch
 from .akida_build import DeviceMapping, map_on_akd1000, to_akida
-from .datasets import MNIST_PREPROCESSING, parse_source, read_run_data
+from .datasets import MNIST_PREPROCESSING, parse_source
 from .onnx_build import OPSET, check_exact, to_onnx
+from .run_data import read_run_data
 from .run_reader import load_run
 from .verify import BACKENDS, check_recorded_scores, outputs_digest, three_way
 

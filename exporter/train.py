@@ -33,7 +33,7 @@ from edge_runtime.counters import LayerCounters
 from edge_runtime.errors import ConfigError, ModelError
 from edge_runtime.simulator import Simulator
 
-from . import datasets, penalties
+from . import datasets, penalties, run_data
 from .config import Config, ModelConfig, config_to_dict, config_warnings, model_from_dict
 from .qat import (
     IntegerLayer,
@@ -70,11 +70,11 @@ class Data:
         _, c, h, w = self.train_x.shape
         return (h, w, c)
 
-    def run_data(self) -> datasets.RunData:
+    def run_data(self) -> run_data.RunData:
         """What the run directory records about the data (MNIST's test frames are in its cache)."""
         frames = None if self.source == "mnist" else self.test_x.numpy().transpose(0, 2, 3, 1)
         labels = None if frames is None else self.test_y.numpy()
-        return datasets.RunData(
+        return run_data.RunData(
             self.source, self.input_shape, self.classes, self.class_names, self.preprocessing, frames, labels
         )
 
@@ -648,5 +648,5 @@ def train(
     report["history"] = history
     if out is not None:
         write_run(out, model, config, layers, report, train_scores)
-        datasets.write_run_data(out, data.run_data())
+        run_data.write_run_data(out, data.run_data())
     return model, report

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.errors import ConfigError, DataError
-from exporter import cli, datasets
+from exporter import cli, datasets, run_data
 from exporter.config import Config, config_from_dict, load_config, with_overrides
 
 RNG_SEED = 3
@@ -307,22 +307,22 @@ def test_image_folder_errors(tmp_path: Path):
 
 
 def test_run_data_round_trips(tmp_path: Path):
-    record = datasets.RunData(
+    record = run_data.RunData(
         "npz:/x.npz", (4, 4, 1), 3, ("a", "b", "c"), "as stored", frames(5, (4, 4, 1)), np.arange(5) % 3
     )
-    datasets.write_run_data(tmp_path, record)
-    back = datasets.read_run_data(tmp_path)
+    run_data.write_run_data(tmp_path, record)
+    back = run_data.read_run_data(tmp_path)
     assert back is not None and back.class_names == ("a", "b", "c") and back.input_shape == (4, 4, 1)
     assert np.array_equal(back.test_frames, record.test_frames) and back.test_labels.dtype == np.int64
     mnist = tmp_path / "mnist"
     mnist.mkdir()
-    datasets.write_run_data(mnist, datasets.RunData("mnist", (28, 28, 1), 10, None, "x", None, None))
-    assert not (mnist / datasets.RUN_TEST_SET).exists()
-    assert datasets.read_run_data(mnist).test_frames is None
-    assert datasets.read_run_data(tmp_path / "old") is None
-    (mnist / datasets.RUN_RECORD).write_text(json.dumps({"source": "mnist"}))
+    run_data.write_run_data(mnist, run_data.RunData("mnist", (28, 28, 1), 10, None, "x", None, None))
+    assert not (mnist / run_data.RUN_TEST_SET).exists()
+    assert run_data.read_run_data(mnist).test_frames is None
+    assert run_data.read_run_data(tmp_path / "old") is None
+    (mnist / run_data.RUN_RECORD).write_text(json.dumps({"source": "mnist"}))
     with pytest.raises(DataError, match=r"dataset.json: unreadable"):
-        datasets.read_run_data(mnist)
+        run_data.read_run_data(mnist)
 
 
 def test_train_cli_reports_a_bad_data_set_in_one_line_exit_2(tmp_path: Path, capsys):

@@ -33,8 +33,8 @@ from edge_runtime.simulator import Simulator
 from exporter import cli
 from exporter.akida_build import map_on_akd1000, to_akida
 from exporter.bundle_build import export_model, export_run
-from exporter.datasets import RunData, write_run_data
 from exporter.onnx_build import FLOAT32_EXACT, IR_VERSION, OPSET, check_exact, fire_levels, to_onnx
+from exporter.run_data import RunData, write_run_data
 from exporter.run_reader import load_run
 from exporter.verify import three_way, verify_bundle
 

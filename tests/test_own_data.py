@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.bundle import load_bundle
-from exporter import cli, datasets
+from exporter import cli, run_data
 
 pytest.importorskip("torch")
 
@@ -38,10 +38,10 @@ def test_train_on_an_npz_then_export_carries_the_class_names(tmp_path: Path, mni
     )
     run = tmp_path / "run"
     assert cli.main(["train", "--config", str(config), "--out", str(run), "--no-progress"]) == 0
-    record = json.loads((run / datasets.RUN_RECORD).read_text())
+    record = json.loads((run / run_data.RUN_RECORD).read_text())
     assert record["source"] == f"npz:{config_dir / '../data/mine.npz'}"
     assert record["class_names"] == NAMES and record["input_shape"] == [28, 28, 1] and record["classes"] == 10
-    with np.load(run / datasets.RUN_TEST_SET, allow_pickle=False) as saved:
+    with np.load(run / run_data.RUN_TEST_SET, allow_pickle=False) as saved:
         assert np.array_equal(saved["frames"][..., 0], mnist_data.test_images[:64])
     assert cli.main(["export", str(run), "--out", str(tmp_path / "bundle")]) == 0
     manifest = load_bundle(tmp_path / "bundle").manifest
