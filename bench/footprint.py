@@ -14,17 +14,23 @@ removed afterwards):
 
 1. ``pip install .`` (bare: no extras) into a fresh ``python3.11 -m venv``, each install from a
    fresh copy of the source (no ``build/`` left over from the one before). Timed: the pip command
-   only, not the venv's creation. Cold: one install each with its own empty pip cache (this host's
-   pip also reads local wheel directories and indexes from its pip config: files found there are not
-   downloaded even then). Warm: ``--reps`` installs each, alternating old/new, all with one shared
-   pip cache (the union of the two cold caches), so downloads cost about the same on both sides and
-   the time is resolving, building the project's wheel and unpacking. Sizes: ``du -sb`` of the
-   venv's site-packages, and each installed distribution's files (from its RECORD, .pyc included).
+   only, not the venv's creation. First one install each from the index with its own empty pip
+   cache; then ``--reps`` rounds, old/new alternating, of (a) an install from the index with one
+   shared pip cache (the union of the two empty-cache runs': meant to make downloads cost the same
+   on both sides; where the network's answers carry no cache headers pip's HTTP cache stores
+   nothing and every install downloads again, which the report says) and (b) an install offline
+   (``--no-index``) from a wheelhouse filled untimed beforehand with ``pip download`` (the
+   dependencies and the build requirements): resolving, building the project's wheel and unpacking,
+   no network. The MB fetched per install come from pip's "Downloading" lines (this host's pip
+   config also reads local wheel directories and indexes: files found there are not fetched).
+   Sizes: ``du -sb`` of the venv's site-packages, and each installed distribution's files (from its
+   RECORD, .pyc included).
 2. ``edge-runtime --help``: one untimed warm-up each, then ``--startup-runs`` runs of each,
    interleaved (old, new, new, old, ...), wall time of the whole process; medians and the ratio. And
    ``python -X importtime`` of the same command (``--importtime-runs`` runs, median per package): the
-   five third-party packages with the largest cumulative import time (a package's cumulative time
-   includes whatever it imports first, so the numbers overlap).
+   five top-level packages outside the project (standard library included) with the largest
+   cumulative import time (a package's cumulative time includes whatever it imports first, so the
+   numbers overlap).
 3. ``systemd-analyze security --offline=yes`` of ``systemd/edge-runtime.service`` at ``--unit-rev``
    (before the hardening commit) and in the current tree: the overall exposure and the settings
    whose verdict changed (with the exposure each unset one adds).
@@ -44,6 +50,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = "systemd/edge-runtime.service"
@@ -84,15 +95,20 @@ def copy_current_tree(dest: Path) -> None:
             shutil.copy2(src, dest / name)
 
 
-def install(python: str, source: Path, work: Path, tag: str, cache: Path, log: Path) -> tuple[float, Path]:
-    """A fresh venv and ``pip install .`` from a fresh copy of ``source``; returns (pip seconds, venv)."""
+def install(
+    python: str, source: Path, work: Path, tag: str, cache: Path, log: Path, extra: tuple[str, ...] = ()
+) -> tuple[float, Path, float]:
+    """A fresh venv and ``pip install .`` from a fresh copy of ``source``.
+
+    Returns (pip seconds, the venv, MB pip fetched over the network: its "Downloading" lines)."""
     src = work / f"src-{tag}"
     venv = work / f"venv-{tag}"
     shutil.rmtree(src, ignore_errors=True)
     shutil.rmtree(venv, ignore_errors=True)
     shutil.copytree(source, src, ignore=shutil.ignore_patterns(".git"))
     subprocess.run([python, "-m", "venv", str(venv)], check=True, env=clean_env())
-    cmd = [str(venv / "bin" / "pip"), "install", "--no-input", "--cache-dir", str(cache), "."]
+    cmd = [str(venv / "bin" / "pip"), "install", "--no-input", "--cache-dir", str(cache), *extra, "."]
+    start = log.stat().st_size if log.exists() else 0
     with log.open("a") as out:
         out.write(f"\n### {tag}: {' '.join(cmd)}\n")
         out.flush()
@@ -100,8 +116,33 @@ def install(python: str, source: Path, work: Path, tag: str, cache: Path, log: P
         subprocess.run(cmd, cwd=src, check=True, stdout=out, stderr=subprocess.STDOUT, env=clean_env())
         seconds = time.perf_counter() - t0
     shutil.rmtree(src)
-    print(f"  {tag}: {seconds:.1f} s", file=sys.stderr)
-    return seconds, venv
+    with log.open() as f:
+        f.seek(start)
+        fetched = sum(
+            float(m.group(1)) * {"kB": 1e-3, "MB": 1.0, "GB": 1e3}[m.group(2)]
+            for m in re.finditer(r"^\s*Downloading \S+ \(([\d.]+) (kB|MB|GB)\)", f.read(), re.M)
+        )
+    print(f"  {tag}: {seconds:.1f} s, {fetched:.1f} MB fetched", file=sys.stderr)
+    return seconds, venv, fetched
+
+
+def fill_wheelhouse(python: str, source: Path, work: Path, wheelhouse: Path, cache: Path, log: Path) -> None:
+    """Every wheel a bare install of ``source`` needs, and its build requirements, in ``wheelhouse`` (untimed)."""
+    venv = work / "venv-download"
+    src = work / "src-download"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(source, src, ignore=shutil.ignore_patterns(".git"))
+    if not venv.exists():
+        subprocess.run([python, "-m", "venv", str(venv)], check=True, env=clean_env())
+    with (source / "pyproject.toml").open("rb") as f:
+        build_requires = tomllib.load(f)["build-system"]["requires"]
+    pip = [str(venv / "bin" / "pip"), "download", "--no-input", "--cache-dir", str(cache), "-d", str(wheelhouse)]
+    with log.open("a") as out:
+        for what in (["."], build_requires):
+            out.write(f"\n### wheelhouse: {' '.join(pip + what)}\n")
+            out.flush()
+            subprocess.run(pip + what, cwd=src, check=True, stdout=out, stderr=subprocess.STDOUT, env=clean_env())
+    shutil.rmtree(src)
 
 
 def site_packages(venv: Path) -> Path:
@@ -132,7 +173,7 @@ def help_seconds(venv: Path, cwd: Path) -> float:
 
 
 def importtime(venv: Path, cwd: Path) -> tuple[dict[str, float], float]:
-    """Per third-party top-level package, its cumulative import time (ms); and the whole run's total."""
+    """Per top-level package outside the project, its cumulative import time (ms); and the run's total."""
     done = subprocess.run(
         [str(venv / "bin" / "python"), "-X", "importtime", str(venv / "bin" / "edge-runtime"), "--help"],
         cwd=cwd,
@@ -193,10 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rev", default="c4aafa1", help="the old side: a git rev (default: before the extras split)")
     parser.add_argument("--unit-rev", default="42cb290~1", help="the systemd unit before the hardening commit")
     parser.add_argument("--python", default="python3.11", help="interpreter for the venvs")
-    parser.add_argument("--reps", type=int, default=3, help="warm-cache installs per side")
-    parser.add_argument(
-        "--no-cold", action="store_true", help="skip the cold-cache installs (warm cache primed untimed)"
-    )
+    parser.add_argument("--reps", type=int, default=3, help="installs per side and kind (from the index, offline)")
     parser.add_argument("--startup-runs", type=int, default=15, help="edge-runtime --help runs per side")
     parser.add_argument("--importtime-runs", type=int, default=3, help="python -X importtime runs per side")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (venvs, pip log)")
@@ -214,25 +252,34 @@ def main(argv: list[str] | None = None) -> int:
         new_src.mkdir()
         copy_current_tree(new_src)
         sides = {"old": old_src, "new": new_src}
-        caches = {"old": work / "cache-cold-old", "new": work / "cache-cold-new"}
-        warm = work / "cache-warm"
+        warm = work / "cache-shared"
+        wheelhouse = work / "wheelhouse"
         cold: dict[str, float] = {}
+        fetched: dict[str, list[float]] = {"old": [], "new": []}
         print("installs (pip log: " + str(log) + ")", file=sys.stderr)
         for side in ("old", "new"):
-            caches[side].mkdir()
-            seconds, _ = install(args.python, sides[side], work, f"{side}-cold", caches[side], log)
-            if not args.no_cold:
-                cold[side] = seconds
-        warm.mkdir()
+            empty = work / f"cache-empty-{side}"
+            cold[side], _, mb_fetched = install(args.python, sides[side], work, f"{side}-cold", empty, log)
+            fetched[side].append(mb_fetched)
+            shutil.copytree(empty, warm, dirs_exist_ok=True)  # the shared cache: the union of the two
+            shutil.rmtree(empty)
         for side in ("old", "new"):
-            shutil.copytree(caches[side], warm, dirs_exist_ok=True)
-            shutil.rmtree(caches[side])
+            fill_wheelhouse(args.python, sides[side], work, wheelhouse, warm, log)
+        offline = ("--no-index", "--find-links", str(wheelhouse))
         times: dict[str, list[float]] = {"old": [], "new": []}
+        times_offline: dict[str, list[float]] = {"old": [], "new": []}
         venvs: dict[str, Path] = {}
         for i in range(args.reps):
-            for side in ("old", "new") if i % 2 == 0 else ("new", "old"):
-                seconds, venvs[side] = install(args.python, sides[side], work, side, warm, log)
+            order = ("old", "new") if i % 2 == 0 else ("new", "old")
+            for side in order:
+                seconds, venvs[side], mb_fetched = install(args.python, sides[side], work, side, warm, log)
                 times[side].append(seconds)
+                fetched[side].append(mb_fetched)
+            for side in order:
+                seconds, _, mb_fetched = install(args.python, sides[side], work, f"{side}-offline", warm, log, offline)
+                assert mb_fetched == 0, "an offline install fetched something"
+                times_offline[side].append(seconds)
+        http_cached = sum(1 for d in warm.glob("http*") for f in d.rglob("*") if f.is_file())
         bare = work / "venv-bare"
         subprocess.run([args.python, "-m", "venv", str(bare)], check=True, env=clean_env())
         bare_size = du_bytes(site_packages(bare))
@@ -282,17 +329,35 @@ def main(argv: list[str] | None = None) -> int:
     p("|---|---:|---:|---:|")
     w = {s: med(times[s]) for s in sides}
     p(
-        f"| install, warm shared pip cache: median of {args.reps} (s) | {w['old']:.1f} | {w['new']:.1f} | "
+        f"| install from the index, shared pip cache: median of {args.reps} (s) | {w['old']:.1f} | {w['new']:.1f} | "
         f"{ratio(w['new'], w['old'])} |"
     )
     p(
         f"| ... each run (s) | {', '.join(f'{x:.1f}' for x in times['old'])} | "
         f"{', '.join(f'{x:.1f}' for x in times['new'])} | |"
     )
-    if cold:
+    p(
+        f"| install from the index, empty pip cache: 1 run, before the above (s) | {cold['old']:.1f} | "
+        f"{cold['new']:.1f} | {ratio(cold['new'], cold['old'])} |"
+    )
+    f_med = {s: med(fetched[s]) for s in sides}
+    p(
+        f"| ... fetched over the network per install, median (MB) | {f_med['old']:.1f} | {f_med['new']:.1f} | "
+        f"{ratio(f_med['new'], f_med['old'])} |"
+    )
+    wo = {s: med(times_offline[s]) for s in sides}
+    p(
+        f"| install offline from a wheelhouse (`--no-index`): median of {args.reps} (s) | {wo['old']:.1f} | "
+        f"{wo['new']:.1f} | {ratio(wo['new'], wo['old'])} |"
+    )
+    p(
+        f"| ... each run (s) | {', '.join(f'{x:.1f}' for x in times_offline['old'])} | "
+        f"{', '.join(f'{x:.1f}' for x in times_offline['new'])} | |"
+    )
+    if not http_cached:
         p(
-            f"| install, empty pip cache: 1 run (s) | {cold['old']:.1f} | {cold['new']:.1f} | "
-            f"{ratio(cold['new'], cold['old'])} |"
+            "| ... (pip's HTTP cache stored nothing: this host's network answers without cache headers, so every "
+            "install from the index fetched its files again) | | | |"
         )
     p(
         f"| site-packages (MB; a bare venv's is {mb(bare_size)}) | {mb(sizes['old'])} | {mb(sizes['new'])} | "
@@ -355,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     p(
-        "\n`python -X importtime edge-runtime --help`: the five third-party packages with the largest cumulative "
+        "\n`python -X importtime edge-runtime --help`: the five packages outside the project (standard library "
+        "included) with the largest cumulative "
         f"import time (ms, median of {args.importtime_runs}; a package's time includes what it imports first):\n"
     )
     top = {}
