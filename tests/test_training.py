@@ -343,7 +343,7 @@ def test_unknown_key_is_one_line_naming_allowed_keys(tmp_path: Path):
         ({"train": {"seed": "zero"}}, "train.seed must be int, got str"),
         ({"penalty": {"form": "l2"}}, "penalty.form must be one of sigmoid, linear, hoyer, l1"),
         ({"train": {"qat_epochs": 0}}, "qat_epochs >= 1"),
-        ({"penalty": {"energy_weighted": 1}}, "penalty.energy_weighted must be bool"),
+        ({"penalty": {"weighting": 1}}, "penalty.weighting must be str, got int"),
         ({"model": []}, "[model] must be a table"),
         ({"distill": {"temperature": 0.0}}, "distill.temperature > 0"),
     ],
