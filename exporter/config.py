@@ -25,6 +25,7 @@ PENALTY_FORMS = ("sigmoid", "linear", "hoyer", "l1")
 WEIGHTINGS = ("count", "energy")
 # [penalty] keys of the v1-era energy weighting, superseded by ``weighting`` (see _retired_keys).
 RETIRED_PENALTY_KEYS = ("energy_weighted", "through_weights")
+EXPECTED_ACCURACY_MARGIN = 0.01  # "far below" train.expected_accuracy: more than one point
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     calib_percentile: float = 99.9  # activation step = this percentile of float activations / 15
     shift: int = 0  # augmentation: random translation of each training image by up to this many pixels
+    # test accuracy a full run of this config reaches; `edge-export export` warns when the exported model
+    # measures more than EXPECTED_ACCURACY_MARGIN below it (0 = no expectation, no warning)
+    expected_accuracy: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,7 @@ def _check_ranges(config: Config) -> list[str]:
         (0 < t.lr_min <= t.lr, "train.lr_min must be in (0, lr]"),
         (0 < t.calib_percentile <= 100, "train.calib_percentile must be in (0, 100]"),
         (0 <= t.shift <= 4, "train.shift must be in 0..4"),
+        (0 <= t.expected_accuracy <= 1, "train.expected_accuracy must be in [0, 1]"),
         (p.form in PENALTY_FORMS, f"penalty.form must be one of {', '.join(PENALTY_FORMS)}"),
         (p.weighting in WEIGHTINGS, f"penalty.weighting must be one of {', '.join(WEIGHTINGS)}"),
         (p.cost_device in DEVICES, f"penalty.cost_device must be one of {', '.join(DEVICES)}"),
@@ -217,12 +222,33 @@ def config_warnings(config: Config) -> list[str]:
             f"penalties start at QAT epoch {p.start_epoch} but train.qat_epochs is {t.qat_epochs}: "
             "they never apply (raise qat_epochs or lower penalty.start_epoch)"
         )
+    if p.weighting == "energy" and p.activations == 0 and p.weights == 0:
+        warnings.append(
+            "penalty.weighting is 'energy' but penalty.activations and penalty.weights are 0: nothing is weighted"
+        )
     if pr.sparsity > 0 and t.qat_epochs <= pr.start_epoch:
         warnings.append(
             f"pruning starts at QAT epoch {pr.start_epoch} but train.qat_epochs is {t.qat_epochs}: "
             "it never applies (raise qat_epochs or lower prune.start_epoch)"
         )
     return warnings
+
+
+def accuracy_warning(recorded: Mapping[str, Any], accuracy: float | None, where: str) -> str | None:
+    """One line when a run's measured ``accuracy`` is far below what its config (``recorded``, the
+    run's config.json) expects in ``train.expected_accuracy``; None when it is not, or nothing is
+    expected (older runs, 0) or measured (no labels)."""
+    train = recorded.get("train")
+    expected = train.get("expected_accuracy", 0.0) if isinstance(train, Mapping) else 0.0
+    if not isinstance(expected, int | float) or not expected or accuracy is None:
+        return None
+    if accuracy >= expected - EXPECTED_ACCURACY_MARGIN:
+        return None
+    return (
+        f"{where}: accuracy {accuracy:.2%} is {100 * (expected - accuracy):.1f} points below the {expected:.2%} "
+        "its config expects (train.expected_accuracy): a cut-down, too short or diverged run? "
+        "(see data limits, epochs and the history in its report.json)"
+    )
 
 
 def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> Config:

@@ -230,3 +230,11 @@ def test_energy_weighted_penalty_follows_the_costs(mnist_data):
     penalties.activation_penalty(counts, weighted.events, penalties.layer_neurons(model)).backward()
     assert model.b2.grad is None or float(model.b2.grad.abs().sum()) == 0.0
     assert float(model.b1.grad.abs().sum()) > 0
+
+
+def test_energy_weighting_without_any_penalty_warns():
+    from exporter.config import config_warnings
+
+    idle = with_overrides(Config(), [("penalty.weighting", "energy")])
+    assert any("nothing is weighted" in w for w in config_warnings(idle))
+    assert config_warnings(with_overrides(idle, [("penalty.activations", 1.0)])) == []
