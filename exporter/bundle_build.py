@@ -58,6 +58,7 @@ from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
 
 from . import mnist_fetch
 from .akida_build import DeviceMapping, map_on_akd1000, to_akida
+from .config import accuracy_warning
 from .datasets import MNIST_PREPROCESSING, parse_source
 from .onnx_build import OPSET, check_exact, to_onnx
 from .run_data import read_run_data
@@ -352,7 +353,7 @@ def export_run(
     own = eval_set is None
     eval_set = run_eval_set(Path(run_dir), cache_dir) if eval_set is None else eval_set
     scores = run.eval_scores if own or eval_set.name == MNIST_TEST else None
-    return export_model(
+    manifest = export_model(
         run.model,
         out,
         eval_set,
@@ -363,3 +364,8 @@ def export_run(
         force=force,
         recorded_scores=scores,
     )
+    where = f"run {run_dir} on {eval_set.name} ({manifest.metrics.frames} frames)"
+    warning = accuracy_warning(run.training.config, manifest.metrics.accuracy, where)
+    if warning:
+        log.warning("%s", warning)
+    return manifest

@@ -24,6 +24,7 @@ EXTRAS = {
     "PIL": "train",  # data.source = "images:DIR"
     "onnx": "export",
     "onnxruntime": "export",
+    "ray": "ray",  # sweep --ray only
 }
 
 

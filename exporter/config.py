@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.energy import DEVICES
 from edge_runtime.errors import ConfigError, DataError
 from edge_runtime.schema import INVALID, TOML, parse
 from edge_runtime.tomlconfig import read_toml
@@ -21,6 +22,10 @@ from .architecture import Architecture, LayerConfig, layer_table, legacy_layers,
 from .datasets import parse_source, resolve_source
 
 PENALTY_FORMS = ("sigmoid", "linear", "hoyer", "l1")
+WEIGHTINGS = ("count", "energy")
+# [penalty] keys of the v1-era energy weighting, superseded by ``weighting`` (see _retired_keys).
+RETIRED_PENALTY_KEYS = ("energy_weighted", "through_weights")
+EXPECTED_ACCURACY_MARGIN = 0.01  # "far below" train.expected_accuracy: more than one point
 
 
 @dataclass(frozen=True)
@@ -103,23 +108,31 @@ class TrainConfig:
     weight_decay: float = 0.0
     calib_percentile: float = 99.9  # activation step = this percentile of float activations / 15
     shift: int = 0  # augmentation: random translation of each training image by up to this many pixels
+    # test accuracy a full run of this config reaches; `edge-export export` warns when the exported model
+    # measures more than EXPECTED_ACCURACY_MARGIN below it (0 = no expectation, no warning)
+    expected_accuracy: float = 0.0
 
 
 @dataclass(frozen=True)
 class PenaltyConfig:
     """Zero-aware penalties on counts of non-zero activations and weights.
 
-    ``activations`` and ``weights`` are the loss weights (0 disables). The activation term is the
-    modelled energy of the events per image as a fraction of the energy if every neuron fired, so
-    the weight is dimensionless. ``form`` chooses the surrogate of the count (see penalties.py).
+    ``activations`` and ``weights`` are the loss weights (0 disables). Each term is a weighted count
+    as a fraction of its value if every neuron fired (every weight were non-zero), so the loss
+    weights are dimensionless; ``weighting`` chooses the weights (alike, or each event's and weight's
+    modelled energy). ``form`` chooses the surrogate of the count (see penalties.py).
     """
 
     activations: float = 0.0
     weights: float = 0.0
     form: str = "sigmoid"  # one of PENALTY_FORMS; "l1" is the control (sum of activation values)
     width: float = 0.5  # surrogate gradient half-width, in activation (or weight) quantisation steps
-    energy_weighted: bool = True  # weight each layer's events by the energy one event costs there
-    through_weights: bool = False  # ...and let that cost's synaptic ops prune the next layer's weights
+    # "count": every firing neuron and every non-zero weight alike; "energy": each layer's counts weighted
+    # by the modelled total energy per frame of one more event / non-zero weight there (exporter/event_costs.py),
+    # measured on cost_images training images at the start of every QAT epoch
+    weighting: str = "count"
+    cost_device: str = "akd1000"  # the device profile (model v2) the energy weighting prices with
+    cost_images: int = 512
     start_epoch: int = 0  # first QAT epoch (0-based) with penalties; ramps linearly over ramp_epochs
     ramp_epochs: int = 1
 
@@ -171,7 +184,11 @@ def _check_ranges(config: Config) -> list[str]:
         (0 < t.lr_min <= t.lr, "train.lr_min must be in (0, lr]"),
         (0 < t.calib_percentile <= 100, "train.calib_percentile must be in (0, 100]"),
         (0 <= t.shift <= 4, "train.shift must be in 0..4"),
+        (0 <= t.expected_accuracy <= 1, "train.expected_accuracy must be in [0, 1]"),
         (p.form in PENALTY_FORMS, f"penalty.form must be one of {', '.join(PENALTY_FORMS)}"),
+        (p.weighting in WEIGHTINGS, f"penalty.weighting must be one of {', '.join(WEIGHTINGS)}"),
+        (p.cost_device in DEVICES, f"penalty.cost_device must be one of {', '.join(DEVICES)}"),
+        (p.cost_images >= 1, "penalty.cost_images must be >= 1"),
         (p.activations >= 0 and p.weights >= 0, "penalty weights must be >= 0"),
         (p.width > 0, "penalty.width must be > 0"),
         (p.ramp_epochs >= 1, "penalty.ramp_epochs must be >= 1"),
@@ -205,6 +222,10 @@ def config_warnings(config: Config) -> list[str]:
             f"penalties start at QAT epoch {p.start_epoch} but train.qat_epochs is {t.qat_epochs}: "
             "they never apply (raise qat_epochs or lower penalty.start_epoch)"
         )
+    if p.weighting == "energy" and p.activations == 0 and p.weights == 0:
+        warnings.append(
+            "penalty.weighting is 'energy' but penalty.activations and penalty.weights are 0: nothing is weighted"
+        )
     if pr.sparsity > 0 and t.qat_epochs <= pr.start_epoch:
         warnings.append(
             f"pruning starts at QAT epoch {pr.start_epoch} but train.qat_epochs is {t.qat_epochs}: "
@@ -213,10 +234,28 @@ def config_warnings(config: Config) -> list[str]:
     return warnings
 
 
+def accuracy_warning(recorded: Mapping[str, Any], accuracy: float | None, where: str) -> str | None:
+    """One line when a run's measured ``accuracy`` is far below what its config (``recorded``, the
+    run's config.json) expects in ``train.expected_accuracy``; None when it is not, or nothing is
+    expected (older runs, 0) or measured (no labels)."""
+    train = recorded.get("train")
+    expected = train.get("expected_accuracy", 0.0) if isinstance(train, Mapping) else 0.0
+    if not isinstance(expected, int | float) or not expected or accuracy is None:
+        return None
+    if accuracy >= expected - EXPECTED_ACCURACY_MARGIN:
+        return None
+    return (
+        f"{where}: accuracy {accuracy:.2%} is {100 * (expected - accuracy):.1f} points below the {expected:.2%} "
+        "its config expects (train.expected_accuracy): a cut-down, too short or diverged run? "
+        "(see data limits, epochs and the history in its report.json)"
+    )
+
+
 def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> Config:
     """Validate a parsed TOML document with the one schema validator (``edge_runtime.schema``); raises
     one ConfigError listing every problem."""
     errors: list[str] = []
+    raw = _retired_keys(raw, origin)
     config = parse(Config, raw, TOML, errors)
     if config is not INVALID:
         model, problems = model_problems(raw.get("model", {}), config.model)
@@ -226,6 +265,23 @@ def config_from_dict(raw: Mapping[str, Any], origin: str = "<config>") -> Config
     if errors:
         raise ConfigError(f"{origin}: " + "; ".join(errors))
     return config
+
+
+def _retired_keys(raw: Mapping[str, Any], origin: str) -> Mapping[str, Any]:
+    """Drop ``penalty.energy_weighted`` / ``through_weights`` set to false (what ``weighting = "count"``
+    does); refuse them set to true in one line: that weighting priced an event by the next layer's
+    dynamic energy only, v2's coefficients used v1's way, and ``weighting = "energy"`` supersedes it."""
+    penalty = raw.get("penalty")
+    if not isinstance(penalty, Mapping) or not any(key in penalty for key in RETIRED_PENALTY_KEYS):
+        return raw
+    for key in RETIRED_PENALTY_KEYS:
+        if penalty.get(key, False) is not False:
+            raise ConfigError(
+                f'{origin}: penalty.{key} was retired; use penalty.weighting = "energy" (each event and '
+                'weight priced at its modelled total energy per frame, model v2) or "count"'
+            )
+    kept = {key: value for key, value in penalty.items() if key not in RETIRED_PENALTY_KEYS}
+    return {**raw, "penalty": kept}
 
 
 def load_config(path: Path) -> Config:

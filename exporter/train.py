@@ -30,10 +30,11 @@ from tqdm import tqdm
 
 from edge_runtime.akida_model import from_akida
 from edge_runtime.counters import LayerCounters
+from edge_runtime.energy import ModelCost
 from edge_runtime.errors import ConfigError, ModelError
 from edge_runtime.simulator import Simulator
 
-from . import datasets, penalties, run_data
+from . import datasets, event_costs, penalties, run_data
 from .config import Config, ModelConfig, config_to_dict, config_warnings, model_from_dict
 from .qat import (
     IntegerLayer,
@@ -221,35 +222,6 @@ def apply_pruning(model: ZeroAwareNet, fraction: float) -> None:
                 mask.mul_((weight.abs() > cutoff).to(mask.dtype))
 
 
-def event_costs(
-    fanouts: list[Tensor],
-    next_widths: list[int],
-    energy_model: Any | None,
-    through_weights: bool,
-    next_is_last: list[bool] | None = None,
-) -> list[Tensor | float]:
-    """Dynamic energy of one output event per activated layer: what the energy model (v2) charges the
-    next layer for it, per (event x filter or unit) of that layer plus per synaptic op on the ``fanout``
-    non-zero weights it reaches; without a model, 1 + fanout. With ``through_weights`` the fan-outs
-    keep their gradient, so the penalty also prunes the weights the events use most (a conv1 weight is
-    used ~40x more per image than an fc2 weight). The on-chip time an event costs is not in this
-    weighting (the count-only form is the shipped default). The per-unit cost of the output layer
-    (``next_is_last``; by default the last entry's) is the FNP's, every other layer's the per-filter one."""
-    last = next_is_last if next_is_last is not None else [i == len(fanouts) - 1 for i in range(len(fanouts))]
-    if energy_model is None:
-        per_filter, per_synop = [0.0] * len(fanouts), 1.0
-        per_event = [1.0] * len(fanouts)
-    else:
-        c = energy_model.coefficients
-        per_event = [0.0] * len(fanouts)
-        per_filter = [c.dyn_pj_per_fnp_event_unit if is_last else c.dyn_pj_per_event_filter for is_last in last]
-        per_synop = c.dyn_pj_per_synop
-    return [
-        e + pf * w + per_synop * (f if through_weights else float(f.detach()))
-        for e, pf, w, f in zip(per_event, per_filter, next_widths, fanouts, strict=True)
-    ]
-
-
 def load_teacher(run_dir: Path) -> ZeroAwareNet:
     """The trained network of a run directory (its ``model.pt``), frozen, for distillation.
 
@@ -301,12 +273,15 @@ def train_one_epoch(
     step0: int,
     total_steps: int,
     qat_epoch: int | None,
-    energy_model: Any | None,
+    weighted: event_costs.PenaltyCosts | None,
     progress: bool,
     desc: str,
     teacher: ZeroAwareNet | None = None,
 ) -> EpochStats:
-    """One pass over the training set; penalties and pruning only in QAT epochs (``qat_epoch`` set)."""
+    """One pass over the training set; penalties and pruning only in QAT epochs (``qat_epoch`` set).
+
+    ``weighted``: the energy weighting's costs (``penalty.weighting = "energy"``), None to count.
+    """
     t, p = config.train, config.penalty
     model.train()
     order = torch.randperm(len(data.train_y), generator=generator)
@@ -339,15 +314,17 @@ def train_one_epoch(
             if strength > 0 and p.activations > 0:
                 counts = penalties.activation_counts(result.acts, result.pre, p.form, p.width)
                 costs: list[Tensor | float] = [1.0] * len(sites)
-                if p.energy_weighted:
-                    fanouts = penalties.mean_fanouts(result.layer_ratios, model, p.width)
-                    widths = [site.next_width for site in sites]
-                    last = [site.next_is_last for site in sites]
-                    costs = event_costs(fanouts, widths, energy_model, p.through_weights, last)
+                if weighted is not None:  # the cost of one more output event of each hidden layer
+                    costs = [weighted.events[site.index] for site in sites]
                 loss = loss + strength * p.activations * penalties.activation_penalty(counts, costs, neurons)
             if strength > 0 and p.weights > 0:
                 wcounts = penalties.weight_counts(result.weight_ratios, p.form, p.width)
-                loss = loss + strength * p.weights * penalties.weight_penalty(wcounts, sizes)
+                if weighted is None:
+                    loss = loss + strength * p.weights * penalties.weight_penalty(wcounts, sizes)
+                else:  # the same weighted fraction as the events': energy of the non-zero weights / if all were;
+                    # every weight array of a layer (a separable layer has two) at that layer's cost per weight
+                    per_array = [weighted.weights[i] for i, group in enumerate(result.layer_ratios) for _ in group]
+                    loss = loss + strength * p.weights * penalties.activation_penalty(wcounts, per_array, sizes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -358,6 +335,21 @@ def train_one_epoch(
             fired += sum(float((a > 0).sum()) for a in result.acts) / sum(neurons)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", nz=f"{fired / seen:.4f}")
     return EpochStats(loss_sum / seen, correct / seen, fired / seen)
+
+
+def measured_penalty_costs(
+    model: ZeroAwareNet, cost: ModelCost, images: np.ndarray, config: Config
+) -> event_costs.PenaltyCosts:
+    """The energy weighting's costs at the model's current operating point: its integer layers run in
+    the simulator on ``images``, priced by ``cost`` (the v2 model bound to the network's mapping)."""
+    _, counters = simulate(export_integer_layers(model), images)
+    weighted = event_costs.penalty_costs(cost, counters)
+    if config.penalty.weights > 0 and not any(w > 0 for w in weighted.weights):
+        raise ConfigError(
+            f"penalty.weighting = 'energy': the {config.penalty.cost_device} profile charges no layer "
+            "for its synaptic ops, so non-zero weights cost nothing to weight by (set penalty.weights = 0)"
+        )
+    return weighted
 
 
 def torch_eval(model: ZeroAwareNet, images: Tensor) -> Tensor:
@@ -587,12 +579,22 @@ def train(
     steps_per_epoch = math.ceil(len(data.train_y) / t.batch_size)
     total_steps = steps_per_epoch * (t.float_epochs + t.qat_epochs)
     history = []
+    p = config.penalty
+    energy_weighting = p.weighting == "energy" and (p.activations > 0 or p.weights > 0)
+    cost: ModelCost | None = None  # the v2 model bound to akida's mapping of the network, once
     for epoch in range(t.float_epochs + t.qat_epochs):
         qat_epoch = epoch - t.float_epochs if epoch >= t.float_epochs else None
         if qat_epoch == 0:
             calibrate_steps(model, data.train_x[:2048].float(), t.calib_percentile)
             model.quantised.fill_(True)
             log.info("switched to the integer (QAT) forward after %d float epochs", t.float_epochs)
+        weighted = None
+        if energy_weighting and qat_epoch is not None:
+            if cost is None:  # the mapping depends on the layers' shapes only
+                cost = event_costs.bound_cost(to_akida(export_integer_layers(model)), p.cost_device)
+            frames = data.train_x[: p.cost_images].numpy().transpose(0, 2, 3, 1)  # (N, X, Y, C) frames
+            weighted = measured_penalty_costs(model, cost, frames, config)
+            log.info("energy weighting (%s, long batch): %s", cost.profile.version, weighted.describe())
         phase = "float" if qat_epoch is None else "qat"
         desc = f"{phase} {epoch + 1}/{t.float_epochs + t.qat_epochs}"
         stats = train_one_epoch(
@@ -604,7 +606,7 @@ def train(
             epoch * steps_per_epoch,
             total_steps,
             qat_epoch,
-            energy_model,
+            weighted,
             progress,
             desc,
             teacher,
@@ -619,6 +621,8 @@ def train(
             "test_accuracy": test_acc,
             "seconds": time.monotonic() - started,
         }
+        if weighted is not None:
+            entry["penalty_costs_j"] = {"events": list(weighted.events), "weights": list(weighted.weights)}
         history.append(entry)
         log.info(
             "epoch %d (%s): loss %.4f train acc %.4f test acc %.4f non-zero %.4f",

@@ -254,8 +254,8 @@ def test_event_cost_fanouts_are_the_counters_fanouts(name: str, mnist_data):
 
 
 def test_training_a_separable_net_is_exact_with_every_penalty(mnist_data):
-    """A short training run of a separable network with the energy-weighted event penalty (through
-    the weights), the weight penalty and pruning: the exported model is still the engine's, bit for bit."""
+    """A short training run of a separable network with the energy-weighted event and weight penalties
+    (weighting = "energy") and pruning: the exported model is still the engine's, bit for bit."""
     shape = [24, 24, 1]
     train_frames, test_frames = frames_for(mnist_data, shape, 256), frames_for(mnist_data, shape, 96, offset=5000)
     data = data_from_arrays(
@@ -265,7 +265,7 @@ def test_training_a_separable_net_is_exact_with_every_penalty(mnist_data):
     raw = config_to_dict(Config())
     raw["model"] = {"input_shape": shape, "layers": layers}
     raw["train"].update(threads=1, float_epochs=1, qat_epochs=2, batch_size=64)
-    raw["penalty"].update(activations=2.0, weights=1.0, energy_weighted=True, through_weights=True)
+    raw["penalty"].update(activations=2.0, weights=1.0, weighting="energy", cost_images=64)
     raw["prune"].update(sparsity=0.2, start_epoch=0, end_epoch=2)
     model, report = train(config_from_dict(raw), data=data, progress=False)
     assert report["exact_match_training_forward"] and report["exact_match_akida_engine"]

@@ -555,3 +555,22 @@ def test_replace_dir_rolls_back_when_the_new_bundle_cannot_be_moved_in(tmp_path,
         bundle_build._replace_dir(new, old)
     assert (old / "manifest.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".bundle.tmp", "bundle"]  # the caller removes new
+
+
+def test_export_of_a_run_far_below_its_expected_accuracy_warns_in_one_line(tmp_path, frames, labels, caplog):
+    run = write_run_dir(tmp_path / "run", np.random.default_rng(2), frames)
+    config = json.loads((run / "config.json").read_text())
+    manifest = export_run(run, tmp_path / "quiet", eval_set(frames, labels))  # nothing expected: no warning
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    accuracy = manifest.metrics.accuracy
+    assert accuracy is not None and accuracy < 0.5  # random weights
+    config["train"]["expected_accuracy"] = accuracy + 0.0099  # within a point: fine
+    (run / "config.json").write_text(json.dumps(config))
+    export_run(run, tmp_path / "close", eval_set(frames, labels))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    config["train"]["expected_accuracy"] = 0.99
+    (run / "config.json").write_text(json.dumps(config))
+    export_run(run, tmp_path / "far", eval_set(frames, labels))
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "\n" not in warning and f"run {run} on test-frames ({len(frames)} frames): accuracy" in warning
+    assert "points below the 99.00% its config expects (train.expected_accuracy)" in warning
