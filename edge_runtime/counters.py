@@ -152,16 +152,6 @@ class Counters:
         }
 
 
-def mean_fanout(layer: LayerCounters) -> float:
-    """Mean number of non-zero weights one input event of ``layer`` reaches.
-
-    From static counts: dense ops per input (kernel positions x filters / stride^2 for a conv, units
-    for a dense layer) times the non-zero weight fraction, so it is defined even for a silent layer.
-    Training weights its activation penalty with it (``exporter.penalties.mean_fanouts``).
-    """
-    return float(np.mean(layer.dense_synaptic_ops)) / layer.inputs * layer.nonzero_weights / layer.weights
-
-
 def concatenate(parts: Sequence[Counters]) -> Counters:
     """Join the counters of consecutive batches of the same model (frames in order)."""
     layers = []

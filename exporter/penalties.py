@@ -87,89 +87,20 @@ def weight_counts(ratios: Sequence[Tensor], form: str, width: float) -> list[Ten
     return counts
 
 
-def valid_taps(size: int, kernel: int, stride: int, pad_before: int, out: int | None = None) -> int:
-    """(output position, kernel tap) pairs along one axis that land inside the input (not in padding);
-    ``out`` output positions ('same': ceil(size / stride), the default)."""
-    out = (size + stride - 1) // stride if out is None else out
-    return sum(0 <= stride * o + i - pad_before < size for o in range(out) for i in range(kernel))
-
-
 @dataclass(frozen=True)
 class EventSite:
-    """One hidden (firing) layer as the activation penalty sees it: where its events go.
-
-    ``dense_per_event``: the synaptic operations one of its output events costs in the next layer if
-    every weight there were non-zero (``edge_runtime.counters``' dense ops / inputs of that layer).
-    ``next_width``: the next layer's filters or units; ``next_is_last``: whether that is the output layer.
-    """
+    """One hidden (firing) layer as the activation penalty sees it: its index, name and neurons."""
 
     index: int
     name: str
     neurons: int
-    dense_per_event: float
-    next_width: int
-    next_is_last: bool
 
 
 def event_sites(model: ZeroAwareNet) -> list[EventSite]:
-    """Per hidden layer (every layer but the last, all of which fire), its neuron count and the next
-    layer's dense synaptic ops per input event: the per-layer hook of the event penalties.
-
-    A convolutional next layer reaches, per input event, its valid (output position, tap) pairs times
-    its filters over its input positions (a separable layer counts like a conv with as many filters;
-    a pool does not change them: the work is done before pooling); a dense one, its units.
-    """
-    sites = []
+    """Per hidden layer (every layer but the last, all of which fire), its neuron count (after pooling):
+    the per-layer hook of the event penalties (``exporter.event_costs`` prices each site's events)."""
     last = len(model.specs) - 1
-    for i in range(last):
-        nxt, geo = model.specs[i + 1], model.geometry[i + 1]
-        x, y, _ = geo.input_shape
-        if nxt.type == "dense":
-            dense = float(nxt.units)
-        else:
-            px0, _, py0, _ = geo.pad
-            ox, oy = geo.conv_shape
-            pairs = valid_taps(x, nxt.kernel, nxt.stride, px0, ox) * valid_taps(y, nxt.kernel, nxt.stride, py0, oy)
-            dense = pairs * nxt.filters / (x * y)
-        neurons = math.prod(model.geometry[i].output_shape)
-        sites.append(EventSite(i, model.names[i], neurons, dense, nxt.width, i + 1 == last))
-    return sites
-
-
-def dense_per_input(model: ZeroAwareNet) -> list[float]:
-    """Per hidden layer, :attr:`EventSite.dense_per_event`.
-
-    For the MNIST net's stride-2 conv, 'Same' padding adds one row and column at the bottom/right,
-    so 20 of the 21 (output, tap) pairs per axis are real.
-    """
-    return [site.dense_per_event for site in event_sites(model)]
-
-
-def nonzero_fraction(ratios: Sequence[Tensor], width: float) -> Tensor:
-    """The non-zero fraction of a layer's (fused) kernel: exact forward, sigmoid surrogate backward.
-
-    One array: its non-zero weights over its size. A separable layer's (depthwise (C, 1, kx, ky),
-    pointwise (F, C)): the fused kernel dw[c, tap] * pw[f, c]'s, which is what its events reach.
-    """
-    indicators = [nonzero_indicator(r.abs() - 0.5, width, "sigmoid") for r in ratios]
-    if len(indicators) == 1:
-        return indicators[0].flatten().mean()
-    depthwise, pointwise = indicators
-    taps = depthwise.flatten(1).sum(dim=1)  # (C,) non-zero taps per channel
-    filters = pointwise.sum(dim=0)  # (C,) non-zero pointwise weights per channel
-    return (taps * filters).sum() / (depthwise.numel() * pointwise.shape[0])
-
-
-def mean_fanouts(layer_ratios: Sequence[Sequence[Tensor]], model: ZeroAwareNet, width: float) -> list[Tensor]:
-    """Per hidden layer, the mean number of non-zero weights one of its output events reaches.
-
-    ``edge_runtime.counters.mean_fanout`` computed from the weights being trained: dense operations per
-    input times the non-zero fraction of the next layer's weights (``layer_ratios``: per layer, its
-    weight ratios, ``ForwardResult.layer_ratios``). The fraction is the exact count forward and a
-    sigmoid surrogate backward, so an event's energy can also be lowered by pruning the weights it
-    reaches.
-    """
-    return [d * nonzero_fraction(r, width) for d, r in zip(dense_per_input(model), layer_ratios[1:], strict=True)]
+    return [EventSite(i, model.names[i], math.prod(model.geometry[i].output_shape)) for i in range(last)]
 
 
 def layer_neurons(model: ZeroAwareNet) -> list[int]:
@@ -180,7 +111,7 @@ def layer_neurons(model: ZeroAwareNet) -> list[int]:
 def activation_penalty(counts: Sequence[Tensor], costs: Sequence[Tensor | float], neurons: Sequence[int]) -> Tensor:
     """Modelled event energy per image as a fraction of the energy if every neuron fired (about [0, 1]).
 
-    ``costs`` may carry gradients (see ``mean_fanouts``); the normaliser does not, so it only sets
+    ``costs`` may carry gradients; the normaliser does not, so it only sets
     the scale.
     """
     total = sum(float(torch.as_tensor(c).detach()) * n for c, n in zip(costs, neurons, strict=True))

@@ -32,30 +32,6 @@ def test_activation_penalty_is_a_fraction_of_all_firing_energy():
     assert float(penalties.activation_penalty([torch.tensor(0.0)] * 3, costs, neurons)) == 0.0
 
 
-def test_valid_taps_excludes_same_padding():
-    assert penalties.valid_taps(14, 3, 2, pad_before=0) == 20  # last output row's third tap is padding
-    assert penalties.valid_taps(28, 3, 1, pad_before=1) == 28 * 3 - 2
-
-
-def test_event_cost_through_weights_prunes_the_weights_events_use(mnist_data):
-    """With the fan-out kept differentiable, the event penalty has a gradient on the next layer's weights."""
-    model, pixels = toy_model(mnist_data)
-    result = model(pixels)
-    counts = penalties.activation_counts(result.acts, result.pre, "sigmoid", 0.5)
-    fanouts = penalties.mean_fanouts(result.layer_ratios, model, 0.5)
-    costs = [1.0 + f for f in fanouts]
-    penalties.activation_penalty(counts, costs, penalties.layer_neurons(model)).backward()
-    detached = ZeroAwareNet(TINY)
-    detached.load_state_dict(model.state_dict())
-    result = detached(pixels)
-    counts = penalties.activation_counts(result.acts, result.pre, "sigmoid", 0.5)
-    fanouts = penalties.mean_fanouts(result.layer_ratios, detached, 0.5)
-    costs = [1.0 + float(f.detach()) for f in fanouts]
-    penalties.activation_penalty(counts, costs, penalties.layer_neurons(detached)).backward()
-    extra = (model.w1.grad - detached.w1.grad).abs().sum()
-    assert float(extra) > 0  # the weights of conv1 feel the synaptic cost of conv0's events
-
-
 def toy_model(mnist_data) -> tuple[ZeroAwareNet, torch.Tensor]:
     torch.manual_seed(0)
     torch.set_num_threads(1)

@@ -16,7 +16,6 @@ import torch
 from edge_runtime.errors import ConfigError
 from exporter import cli
 from exporter.config import Config, ModelConfig, config_from_dict, load_config, with_overrides
-from exporter.penalties import mean_fanouts
 from exporter.qat import (
     IntegerLayer,
     ZeroAwareNet,
@@ -253,18 +252,6 @@ def test_missing_or_bad_teacher_is_one_line(tmp_path: Path):
     (tmp_path / "bad" / "model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match=r"is not a model\.pt written by edge-export train"):
         load_teacher(tmp_path / "bad")
-
-
-def test_penalty_fanout_is_the_energy_models_fanout(mnist_data):
-    """The costs training weights events by are the energy model's, computed from the same weights."""
-    from edge_runtime.counters import mean_fanout
-
-    model = quantised_model(mnist_data.train_images[:256])
-    _, counters = simulate(export_integer_layers(model), mnist_data.test_images[:20])
-    expected = [mean_fanout(counter) for counter in counters[1:]]
-    with torch.no_grad():
-        ratios = model(torch.from_numpy(mnist_data.test_images[:2]).float().unsqueeze(1)).layer_ratios
-    assert [float(f) for f in mean_fanouts(ratios, model, 0.5)] == pytest.approx(expected, rel=1e-6)
 
 
 def test_sweep_writes_pareto_table_and_plot(tmp_path: Path):
