@@ -41,7 +41,7 @@ from edge_runtime.simulator import Simulator
 from exporter import mnist_fetch
 from exporter.qat import to_akida
 from exporter.run_data import read_run_data
-from exporter.train import layers_from_arrays
+from exporter.run_files import layers_from_arrays
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_report

@@ -9,16 +9,12 @@ the log shows the accuracy and sparsity of what will ship, not of a float proxy.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
 import pickle
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,106 +24,22 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from edge_runtime.akida_model import from_akida
-from edge_runtime.counters import LayerCounters
 from edge_runtime.energy import ModelCost
 from edge_runtime.errors import ConfigError, ModelError
-from edge_runtime.simulator import Simulator
 
-from . import datasets, event_costs, penalties, run_data
+from . import event_costs, penalties, run_data
 from .config import Config, ModelConfig, config_to_dict, config_warnings, model_from_dict
+from .evaluate import load_energy_model, simulate, summarise, torch_eval
 from .qat import (
-    IntegerLayer,
     ZeroAwareNet,
     calibrate_steps,
     export_integer_layers,
-    integer_arrays,
     to_akida,
 )
+from .run_files import save_checkpoint, write_json, write_run
+from .training_data import Data, check_frames, load_data
 
 log = logging.getLogger(__name__)
-
-PARAMS_FORMAT = "akida-v1-integer-params/1"
-EVAL_BATCH = 1000
-
-
-@dataclass(frozen=True)
-class Data:
-    """Frames as uint8 tensors (N, C, X, Y) (akida's (X, Y, C) frames, channels first); labels int64 (N,);
-    what the data set says about itself."""
-
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
-    classes: int = 10
-    class_names: tuple[str, ...] | None = None  # None: none given (shown as 0..classes-1)
-    source: str = "mnist"
-    preprocessing: str = datasets.MNIST_PREPROCESSING
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """One frame in akida's layout (X, Y, C) = (H, W, C): what the network's input must take."""
-        _, c, h, w = self.train_x.shape
-        return (h, w, c)
-
-    def run_data(self) -> run_data.RunData:
-        """What the run directory records about the data (MNIST's test frames are in its cache)."""
-        frames = None if self.source == "mnist" else self.test_x.numpy().transpose(0, 2, 3, 1)
-        labels = None if frames is None else self.test_y.numpy()
-        return run_data.RunData(
-            self.source, self.input_shape, self.classes, self.class_names, self.preprocessing, frames, labels
-        )
-
-
-def load_data(config: Config) -> Data:
-    """``[data] source`` (exporter/datasets.py, checked), cut to the configured limits (tests train on small slices)."""
-    d = config.data
-    dataset = datasets.load_dataset(d.source, Path(d.cache_dir) if d.cache_dir else None, d.class_names)
-    data = data_from_arrays(
-        dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, d.train_limit, d.test_limit
-    )
-    log.info(
-        "data %s: %d training and %d test frames of %s, %d classes",
-        dataset.source,
-        len(data.train_y),
-        len(data.test_y),
-        "x".join(map(str, dataset.input_shape)),
-        dataset.classes,
-    )
-    return replace(
-        data,
-        classes=dataset.classes,
-        class_names=dataset.class_names,
-        source=dataset.source,
-        preprocessing=dataset.preprocessing,
-    )
-
-
-def data_from_arrays(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    test_x: np.ndarray,
-    test_y: np.ndarray,
-    train_limit: int = 0,
-    test_limit: int = 0,
-) -> Data:
-    """Frames (N, H, W) or (N, H, W, C) to the trainer's (N, C, H, W) tensors, cut to the limits."""
-
-    def images(a: np.ndarray, limit: int) -> Tensor:
-        a = a[: limit or None]
-        a = a[..., np.newaxis] if a.ndim == 3 else a
-        return torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
-
-    def labels(a: np.ndarray, limit: int) -> Tensor:
-        return torch.from_numpy(a[: limit or None].astype(np.int64))
-
-    return Data(
-        images(train_x, train_limit),
-        labels(train_y, train_limit),
-        images(test_x, test_limit),
-        labels(test_y, test_limit),
-    )
 
 
 def check_on_akd1000(model_config: ModelConfig) -> Any:
@@ -147,29 +59,6 @@ def check_on_akd1000(model_config: ModelConfig) -> Any:
         return map_on_akd1000(to_akida(layers))
     except ModelError as error:
         raise ConfigError(f"model: {error}") from None
-
-
-def check_frames(data: Data, model_config: ModelConfig) -> None:
-    """ConfigError (one line) unless the data's frames have the network's input shape."""
-    _, c, x, y = data.train_x.shape
-    if (x, y, c) != tuple(model_config.input_shape):
-        raise ConfigError(
-            f"the data's frames are {x}x{y}x{c} (X x Y x C) but model.input_shape is "
-            f"{'x'.join(map(str, model_config.input_shape))}: choose data of that shape or change the network"
-        )
-    outputs = model_config.architecture().layers[-1].width
-    if data.classes != outputs:
-        raise ConfigError(
-            f"data.source {data.source}: {data.classes} classes, but the network's last layer has {outputs} "
-            "outputs: set its units to the number of classes"
-        )
-    top = 2**model_config.input_bits - 1
-    for name, frames in (("training", data.train_x), ("test", data.test_x)):
-        if model_config.input_bits < 8 and len(frames) and int(frames.max()) > top:
-            raise ConfigError(
-                f"the {name} frames hold values up to {int(frames.max())} but model.input_bits is "
-                f"{model_config.input_bits} (values 0..{top}): quantise the frames or raise input_bits"
-            )
 
 
 def seed_everything(seed: int, threads: int) -> torch.Generator:
@@ -350,206 +239,6 @@ def measured_penalty_costs(
             "for its synaptic ops, so non-zero weights cost nothing to weight by (set penalty.weights = 0)"
         )
     return weighted
-
-
-def torch_eval(model: ZeroAwareNet, images: Tensor) -> Tensor:
-    """Class scores of the training-time forward (int32 potentials once quantised), in batches."""
-    model.eval()
-    with torch.no_grad():
-        return torch.cat([model(images[i : i + EVAL_BATCH].float()).scores for i in range(0, len(images), EVAL_BATCH)])
-
-
-# ---------------------------------------------------------------- measuring the exported model
-
-
-def simulate(layers: list[IntegerLayer], images: np.ndarray) -> tuple[np.ndarray, tuple[LayerCounters, ...]]:
-    """Run the EXPORTED model in the project's bit-exact simulator; return (N, classes) scores and
-    counters. ``images``: (N, X, Y) or (N, X, Y, C) uint8 frames.
-
-    The model goes through akida's own object (``to_akida``) and the runtime's converter, the same
-    path a ``.fbz`` takes, so the report measures what a bundle will run.
-    """
-    model = from_akida(to_akida(layers))
-    result = Simulator(model).run(images.reshape(-1, *model.input_shape))
-    return result.outputs.reshape(len(images), -1), result.counters.layers
-
-
-def summarise(
-    layers: list[IntegerLayer],
-    counters: tuple[LayerCounters, ...],
-    scores: np.ndarray,
-    labels: np.ndarray,
-    energy_model: Any | None,
-) -> dict[str, Any]:
-    """The report: accuracy, events, weights, synops and (if a model is given) energy per image.
-
-    Names follow NeuroBench: ``activations_nonzero`` are the events a layer emits (the input of the
-    next layer); ``synops`` are effective synaptic operations (a non-zero input times a non-zero
-    weight it reaches; the input layer's HRC is dense, so the energy model charges its dense MACs).
-    """
-    means = [c.means() for c in counters]
-    per_layer = [
-        {
-            "name": c.name,
-            "kind": layer.kind,
-            "input_events_per_image": m["input_events"],
-            "activations_nonzero_per_image": m["output_events"],
-            "weights_nonzero": c.nonzero_weights,
-            "weights_total": c.weights,
-            "synops_per_image": m["synaptic_ops"],
-        }
-        for c, layer, m in zip(counters, layers, means, strict=True)
-    ]
-    report: dict[str, Any] = {
-        "images": len(labels),
-        "accuracy": float((scores.argmax(axis=1) == labels).mean()),
-        "layers": per_layer,
-        # Events that travel between layers: the outputs of every layer but the last (whose potentials
-        # are read by the host); the input layer's own input is dense pixels.
-        "activations_nonzero_per_image": float(sum(m["output_events"] for m in means[:-1])),
-        "weights_nonzero": sum(c.nonzero_weights for c in counters),
-        "weights_total": sum(c.weights for c in counters),
-        "synops_per_image": float(sum(m["synaptic_ops"] for m in means)),
-        "scores_sha256": hashlib.sha256(scores.astype("<i4").tobytes()).hexdigest(),
-    }
-    if energy_model is not None:
-        report["energy"] = modelled_energy(layers, counters)
-    return report
-
-
-def modelled_energy(layers: list[IntegerLayer], counters: tuple[LayerCounters, ...]) -> dict[str, Any]:
-    """Per device, the v2 model's figures per image for the exported integer network, mapped by
-    akida's own mapper (AllNps, akida's default) exactly as ``edge-export export`` maps it."""
-    from edge_runtime.energy import DEVICES, DeviceProfile
-    from edge_runtime.mapping import DEFAULT_MAP_MODE, map_model
-
-    out: dict[str, Any] = {}
-    for device in DEVICES:
-        profile = DeviceProfile.packaged(device)
-        estimate = profile.bind(map_model(to_akida(layers), device, DEFAULT_MAP_MODE)).evaluate_counters(counters)
-        out[device] = {
-            "profile": profile.version,
-            "total_j_per_image": float(estimate.total_j.mean()),
-            "dynamic_j_per_image": float(estimate.dynamic_j.mean()),
-            "chip_s_per_image": float(estimate.chip_s.mean()),
-            "frame_s_per_image": float(estimate.frame_s.mean()),
-        }
-    return out
-
-
-def load_energy_model() -> Any | None:
-    """The AKD1000 device profile (penalty weights), or None (logged) while its file is missing."""
-    from edge_runtime.energy import DeviceProfile
-
-    try:
-        return DeviceProfile.packaged("akd1000")
-    except (FileNotFoundError, ConfigError) as error:
-        log.warning("no energy model available (%s); energy is left out and penalties use fan-out costs", error)
-        return None
-
-
-# ---------------------------------------------------------------- run directory
-
-
-def layer_spec(layers: list[IntegerLayer]) -> list[dict[str, Any]]:
-    """Hyper-parameters of each layer, enough to rebuild it with akida's Python API."""
-    return [dict(layer.spec) for layer in layers]
-
-
-def params_arrays(layers: list[IntegerLayer]) -> dict[str, np.ndarray]:
-    """``params.npz`` key layout: ``<layer>.weights`` / ``.weights_pw`` / ``.threshold`` / ``.act_step``
-    (akida dtypes)."""
-    return integer_arrays(layers)
-
-
-def layers_from_arrays(arrays: dict[str, np.ndarray] | Any, specs: list[dict[str, Any]]) -> list[IntegerLayer]:
-    """Inverse of :func:`params_arrays` (accepts an open ``np.load`` result), with the run's
-    ``spec.json`` layer list."""
-
-    def get(key: str) -> np.ndarray | None:
-        return np.asarray(arrays[key]) if key in arrays else None
-
-    return [
-        IntegerLayer(
-            spec["kind"],
-            np.asarray(arrays[f"{spec['name']}.weights"]),
-            get(f"{spec['name']}.threshold"),
-            get(f"{spec['name']}.act_step"),
-            dict(spec),
-            get(f"{spec['name']}.weights_pw"),
-        )
-        for spec in specs
-    ]
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Atomic JSON write (temp file + os.replace), so a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(payload, tmp, indent=2)
-        tmp.write("\n")
-    os.replace(tmp.name, path)
-
-
-def save_checkpoint(
-    path: Path, model: ZeroAwareNet, optimizer: torch.optim.Optimizer, config: Config, epoch: int
-) -> None:
-    """State dicts and the config only (loadable with ``torch.load(..., weights_only=True)``)."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "config": config_to_dict(config),
-            "epoch": epoch,
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
-
-
-def write_run(
-    out: Path,
-    model: ZeroAwareNet,
-    config: Config,
-    layers: list[IntegerLayer],
-    report: dict[str, Any],
-    eval_scores: np.ndarray,
-) -> None:
-    """Everything the exporter needs: integer params + spec, golden scores, config, model, report."""
-    out.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, Any] = params_arrays(layers)
-    tmp = out / "params.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out / "params.npz")
-    digest = hashlib.sha256((out / "params.npz").read_bytes()).hexdigest()
-    np.save(out / "eval_scores.npy", eval_scores.astype(np.int32))
-    write_json(
-        out / "spec.json",
-        {
-            "format": PARAMS_FORMAT,
-            "target": "AKD1000 (Akida 1.0)",
-            "input": {
-                "shape": list(config.model.input_shape),
-                "dtype": "uint8",
-                **({"bits": config.model.input_bits} if config.model.input_bits != 8 else {}),
-            },
-            "layers": layer_spec(layers),
-            "params": {
-                "file": "params.npz",
-                "sha256": digest,
-                "keys": {k: [str(v.dtype), list(v.shape)] for k, v in arrays.items()},
-            },
-            "eval_scores": {"file": "eval_scores.npy", "images": "test split, first N in order", "n": len(eval_scores)},
-            "seed": config.train.seed,
-        },
-    )
-    write_json(out / "config.json", config_to_dict(config))
-    torch.save({"model": model.state_dict(), "config": config_to_dict(config)}, out / "model.pt")
-    write_json(out / "report.json", report)
-
-
-# ---------------------------------------------------------------- the whole run
 
 
 def train(

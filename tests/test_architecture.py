@@ -17,9 +17,11 @@ import torch
 from edge_runtime.errors import ConfigError
 from exporter import cli
 from exporter.config import Config, ModelConfig, config_from_dict, config_to_dict, load_config, with_overrides
+from exporter.evaluate import simulate
 from exporter.penalties import event_sites
 from exporter.qat import ZeroAwareNet, calibrate_steps, export_integer_layers, to_akida
-from exporter.train import check_on_akd1000, data_from_arrays, simulate, train
+from exporter.train import check_on_akd1000, train
+from exporter.training_data import data_from_arrays
 
 akida = pytest.importorskip("akida")
 

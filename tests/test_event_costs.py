@@ -15,8 +15,10 @@ from edge_runtime.errors import ConfigError, DataError
 from exporter import event_costs
 from exporter import train as train_module
 from exporter.config import Config, ModelConfig, config_from_dict, with_overrides
+from exporter.evaluate import simulate
 from exporter.qat import ZeroAwareNet, calibrate_steps, export_integer_layers, to_akida
-from exporter.train import data_from_arrays, simulate, train
+from exporter.train import train
+from exporter.training_data import data_from_arrays
 
 akida = pytest.importorskip("akida")
 

@@ -360,7 +360,8 @@ def trained_run(tmp_path_factory, mnist_data) -> Path:
     """A real (tiny) training run: the contract test for the training helper's run-directory format."""
     pytest.importorskip("torch")
     from exporter.config import Config, ModelConfig, with_overrides
-    from exporter.train import data_from_arrays, train
+    from exporter.train import train
+    from exporter.training_data import data_from_arrays
 
     overrides = [("train.threads", 1), ("train.float_epochs", 0), ("train.qat_epochs", 1), ("train.batch_size", 64)]
     config = replace(with_overrides(Config(), overrides), model=ModelConfig(conv0=6, conv1=8, fc=16))

@@ -16,6 +16,7 @@ import torch
 from edge_runtime.errors import ConfigError
 from exporter import cli
 from exporter.config import Config, ModelConfig, config_from_dict, load_config, with_overrides
+from exporter.evaluate import simulate, torch_eval
 from exporter.qat import (
     IntegerLayer,
     ZeroAwareNet,
@@ -23,16 +24,9 @@ from exporter.qat import (
     export_integer_layers,
     to_akida,
 )
-from exporter.train import (
-    data_from_arrays,
-    distillation_loss,
-    layers_from_arrays,
-    load_teacher,
-    seed_everything,
-    simulate,
-    torch_eval,
-    train,
-)
+from exporter.run_files import layers_from_arrays
+from exporter.train import distillation_loss, load_teacher, seed_everything, train
+from exporter.training_data import data_from_arrays
 
 akida = pytest.importorskip("akida")
 
