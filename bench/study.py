@@ -6,18 +6,19 @@ Usage (from the repository root, in the venv):
     python bench/study.py --train               # train the runs that are missing (runs/study/ARM-sSEED), measure
     python bench/study.py                       # only measure the run directories that exist
     python bench/study.py --arms baseline zeroaware --seeds 0   # a subset
-    python bench/study.py --study digits --train   # the second worked example (DS-CNN on sklearn's digits)
+    python bench/study.py --study digits --train   # the second worked example (DS-CNN on sklearn's digits,
+                                                   # runs/study-digits/ARM-sSEED)
 
-An arm is a training config plus ``--set`` overrides (``ARMS``); baseline and zero-aware arms of one topology share
-the network, bit widths, epochs and seeds. Everything reported is measured on all 10,000 test images by akida's own
-software engine running the integer parameters of each run directory (not the training graph): accuracy, non-zero
-activations per image per layer (the engine's outputs of each layer, obtained by popping the layers after it), and
-non-zero weights. Energy and latency come from the energy/latency model v2 (edge_runtime/energy.py, fitted to Akida
+An arm is a training config plus ``--set`` overrides (``ARMS``); baseline and zero-aware arms of one topology share the
+network, bit widths, epochs and seeds. Everything reported is measured on all the run's test images (MNIST's 10,000) by
+akida's own software engine running the integer parameters of each run directory (not the training graph): accuracy,
+non-zero activations per image per layer (the engine's outputs of each layer, obtained by popping the layers after it),
+and non-zero weights. Energy and latency come from the energy/latency model v2 (edge_runtime/energy.py, fitted to Akida
 silicon measurements) on AKD1000 and AKD1500, each model mapped by akida's own mapper, fed with the bit-exact
 simulator's counters (the study checks the engine's outputs equal the simulator's). The table gives 3-seed means and
 their spread (min..max); reductions and targets are computed on the means. Writes docs/results/mnist.md,
-docs/results/mnist.json and docs/results/mnist-pareto.png (bench/study_report.py); ``--study digits`` the
-DS-CNN-style net on scikit-learn's digits (docs/results/digits.*), each run measured on its own recorded test split.
+docs/results/mnist.json and docs/results/mnist-pareto.png (bench/study_report.py); ``--study digits`` the DS-CNN-style
+net on scikit-learn's digits (docs/results/digits.*), each run measured on its own recorded test split.
 """
 
 from __future__ import annotations
@@ -80,6 +81,11 @@ ARMS = {
 STUDIES = {
     "mnist": ("baseline", "zeroaware", "zeroaware-energy", "iscas-baseline", "iscas"),
     "digits": ("dscnn-baseline", "dscnn"),
+}
+# The bundles committed under models/ per study, by the arm whose seed-0 run each is.
+COMMITTED = {
+    "mnist": {"baseline": "mnist-baseline", "zeroaware": "mnist-zeroaware"},
+    "digits": {"dscnn": "digits-dscnn"},
 }
 SEEDS = (0, 1, 2)
 
@@ -181,12 +187,12 @@ def measure(run: Path) -> dict[str, Any]:
     }
 
 
-def committed_bundles_match(models: Path, runs: Path) -> dict[str, bool | None]:
-    """Whether each committed bundle (models/mnist-ARM) holds the seed-0 run's integer model (same .fbz bytes
-    when both are saved by akida), or None when the run is missing."""
+def committed_bundles_match(models: Path, runs: Path, bundles: dict[str, str]) -> dict[str, bool | None]:
+    """Whether each committed bundle (``bundles``: arm -> directory under models/) holds the arm's seed-0 run's
+    integer model (same .fbz bytes when both are saved by akida), or None when the run is missing."""
     out: dict[str, bool | None] = {}
-    for arm in ("baseline", "zeroaware"):
-        run, bundle = run_dir(runs, arm, 0), models / f"mnist-{arm}" / "model.fbz"
+    for arm, name in bundles.items():
+        run, bundle = run_dir(runs, arm, 0), models / name / "model.fbz"
         out[arm] = (
             None
             if not (run / "params.npz").is_file() or not bundle.is_file()
@@ -201,10 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", choices=sorted(STUDIES), default="mnist", help="which page (default mnist)")
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), help="a subset of the study's arms")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS), help="seeds per arm (default 0 1 2)")
-    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "study", help="where the run directories live")
+    parser.add_argument(
+        "--runs", type=Path, help="where the run directories live (default runs/study, runs/study-STUDY for others)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results", help="where to write the results")
     args = parser.parse_args(argv)
     args.arms = args.arms or list(STUDIES[args.study])
+    args.runs = args.runs or ROOT / "runs" / ("study" if args.study == "mnist" else f"study-{args.study}")
     if args.train:
         for name in args.arms:
             for seed in args.seeds:
@@ -223,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     summary = {
         "energy_models": [DeviceProfile.packaged(d).version for d in DEVICES],
-        "committed_bundles_are_seed_0": committed_bundles_match(ROOT / "models", args.runs),
+        "committed_bundles": {arm: f"models/{name}" for arm, name in COMMITTED[args.study].items()},
+        "committed_bundles_are_seed_0": committed_bundles_match(ROOT / "models", args.runs, COMMITTED[args.study]),
         "results": results,
     }
     page = args.out / f"{args.study}.md"

@@ -57,8 +57,9 @@ def energy(device: str, key: str) -> Get:
     return lambda r: r["v2"][device][key]
 
 
-def metric_rows(base: Runs, arms: Sequence[Runs], published: Mapping[str, Any]) -> list[list[str]]:
-    """The comparison table: one row per figure; per zero-aware arm its value and its change on the means."""
+def metric_rows(base: Runs, arms: Sequence[Runs], published: Mapping[str, Any] | None) -> list[list[str]]:
+    """The comparison table: one row per figure; per zero-aware arm its value and its change on the means; a last
+    column with the published result, if there is one (``published``)."""
 
     def row(label: str, get: Get, fmt: str, scale: float = 1.0, unit: str = "", kind: str = "fewer", pub: str = ""):
         cells = [label, spread(base, get, fmt, scale, unit)]
@@ -68,11 +69,19 @@ def metric_rows(base: Runs, arms: Sequence[Runs], published: Mapping[str, Any]) 
                 cells += [spread(runs, get, fmt, scale, unit), f"{delta:+.2f} points"]
             else:
                 cells += [spread(runs, get, fmt, scale, unit), change(mean(base, get), mean(runs, get), kind)]
-        return [*cells, pub]
+        return cells if published is None else [*cells, pub]
 
     layers = list(base[0]["activations_per_layer"])
     rows = [
-        row("Test accuracy (10,000 images)", lambda r: r["accuracy"], ".2f", 100, "%", "points", "not published"),
+        row(
+            f"Test accuracy ({base[0]['test_frames']:,} images)",
+            lambda r: r["accuracy"],
+            ".2f",
+            100,
+            "%",
+            "points",
+            "not published",
+        ),
         *[
             row(f"Non-zero activations / image, {name} output", lambda r, n=name: r["activations_per_layer"][n], ".1f")
             for name in layers
@@ -81,9 +90,14 @@ def metric_rows(base: Runs, arms: Sequence[Runs], published: Mapping[str, Any]) 
             "**Non-zero activations / image, total**",
             lambda r: r["activations"],
             ".1f",
-            pub=f"{published['activations']}% fewer",
+            pub=f"{published['activations']}% fewer" if published else "",
         ),
-        row("**Non-zero weights**", lambda r: r["weights"], ",.0f", pub=f"{published['weights']}% fewer"),
+        row(
+            "**Non-zero weights**",
+            lambda r: r["weights"],
+            ",.0f",
+            pub=f"{published['weights']}% fewer" if published else "",
+        ),
         row("Effective synaptic ops / image", lambda r: r["synops"], ",.0f"),
     ]
     for device, clock in (("akd1000", "300 MHz"), ("akd1500", "400 MHz")):
@@ -95,7 +109,7 @@ def metric_rows(base: Runs, arms: Sequence[Runs], published: Mapping[str, Any]) 
                 ".1f",
                 unit=" µJ",
                 kind="less",
-                pub=f"{published['energy']}% less" if device == "akd1000" else "",
+                pub=f"{published['energy']}% less" if published and device == "akd1000" else "",
             ),
             row(
                 f"Total energy / image, {d}, one frame per call",
@@ -130,7 +144,7 @@ def metric_rows(base: Runs, arms: Sequence[Runs], published: Mapping[str, Any]) 
             unit=" min",
         )
     ]
-    minutes[0][3::2] = [""] * len(arms)  # a change in wall-clock says nothing
+    minutes[0][3 : 3 + 2 * len(arms) : 2] = [""] * len(arms)  # a change in wall-clock says nothing
     return rows + minutes
 
 
@@ -168,13 +182,14 @@ def topology_section(results: Mapping[str, Runs], arms: Mapping[str, Any], topol
     zeros = [n for n in names if not arms[n].baseline]
     if base is None or not zeros:
         return []
-    published = PUBLISHED.get(topology, {"name": "none", "activations": "-", "weights": "-", "energy": "-"})
+    published = PUBLISHED.get(topology)  # the targets, like the published result, are the MNIST study's
     header = ["", f"{arms[base].label} ({len(results[base])} seeds)"]
     for n in zeros:
         header += [f"{arms[n].label} ({len(results[n])} seeds)", "change"]
-    header.append(f"published ({published['name']})")
+    if published is not None:
+        header.append(f"published ({published['name']})")
     lines = table(header, metric_rows(results[base], [results[n] for n in zeros], published))
-    for n in zeros:
+    for n in zeros if published is not None else ():
         lines += ["", f"Targets, {arms[n].label} vs {arms[base].label} (3-seed means):", ""]
         lines += [
             f"- [{'x' if ok else ' '}] {label}: {got}" for label, ok, got in target_checks(results[base], results[n])
@@ -262,7 +277,8 @@ def plot(results: Mapping[str, Runs], arms: Mapping[str, Any], out: Path) -> Non
                 ha="right",
             )
     ax.set_xlabel("modelled total energy per image, AKD1000, long batch (µJ, model v2 akd1000-v2)")
-    ax.set_ylabel("test accuracy, 10,000 images, akida engine (%)")
+    frames = sorted({r["test_frames"] for runs in results.values() for r in runs})
+    ax.set_ylabel(f"test accuracy, {', '.join(f'{n:,}' for n in frames)} images, akida engine (%)")
     ax.set_title("Zero-aware training: accuracy against board energy (means, min..max over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
@@ -276,6 +292,7 @@ def markdown(summary: Mapping[str, Any], arms: Mapping[str, Any], study: str) ->
     frames = {r["test_frames"] for runs in results.values() for r in runs}
     test_set = "all 10,000 MNIST test images" if study == "mnist" else "each run's own test split"
     flag = "" if study == "mnist" else f" --study {study}"
+    runs = "runs/study" if study == "mnist" else f"runs/study-{study}"
     lines = [
         f"# Zero-aware training vs baseline on Akida 1.0 (AKD1000 and AKD1500): {TOPOLOGIES[study]}",
         "",
@@ -294,11 +311,21 @@ def markdown(summary: Mapping[str, Any], arms: Mapping[str, Any], study: str) ->
         "image).",
         "",
     ]
-    if study == "mnist":
+    bundles = summary.get("committed_bundles", {})
+    if bundles:
+        several = len(bundles) > 1
         lines += [
-            "The committed bundles `models/mnist-baseline` and `models/mnist-zeroaware` are the **seed-0** runs of "
-            "the baseline and zero-aware (count-only) arms, exported (same .fbz bytes as the seed-0 run: "
+            f"The committed bundle{'s' if several else ''} "
+            f"{' and '.join(f'`{path}`' for path in bundles.values())} {'are' if several else 'is'} the **seed-0** "
+            f"run{'s' if several else ''} of the {' and '.join(arms[n].label for n in bundles)} "
+            f"arm{'s' if several else ''}, exported (same .fbz bytes as the seed-0 run: "
             f"{summary['committed_bundles_are_seed_0']}).",
+            "",
+        ]
+    if study != "mnist":
+        lines += [
+            "No published result or target exists for this topology; the issue's targets are the MNIST study's "
+            "([mnist.md](mnist.md)).",
             "",
         ]
     lines += [f"![accuracy against AKD1000 total energy, every run]({study}-pareto.png)", ""]
@@ -310,7 +337,7 @@ def markdown(summary: Mapping[str, Any], arms: Mapping[str, Any], study: str) ->
         "## Commands",
         "",
         "```",
-        f"python bench/study.py{flag} --train    # trains runs/study/ARM-sSEED for every arm and seed missing, "
+        f"python bench/study.py{flag} --train    # trains {runs}/ARM-sSEED for every arm and seed missing, "
         "then measures",
         f"python bench/study.py{flag}            # re-measures the existing runs (what generated this page)",
         "```",
