@@ -90,9 +90,13 @@ def wait_accounted(daemon: Daemon, log: Path, expected: int, timeout: float = 90
     """Until every frame is inferred or dropped and every inference is in the log; returns the scrape."""
 
     def done() -> dict | None:
+        # The log first: a batch's metrics are all observed before its records are written, so a
+        # scrape taken after the log was read shows at least what the log holds, never a batch half
+        # observed (scraping first could see inferences_total counted and its latencies not yet).
+        logged = len(read_log(log)) if log.exists() else -1
         samples = scrape(daemon.url)
         count = inferred(samples)
-        if count + dropped_total(samples) >= expected and log.exists() and len(read_log(log)) == count:
+        if count + dropped_total(samples) >= expected and logged == count:
             return samples
         return None
 
