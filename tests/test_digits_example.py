@@ -13,7 +13,7 @@ import pytest
 from daemon_support import REPO, daemon_process
 
 from edge_runtime.bundle import load_bundle
-from exporter import cli, datasets
+from exporter import cli, run_data
 
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
@@ -29,7 +29,7 @@ def test_dscnn_on_digits_trains_exports_and_serves_every_replayed_frame(tmp_path
     argv = ["train", "--config", str(config), "--out", str(run), "--no-progress"]
     assert cli.main([*argv, *(item for value in sets for item in ("--set", value))]) == 0
     assert cli.main(["export", str(run), "--out", str(bundle)]) == 0
-    with np.load(run / datasets.RUN_TEST_SET, allow_pickle=False) as saved:
+    with np.load(run / run_data.RUN_TEST_SET, allow_pickle=False) as saved:
         frames, labels = saved["frames"], saved["labels"]
     assert frames.shape == (24, 8, 8, 1) and frames.dtype == np.uint8
     np.save(replay, frames)
