@@ -1,5 +1,6 @@
 """Any Akida 1.0 network from the config, and its quantisation-aware forward pass, which IS the chip's
-integer arithmetic.
+integer arithmetic. (About 560 lines, one module on purpose: the float and integer forwards of every
+layer kind, the calibration and the export read the same parameter layout, which a split would scatter.)
 
 The layers come from ``[model]`` (exporter/architecture.py): an InputConvolutional (8-bit weights on
 the HRC, on uint8 pixels), then Convolutional, SeparableConvolutional and FullyConnected layers with
