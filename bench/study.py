@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     page = args.out / f"{args.study}.md"
     (args.out / f"{args.study}.json").write_text(json.dumps(summary, indent=2) + "\n")
     study_report.plot(results, ARMS, args.out / f"{args.study}-pareto.png")
-    page.write_text(study_report.markdown(summary, ARMS, args.study))
+    reading = (args.out / f"{args.study}-reading.md").is_file()
+    page.write_text(study_report.markdown(summary, ARMS, args.study, reading))
     print(page.read_text())
     return 0
 

@@ -29,6 +29,10 @@ Runs = Sequence[Mapping[str, Any]]
 Get = Callable[[Mapping[str, Any]], float]
 
 
+def seeds(n: int) -> str:
+    return f"{n} seed" if n == 1 else f"{n} seeds"
+
+
 def values(runs: Runs, get: Get) -> np.ndarray:
     return np.array([get(r) for r in runs], dtype=float)
 
@@ -183,14 +187,14 @@ def topology_section(results: Mapping[str, Runs], arms: Mapping[str, Any], topol
     if base is None or not zeros:
         return []
     published = PUBLISHED.get(topology)  # the targets, like the published result, are the MNIST study's
-    header = ["", f"{arms[base].label} ({len(results[base])} seeds)"]
+    header = ["", f"{arms[base].label} ({seeds(len(results[base]))})"]
     for n in zeros:
-        header += [f"{arms[n].label} ({len(results[n])} seeds)", "change"]
+        header += [f"{arms[n].label} ({seeds(len(results[n]))})", "change"]
     if published is not None:
         header.append(f"published ({published['name']})")
     lines = table(header, metric_rows(results[base], [results[n] for n in zeros], published))
     for n in zeros if published is not None else ():
-        lines += ["", f"Targets, {arms[n].label} vs {arms[base].label} (3-seed means):", ""]
+        lines += ["", f"Targets, {arms[n].label} vs {arms[base].label} (means over seeds):", ""]
         lines += [
             f"- [{'x' if ok else ' '}] {label}: {got}" for label, ok, got in target_checks(results[base], results[n])
         ]
@@ -263,14 +267,16 @@ def plot(results: Mapping[str, Runs], arms: Mapping[str, Any], out: Path) -> Non
             fmt="o",
             color=colour,
             capsize=4,
-            label=f"{arms[name].label} ({len(runs)} seeds)",
+            label=f"{arms[name].label} ({seeds(len(runs))})",
         )
         if arms[name].baseline and arms[name].topology in PUBLISHED:
             pub = PUBLISHED[arms[name].topology]
             ax.axvline(x.mean() * (1 - pub["energy"] / 100), color=colour, linestyle="--", linewidth=1)
-            ax.annotate(
-                f"{pub['name']}: -{pub['energy']}% energy\n(on our {arms[name].label})",
-                (x.mean() * (1 - pub["energy"] / 100), y.min()),
+            ax.text(
+                x.mean() * (1 - pub["energy"] / 100),
+                0.03,
+                f"{pub['name']}: -{pub['energy']}% energy (on our {arms[name].label})",
+                transform=ax.get_xaxis_transform(),
                 fontsize=7,
                 rotation=90,
                 va="bottom",
@@ -281,13 +287,14 @@ def plot(results: Mapping[str, Runs], arms: Mapping[str, Any], out: Path) -> Non
     ax.set_ylabel(f"test accuracy, {', '.join(f'{n:,}' for n in frames)} images, akida engine (%)")
     ax.set_title("Zero-aware training: accuracy against board energy (means, min..max over seeds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
 
 
-def markdown(summary: Mapping[str, Any], arms: Mapping[str, Any], study: str) -> str:
+def markdown(summary: Mapping[str, Any], arms: Mapping[str, Any], study: str, reading: bool = False) -> str:
+    """The page; ``reading``: link the hand-written ``STUDY-reading.md`` beside it."""
     results = summary["results"]
     frames = {r["test_frames"] for runs in results.values() for r in runs}
     test_set = "all 10,000 MNIST test images" if study == "mnist" else "each run's own test split"
@@ -329,6 +336,12 @@ def markdown(summary: Mapping[str, Any], arms: Mapping[str, Any], study: str) ->
             "",
         ]
     lines += [f"![accuracy against AKD1000 total energy, every run]({study}-pareto.png)", ""]
+    if reading:
+        lines += [
+            f"What these numbers say and what holds the open targets back, in words: [{study}-reading.md]"
+            f"({study}-reading.md) (written by hand; this page is generated).",
+            "",
+        ]
     for topology, title in TOPOLOGIES.items():
         section = topology_section(results, arms, topology)
         if section:
