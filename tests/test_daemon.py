@@ -93,7 +93,7 @@ def wait_accounted(daemon: Daemon, log: Path, expected: int, timeout: float = 90
         # The log first: a batch's metrics are all observed before its records are written, so a
         # scrape taken after the log was read shows at least what the log holds, never a batch half
         # observed (scraping first could see inferences_total counted and its latencies not yet).
-        logged = len(read_log(log)) if log.exists() else -1
+        logged = log.read_bytes().count(b"\n") if log.exists() else -1  # whole lines: one may be mid-write
         samples = scrape(daemon.url)
         count = inferred(samples)
         if count + dropped_total(samples) >= expected and logged == count:
