@@ -85,26 +85,40 @@ class ListSink:
         pass
 
 
-def run(
-    batches: list[list[Frame]], backend: Backend, fallback: Callable[[], Backend], max_batch: int = 1
-) -> tuple[Totals, CollectorRegistry, ListSink]:
-    """Serve ``batches`` to the end; the accounting, the metrics and what reached the sink."""
-    registry, mailbox, sink = CollectorRegistry(), Mailbox(), ListSink()
-    pipeline = Pipeline(
-        FiniteSource(batches),
+def build(
+    source: FiniteSource,
+    backend: Backend,
+    fallback: Callable[[], Backend],
+    registry: CollectorRegistry,
+    mailbox: Mailbox,
+    sinks: list[ListSink],
+    queue_size: int = 64,
+    max_batch: int = 1,
+) -> Pipeline:
+    """A pipeline as the daemon builds one, on a registry, mailbox and sinks of the test's own."""
+    return Pipeline(
+        source,
         backend,
         fallback=fallback,
         metrics=Metrics(registry, DROP_REASONS),
         health=Health(),
         mailbox=mailbox,
         notifier=Notifier({}),
-        sinks=[sink],
+        sinks=sinks,
         make_records=prediction_records,
         input_shape=SHAPE,
-        queue_size=64,
+        queue_size=queue_size,
         max_batch=max_batch,
         backpressure=True,
     )
+
+
+def run(
+    batches: list[list[Frame]], backend: Backend, fallback: Callable[[], Backend], max_batch: int = 1
+) -> tuple[Totals, CollectorRegistry, ListSink]:
+    """Serve ``batches`` to the end; the accounting, the metrics and what reached the sink."""
+    registry, mailbox, sink = CollectorRegistry(), Mailbox(), ListSink()
+    pipeline = build(FiniteSource(batches), backend, fallback, registry, mailbox, [sink], max_batch=max_batch)
     pipeline.start()
     try:
         totals = pipeline.stop(timeout=60)  # the source is finite: stop waits for it, then drains the queue
@@ -229,21 +243,7 @@ class HungBackend:
 def test_stop_gives_up_on_a_drain_that_does_not_finish_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
     backend = HungBackend()
     registry, mailbox = CollectorRegistry(), Mailbox()
-    pipeline = Pipeline(
-        FiniteSource([[frame(0)], [frame(1)]]),
-        backend,
-        fallback=no_fallback,
-        metrics=Metrics(registry, DROP_REASONS),
-        health=Health(),
-        mailbox=mailbox,
-        notifier=Notifier({}),
-        sinks=[],
-        make_records=prediction_records,
-        input_shape=SHAPE,
-        queue_size=4,
-        max_batch=1,
-        backpressure=True,
-    )
+    pipeline = build(FiniteSource([[frame(0)], [frame(1)]]), backend, no_fallback, registry, mailbox, [], queue_size=4)
     pipeline.start()
     assert backend.entered.wait(30), "the inference thread never called the backend"
     result: list[Totals] = []
@@ -319,21 +319,7 @@ def test_class_names_follow_the_model_across_a_swap() -> None:
     registry, mailbox, sink = CollectorRegistry(), Mailbox(), ListSink()
     source = GatedSource([[frame(1), frame(2)], [frame(3), frame(13)]])
     backend = FailingBackend("simulator")
-    pipeline = Pipeline(
-        source,
-        backend,
-        fallback=no_fallback,
-        metrics=Metrics(registry, DROP_REASONS),
-        health=Health(),
-        mailbox=mailbox,
-        notifier=Notifier({}),
-        sinks=[sink],
-        make_records=prediction_records,
-        input_shape=SHAPE,
-        queue_size=64,
-        max_batch=2,
-        backpressure=True,
-    )
+    pipeline = build(source, backend, no_fallback, registry, mailbox, [sink], max_batch=2)
     pipeline.start()
     try:
         wait_for(lambda: len(sink.records) == 2, 30, "the first batch in the sink")
