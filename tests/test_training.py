@@ -254,49 +254,16 @@ def test_sweep_writes_pareto_table_and_plot(tmp_path: Path):
         "[model]\nconv0 = 4\nconv1 = 4\nfc = 8\n[data]\ntrain_limit = 128\ntest_limit = 64\n"
         "[train]\nthreads = 1\nfloat_epochs = 0\nqat_epochs = 1\nbatch_size = 64\n"
     )
+    sweep = ["sweep", "--config", str(config), "--grid", "penalty.activations=4.0", "--grid", "penalty.form=sigmoid,l1"]
     out = tmp_path / "sweep"
-    assert (
-        cli.main(
-            [
-                "sweep",
-                "--config",
-                str(config),
-                "--grid",
-                "penalty.activations=4.0",
-                "--grid",
-                "penalty.form=sigmoid,l1",
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert cli.main([*sweep, "--out", str(out), "--no-progress"]) == 0
     lines = (out / "pareto.csv").read_text().splitlines()
     assert len(lines) == 4 and lines[1].startswith("baseline,")
     assert (out / "pareto.png").stat().st_size > 1000 and "| name |" in (out / "pareto.md").read_text()
     assert (out / "runs" / "activations=4.0-form=l1" / "params.npz").is_file()
     # Two worker processes train the same points to the same results (every run is deterministic).
     parallel = tmp_path / "sweep-parallel"
-    assert (
-        cli.main(
-            [
-                "sweep",
-                "--config",
-                str(config),
-                "--grid",
-                "penalty.activations=4.0",
-                "--grid",
-                "penalty.form=sigmoid,l1",
-                "--out",
-                str(parallel),
-                "--no-progress",
-                "--jobs",
-                "2",
-            ]
-        )
-        == 0
-    )
+    assert cli.main([*sweep, "--out", str(parallel), "--no-progress", "--jobs", "2"]) == 0
     assert (parallel / "pareto.csv").read_text() == (out / "pareto.csv").read_text()
 
 
