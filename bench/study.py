@@ -130,6 +130,7 @@ def v2_figures(fbz: Path, counters: tuple) -> dict[str, dict[str, Any]]:
         e, single = cost.evaluate_counters(counters), cost.evaluate_counters(counters, 1)
         out[device] = {
             "profile": profile.version,
+            "clock_mhz": profile.coefficients.clock_hz / 1e6,
             "passes": mapping.passes,
             "total_uj": float(e.total_j.mean() * 1e6),
             "total_one_per_call_uj": float(single.total_j.mean() * 1e6),
