@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,9 +20,6 @@ from .qat import (
     integer_arrays,
 )
 
-log = logging.getLogger(__name__)
-
-
 PARAMS_FORMAT = "akida-v1-integer-params/1"
 
 
@@ -32,15 +28,10 @@ def layer_spec(layers: list[IntegerLayer]) -> list[dict[str, Any]]:
     return [dict(layer.spec) for layer in layers]
 
 
-def params_arrays(layers: list[IntegerLayer]) -> dict[str, np.ndarray]:
-    """``params.npz`` key layout: ``<layer>.weights`` / ``.weights_pw`` / ``.threshold`` / ``.act_step``
-    (akida dtypes)."""
-    return integer_arrays(layers)
-
-
 def layers_from_arrays(arrays: dict[str, np.ndarray] | Any, specs: list[dict[str, Any]]) -> list[IntegerLayer]:
-    """Inverse of :func:`params_arrays` (accepts an open ``np.load`` result), with the run's
-    ``spec.json`` layer list."""
+    """Inverse of :func:`exporter.qat.integer_arrays`, the ``params.npz`` layout (``<layer>.weights`` /
+    ``.weights_pw`` / ``.threshold`` / ``.act_step`` in akida dtypes), with the run's ``spec.json`` layer
+    list; ``arrays`` may be an open ``np.load`` result."""
 
     def get(key: str) -> np.ndarray | None:
         return np.asarray(arrays[key]) if key in arrays else None
@@ -94,7 +85,7 @@ def write_run(
 ) -> None:
     """Everything the exporter needs: integer params + spec, golden scores, config, model, report."""
     out.mkdir(parents=True, exist_ok=True)
-    arrays: dict[str, Any] = params_arrays(layers)
+    arrays: dict[str, Any] = integer_arrays(layers)
     tmp = out / "params.tmp.npz"
     np.savez(tmp, **arrays)
     os.replace(tmp, out / "params.npz")
